@@ -1,0 +1,1 @@
+"""provisioning-orchestrator: provisions departments end to end and rolls them back cleanly."""

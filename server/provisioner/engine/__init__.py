@@ -1,0 +1,1 @@
+"""The orchestrator: runs jobs through the core's state machine using the adapters."""

@@ -1,0 +1,37 @@
+"""Tunables of the engine, validated when built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from provisioner.core.errors import ConfigurationError
+from provisioner.core.retry import RetryPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    step_timeout: float = 60.0
+    job_deadline: float = 300.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: How long a replica's claim on a job lasts without renewal.
+    lease_seconds: float = 15.0
+    #: How often leases are renewed and orphaned jobs looked for.
+    claim_interval: float = 1.0
+    max_running_jobs: int = 5000
+    #: False for a replica that only accepts requests and leaves running them to others.
+    run_jobs: bool = True
+
+    def __post_init__(self) -> None:
+        if self.step_timeout <= 0:
+            raise ConfigurationError("PROVISIONER_STEP_TIMEOUT must be > 0 seconds")
+        if self.job_deadline < self.step_timeout:
+            raise ConfigurationError("PROVISIONER_JOB_DEADLINE must be >= PROVISIONER_STEP_TIMEOUT")
+        if self.claim_interval <= 0:
+            raise ConfigurationError("PROVISIONER_CLAIM_INTERVAL must be > 0 seconds")
+        if self.lease_seconds < 3 * self.claim_interval:
+            raise ConfigurationError(
+                "PROVISIONER_LEASE_SECONDS must be at least 3x PROVISIONER_CLAIM_INTERVAL, "
+                "so a lease is renewed several times before it can expire"
+            )
+        if self.max_running_jobs < 1:
+            raise ConfigurationError("PROVISIONER_MAX_RUNNING_JOBS must be >= 1")

@@ -1,0 +1,345 @@
+"""Accepts provisioning and deprovisioning requests and runs the jobs it holds leases on.
+
+Requests are idempotent: a replayed request id returns its original job, provisioning a
+department that is being (or was) provisioned with the same spec returns that job, and a
+spec provisioned after a failure starts a new job whose steps adopt what exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+
+from provisioner.core.department import AuditEntry, Department
+from provisioner.core.errors import (
+    ConflictError,
+    FailedPreconditionError,
+    FieldViolation,
+    InvalidSpecError,
+    NotFoundError,
+    ProvisioningError,
+    ServiceDrainingError,
+)
+from provisioner.core.job import Job
+from provisioner.core.spec import DepartmentSpec, check_department_id, validate
+from provisioner.core.states import DepartmentStatus, JobKind, State, StepName
+from provisioner.engine.config import EngineConfig
+from provisioner.engine.runner import JobRunner
+from provisioner.events.hub import EventHub
+from provisioner.steps.base import Step
+from provisioner.store.protocol import JobStore
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_request_id(request_id: str | None) -> str | None:
+    if request_id is None or request_id == "":
+        return None
+    try:
+        return str(uuid.UUID(request_id))
+    except ValueError:
+        raise InvalidSpecError([FieldViolation("request_id", "must be a UUID")]) from None
+
+
+class Orchestrator:
+    """The engine's front door and its job scheduler, for one replica."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        hub: EventHub,
+        steps: Mapping[StepName, Step],
+        config: EngineConfig | None = None,
+        *,
+        owner: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        missing = set(StepName) - set(steps)
+        if missing:
+            raise ValueError(f"no implementation for steps: {sorted(missing)}")
+        self.store = store
+        self.hub = hub
+        self.config = config or EngineConfig()
+        self.owner = owner or f"replica-{uuid.uuid4()}"
+        self._steps = dict(steps)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._runners: dict[str, tuple[JobRunner, asyncio.Task[None]]] = {}
+        self._maintainer: asyncio.Task[None] | None = None
+        self._accepting = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Accept requests and (if configured to) take over every unfinished job it can lease."""
+        self._accepting = True
+        if self.config.run_jobs and self._maintainer is None:
+            await self._claim()
+            self._maintainer = asyncio.create_task(self._maintain(), name="engine-maintainer")
+
+    async def stop(self) -> None:
+        """Refuse new work, stop every runner and hand its lease back: jobs stay resumable."""
+        self._accepting = False
+        if self._maintainer is not None:
+            await _cancel(self._maintainer)
+            self._maintainer = None
+        runners = list(self._runners.items())
+        for _, (_, task) in runners:
+            task.cancel()
+        for _, (_, task) in runners:
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(ProvisioningError):
+            await self.store.release(self.owner, [job_id for job_id, _ in runners])
+
+    @property
+    def running_jobs(self) -> int:
+        return len(self._runners)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def provision(
+        self, spec: DepartmentSpec, *, principal: str, request_id: str | None = None
+    ) -> tuple[Job, bool]:
+        """Start provisioning `spec`, or return the job already doing it. True if new."""
+        validate(spec)
+        request_id = _check_request_id(request_id)
+        self._check_accepting()
+        for attempt in range(2):
+            existing = await self._existing_provision(spec, request_id, principal)
+            if existing is not None:
+                return existing, False
+            inherited = await self._adoptable(spec.department_id)
+            try:
+                return await self._create(JobKind.PROVISION, spec, principal, request_id, inherited), True
+            except ConflictError:
+                if attempt == 1:
+                    raise
+                # Another request for the same department won the race: answer with its job.
+        raise AssertionError("unreachable")
+
+    async def deprovision(
+        self, department_id: str, *, principal: str, request_id: str | None = None
+    ) -> tuple[Job, bool]:
+        """Tear a department down, cancelling and rolling back its provisioning if running."""
+        violations = check_department_id(department_id)
+        if violations:
+            raise InvalidSpecError(violations)
+        request_id = _check_request_id(request_id)
+        self._check_accepting()
+        for attempt in range(2):
+            if request_id is not None:
+                replay = await self.store.find_by_request_id(request_id)
+                if replay is not None:
+                    if replay.kind is JobKind.DEPROVISION and replay.department_id == department_id:
+                        await self._audit(principal, "deprovision", department_id, "replayed", replay)
+                        return replay, False
+                    raise ConflictError(f"request id {request_id} was already used for another request")
+            department = await self.store.get_department(department_id)
+            if department is None or department.status is DepartmentStatus.DEPROVISIONED:
+                raise NotFoundError(f"department {department_id} not found")
+            for job in await self.store.unfinished_jobs(department_id):
+                if job.kind is JobKind.DEPROVISION:
+                    return job, False
+                await self._cancel_job(job.job_id)
+            try:
+                job = await self._create(JobKind.DEPROVISION, department.spec, principal, request_id, {})
+            except ConflictError:
+                if attempt == 1:
+                    raise
+                continue
+            return job, True
+        raise AssertionError("unreachable")
+
+    async def _existing_provision(
+        self, spec: DepartmentSpec, request_id: str | None, principal: str
+    ) -> Job | None:
+        fingerprint = spec.fingerprint()
+        if request_id is not None:
+            replay = await self.store.find_by_request_id(request_id)
+            if replay is not None:
+                if replay.kind is JobKind.PROVISION and replay.spec.fingerprint() == fingerprint:
+                    await self._audit(principal, "provision", spec.department_id, "replayed", replay)
+                    return replay
+                await self._audit(principal, "provision", spec.department_id, "rejected: request id reused")
+                raise ConflictError(f"request id {request_id} was already used for a different request")
+        for job in await self.store.unfinished_jobs(spec.department_id):
+            if job.kind is JobKind.DEPROVISION:
+                raise FailedPreconditionError(
+                    f"department {spec.department_id} is being deprovisioned; "
+                    "provision it again once that job finishes"
+                )
+            return self._same_spec(job, fingerprint)
+        latest = await self.store.latest_job(spec.department_id)
+        if latest is not None and latest.kind is JobKind.PROVISION and latest.state is State.COMPLETED:
+            return self._same_spec(latest, fingerprint)
+        return None
+
+    @staticmethod
+    def _same_spec(job: Job, fingerprint: str) -> Job:
+        if job.spec.fingerprint() != fingerprint:
+            raise ConflictError(
+                f"department {job.department_id} already exists with a different spec "
+                f"(job {job.job_id}); deprovision it first to change it"
+            )
+        return job
+
+    async def _adoptable(self, department_id: str) -> dict[StepName, dict[str, str]]:
+        """What a failed earlier provisioning left behind, for the new job's steps to adopt."""
+        latest = await self.store.latest_provision(department_id)
+        if latest is None or latest.state is not State.FAILED:
+            return {}
+        return {n: dict(s.resources) for n, s in latest.steps.items() if s.resources}
+
+    async def _create(
+        self,
+        kind: JobKind,
+        spec: DepartmentSpec,
+        principal: str,
+        request_id: str | None,
+        inherited: dict[StepName, dict[str, str]],
+    ) -> Job:
+        now = self._clock()
+        job, first = Job.create(
+            job_id=str(uuid.uuid4()),
+            kind=kind,
+            spec=spec,
+            principal=principal,
+            now=now,
+            deadline_at=now + timedelta(seconds=self.config.job_deadline),
+            request_id=request_id,
+            inherited=inherited,
+        )
+        audit = AuditEntry(now, principal, kind.value, spec.department_id, "accepted", job.job_id, request_id)
+        lease = (self.owner, self._lease_until()) if self.config.run_jobs else None
+        await self.store.create_job(job, first, audit, lease)
+        self.hub.publish([first])
+        snapshot = job.snapshot()
+        if lease is not None:
+            self._start_runner(job)
+        return snapshot
+
+    async def _cancel_job(self, job_id: str) -> None:
+        await self.store.request_cancel(job_id)
+        local = self._runners.get(job_id)
+        if local is not None:
+            local[0].request_cancel()
+
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            raise ServiceDrainingError("the server is not accepting new jobs (starting or shutting down)")
+
+    async def _audit(
+        self, principal: str, action: str, department_id: str, outcome: str, job: Job | None = None
+    ) -> None:
+        await self.store.record_audit(
+            AuditEntry(
+                self._clock(),
+                principal,
+                action,
+                department_id,
+                outcome,
+                job.job_id if job else None,
+                job.request_id if job else None,
+            )
+        )
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise NotFoundError(f"job {job_id} not found")
+        return job
+
+    async def get_department(self, department_id: str) -> Department:
+        department = await self.store.get_department(department_id)
+        if department is None:
+            raise NotFoundError(f"department {department_id} not found")
+        return department
+
+    async def wait(self, job_id: str) -> Job:
+        """Wait until a job finishes (by following its events) and return it."""
+        async for _ in self.hub.subscribe(job_id):
+            pass
+        return await self.get_job(job_id)
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    def _lease_until(self) -> datetime:
+        return self._clock() + timedelta(seconds=self.config.lease_seconds)
+
+    def _start_runner(self, job: Job) -> None:
+        runner = JobRunner(
+            job,
+            store=self.store,
+            hub=self.hub,
+            steps=self._steps,
+            config=self.config,
+            owner=self.owner,
+            clock=self._clock,
+            rng=self._rng,
+        )
+        task = asyncio.create_task(self._run(runner), name=f"job-{job.job_id}")
+        self._runners[job.job_id] = (runner, task)
+
+    async def _run(self, runner: JobRunner) -> None:
+        job_id = runner.job.job_id
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            raise
+        except ProvisioningError as exc:
+            # Lease lost or store unavailable: the job stays as committed; whoever holds
+            # its lease next (maybe this replica, after the next claim) resumes it.
+            log.warning("job %s paused: %s", job_id, exc.message)
+        except Exception:
+            log.exception("job %s runner crashed; it will be resumed from the store", job_id)
+        finally:
+            self._runners.pop(job_id, None)
+
+    async def _claim(self) -> None:
+        capacity = self.config.max_running_jobs - len(self._runners)
+        if capacity <= 0:
+            return
+        now = self._clock()
+        claimed = await self.store.claim_jobs(self.owner, now, self._lease_until(), capacity)
+        for job_id in claimed:
+            if job_id in self._runners:
+                continue
+            job = await self.store.get_job(job_id)
+            if job is not None and not job.is_finished:
+                self._start_runner(job)
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.claim_interval)
+            try:
+                held, cancels = await self.store.renew_leases(
+                    self.owner, list(self._runners), self._lease_until()
+                )
+                for job_id, (runner, task) in list(self._runners.items()):
+                    if job_id not in held and not task.done():
+                        log.warning("lease on job %s lost; another replica resumes it", job_id)
+                        task.cancel()
+                    elif job_id in cancels:
+                        runner.request_cancel()
+                await self._claim()
+            except ProvisioningError as exc:
+                log.warning("engine maintenance skipped: %s", exc.message)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

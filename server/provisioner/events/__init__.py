@@ -1,0 +1,1 @@
+"""The event hub: ordered, resumable delivery of committed job events to watchers."""

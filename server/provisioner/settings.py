@@ -1,0 +1,153 @@
+"""Settings from `PROVISIONER_*` environment variables, validated once at start.
+
+This is the only module that reads the environment. Every problem is reported at once,
+each naming its variable, so a bad deployment fails fast with a message a human can act on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from provisioner.core.errors import ConfigurationError
+from provisioner.core.retry import RetryPolicy
+from provisioner.core.states import StepName
+from provisioner.engine.config import EngineConfig
+from provisioner.steps.faults import Fault, parse_fault_plan
+
+STEP_BACKENDS = ("local", "noop")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    state_dir: Path = Path("var")
+    database_url: str = ""
+    grpc_addr: Address = Address("127.0.0.1", 50051)
+    http_addr: Address = Address("127.0.0.1", 8080)
+    envoy_admin_addr: Address = Address("127.0.0.1", 9901)
+    steps: str = "local"
+    local_step_delay: float = 0.0
+    faults: Mapping[StepName, Fault] = field(default_factory=dict)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    replica_id: str = ""
+    log_level: str = "INFO"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{(self.state_dir / 'provisioner.db').resolve()}"
+
+
+def _address(text: str) -> Address:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {text!r}")
+    return Address(host.strip("[]"), int(port))
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise ValueError(f"expected a non-negative number of seconds, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"expected a whole number, got {text!r}")
+    return int(text)
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def database_url(text: str) -> str:
+    """Accept plain driver URLs and pick the async driver for them."""
+    for plain, async_ in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite:///", "sqlite+aiosqlite:///"),
+    ):
+        if text.startswith(plain):
+            return async_ + text.removeprefix(plain)
+    if text.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite:///")):
+        return text
+    raise ValueError("expected a postgresql:// or sqlite:/// URL")
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from the environment; raise `ConfigurationError` listing every problem."""
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+
+    def read(name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = env.get(f"PROVISIONER_{name}")
+        if raw is None or raw == "":
+            return default
+        try:
+            return parse(raw)
+        except (ValueError, ConfigurationError) as exc:
+            problems.append(f"PROVISIONER_{name}: {exc}")
+            return default
+
+    defaults = Settings()
+    policy = RetryPolicy()
+    try:
+        faults = parse_fault_plan(env.get("PROVISIONER_FAULT_INJECTION", ""))
+    except ConfigurationError as exc:
+        problems.append(str(exc))
+        faults = {}
+    values = {
+        "state_dir": read("STATE_DIR", Path, defaults.state_dir),
+        "database_url": read("DATABASE_URL", database_url, ""),
+        "grpc_addr": read("GRPC_ADDR", _address, defaults.grpc_addr),
+        "http_addr": read("HTTP_ADDR", _address, defaults.http_addr),
+        "envoy_admin_addr": read("ENVOY_ADMIN_ADDR", _address, defaults.envoy_admin_addr),
+        "steps": read("STEPS", _choice(STEP_BACKENDS), defaults.steps),
+        "local_step_delay": read("LOCAL_STEP_DELAY", _seconds, 0.0),
+        "replica_id": read("REPLICA_ID", str, ""),
+        "log_level": read("LOG_LEVEL", lambda t: _choice(LOG_LEVELS)(t.upper()), defaults.log_level),
+    }
+    engine_values = {
+        "step_timeout": read("STEP_TIMEOUT", _seconds, defaults.engine.step_timeout),
+        "job_deadline": read("JOB_DEADLINE", _seconds, defaults.engine.job_deadline),
+        "lease_seconds": read("LEASE_SECONDS", _seconds, defaults.engine.lease_seconds),
+        "claim_interval": read("CLAIM_INTERVAL", _seconds, defaults.engine.claim_interval),
+        "max_running_jobs": read("MAX_RUNNING_JOBS", _count, defaults.engine.max_running_jobs),
+    }
+    retry_values = {
+        "max_retries": read("MAX_RETRIES", _count, policy.max_retries),
+        "base_delay": read("RETRY_BASE_SECONDS", _seconds, policy.base_delay),
+        "max_delay": read("RETRY_MAX_SECONDS", _seconds, policy.max_delay),
+    }
+    if problems:
+        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems))
+    try:
+        retry = RetryPolicy(**retry_values)  # type: ignore[arg-type]
+        engine = EngineConfig(retry=retry, **engine_values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid settings: {exc}") from exc
+    return Settings(faults=faults, engine=engine, **values)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Provisioning steps: one module per step backend, all behind the `Step` protocol."""

@@ -1,0 +1,1 @@
+"""Durable job store adapters (SQLite, PostgreSQL) and an in-memory one for unit tests."""

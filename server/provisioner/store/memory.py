@@ -1,0 +1,166 @@
+"""An in-memory job store with the same semantics as the SQL one, for fast unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from provisioner.core.department import AuditEntry, Department, department_status
+from provisioner.core.errors import ConflictError, LeaseLostError
+from provisioner.core.job import Event, Job
+from provisioner.core.states import DepartmentStatus, JobKind
+
+
+class InMemoryJobStore:
+    """Keeps everything in dicts; not durable, not shared across processes."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._events: dict[str, list[Event]] = {}
+        self._departments: dict[str, Department] = {}
+        self._leases: dict[str, tuple[str, datetime]] = {}
+        self._cancel: set[str] = set()
+        self._audit: list[AuditEntry] = []
+
+    async def initialize(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def create_job(
+        self, job: Job, event: Event, audit: AuditEntry, lease: tuple[str, datetime] | None = None
+    ) -> None:
+        if job.request_id is not None and any(j.request_id == job.request_id for j in self._jobs.values()):
+            raise ConflictError(f"request id {job.request_id} was already used")
+        if any(
+            j.department_id == job.department_id and j.kind is job.kind and not j.is_finished
+            for j in self._jobs.values()
+        ):
+            raise ConflictError(f"department {job.department_id} already has an unfinished {job.kind} job")
+        self._jobs[job.job_id] = job.snapshot()
+        self._events[job.job_id] = [event]
+        if lease is not None:
+            self._leases[job.job_id] = lease
+        self._touch_department(job)
+        self._audit.append(audit)
+
+    async def commit(self, job: Job, events: Sequence[Event], owner: str) -> None:
+        lease = self._leases.get(job.job_id)
+        if lease is None or lease[0] != owner:
+            raise LeaseLostError(f"job {job.job_id} is not leased to {owner}")
+        stored = self._events[job.job_id]
+        for event in events:
+            if event.sequence != stored[-1].sequence + 1:
+                raise RuntimeError(f"event sequence gap in job {job.job_id}: {event.sequence}")
+            stored.append(event)
+        self._jobs[job.job_id] = job.snapshot()
+        current = self._departments.get(job.department_id)
+        # Like the SQL store: only a finished job moves the department, and only while it
+        # is still the department's current job (a deprovisioning may have taken over).
+        if job.is_finished and current is not None and current.current_job_id == job.job_id:
+            self._touch_department(job)
+
+    def _touch_department(self, job: Job) -> None:
+        current = self._departments.get(job.department_id)
+        spec = job.spec if job.kind is JobKind.PROVISION or current is None else current.spec
+        self._departments[job.department_id] = Department(
+            spec=spec,
+            status=department_status(job),
+            current_job_id=job.job_id,
+            created_at=current.created_at if current else job.created_at,
+            updated_at=job.updated_at or job.created_at,
+        )
+
+    async def get_job(self, job_id: str) -> Job | None:
+        job = self._jobs.get(job_id)
+        return job.snapshot() if job else None
+
+    async def find_by_request_id(self, request_id: str) -> Job | None:
+        for job in self._jobs.values():
+            if job.request_id == request_id:
+                return job.snapshot()
+        return None
+
+    async def unfinished_jobs(self, department_id: str) -> list[Job]:
+        return [
+            j.snapshot()
+            for j in self._jobs.values()
+            if j.department_id == department_id and not j.is_finished
+        ]
+
+    async def latest_job(self, department_id: str) -> Job | None:
+        jobs = [j for j in self._jobs.values() if j.department_id == department_id]
+        return max(jobs, key=lambda j: j.created_at).snapshot() if jobs else None
+
+    async def latest_provision(self, department_id: str) -> Job | None:
+        jobs = [
+            j for j in self._jobs.values() if j.department_id == department_id and j.kind is JobKind.PROVISION
+        ]
+        return max(jobs, key=lambda j: j.created_at).snapshot() if jobs else None
+
+    async def events_after(self, job_id: str, after_sequence: int, limit: int = 1000) -> list[Event]:
+        return [e for e in self._events.get(job_id, []) if e.sequence > after_sequence][:limit]
+
+    async def get_department(self, department_id: str) -> Department | None:
+        return self._departments.get(department_id)
+
+    async def list_departments(
+        self,
+        *,
+        status: DepartmentStatus | None = None,
+        region: str | None = None,
+        after_id: str = "",
+        limit: int = 100,
+    ) -> list[Department]:
+        found = sorted(
+            (
+                d
+                for d in self._departments.values()
+                if d.department_id > after_id
+                and (status is None or d.status is status)
+                and (region is None or d.spec.region == region)
+            ),
+            key=lambda d: d.department_id,
+        )
+        return found[:limit]
+
+    async def count_departments(self, statuses: frozenset[DepartmentStatus]) -> int:
+        return sum(1 for d in self._departments.values() if d.status in statuses)
+
+    async def claim_jobs(self, owner: str, now: datetime, lease_until: datetime, limit: int) -> list[str]:
+        claimed: list[str] = []
+        for job_id, job in sorted(self._jobs.items(), key=lambda kv: kv[1].created_at):
+            if len(claimed) >= limit:
+                break
+            lease = self._leases.get(job_id)
+            if job.is_finished or (lease and lease[0] != owner and lease[1] > now):
+                continue
+            self._leases[job_id] = (owner, lease_until)
+            claimed.append(job_id)
+        return claimed
+
+    async def renew_leases(
+        self, owner: str, job_ids: Sequence[str], until: datetime
+    ) -> tuple[set[str], set[str]]:
+        held = set()
+        for job_id in job_ids:
+            lease = self._leases.get(job_id)
+            if lease and lease[0] == owner:
+                self._leases[job_id] = (owner, until)
+                held.add(job_id)
+        return held, held & self._cancel
+
+    async def release(self, owner: str, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            if self._leases.get(job_id, ("",))[0] == owner:
+                del self._leases[job_id]
+
+    async def request_cancel(self, job_id: str) -> None:
+        self._cancel.add(job_id)
+
+    async def record_audit(self, entry: AuditEntry) -> None:
+        self._audit.append(entry)
+
+    async def audit_log(self, department_id: str) -> list[AuditEntry]:
+        return [a for a in self._audit if a.department_id == department_id]

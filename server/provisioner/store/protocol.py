@@ -1,0 +1,76 @@
+"""What the engine needs from a job store, whatever the backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from provisioner.core.department import AuditEntry, Department
+from provisioner.core.job import Event, Job
+from provisioner.core.states import DepartmentStatus
+
+
+class JobStore(Protocol):
+    """Durable home of departments, jobs, steps, events and the audit log.
+
+    Writes are atomic per call. `commit` is fenced by the job's lease: it raises
+    `LeaseLostError` if `owner` no longer holds the lease, and writes nothing.
+    """
+
+    async def initialize(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create_job(
+        self, job: Job, event: Event, audit: AuditEntry, lease: tuple[str, datetime] | None = None
+    ) -> None:
+        """Insert a new job (leased to `lease`'s owner if given), its steps, first event,
+        department row and audit entry, atomically.
+
+        Raises `ConflictError` if the request id was used before or the department
+        already has an unfinished job of the same kind.
+        """
+
+    async def commit(self, job: Job, events: Sequence[Event], owner: str) -> None: ...
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def find_by_request_id(self, request_id: str) -> Job | None: ...
+
+    async def unfinished_jobs(self, department_id: str) -> list[Job]: ...
+
+    async def latest_job(self, department_id: str) -> Job | None: ...
+
+    async def latest_provision(self, department_id: str) -> Job | None: ...
+
+    async def events_after(self, job_id: str, after_sequence: int, limit: int = 1000) -> list[Event]: ...
+
+    async def get_department(self, department_id: str) -> Department | None: ...
+
+    async def list_departments(
+        self,
+        *,
+        status: DepartmentStatus | None = None,
+        region: str | None = None,
+        after_id: str = "",
+        limit: int = 100,
+    ) -> list[Department]: ...
+
+    async def count_departments(self, statuses: frozenset[DepartmentStatus]) -> int: ...
+
+    async def claim_jobs(self, owner: str, now: datetime, lease_until: datetime, limit: int) -> list[str]:
+        """Lease unfinished jobs that nobody holds (or whose lease expired) to `owner`."""
+
+    async def renew_leases(
+        self, owner: str, job_ids: Sequence[str], until: datetime
+    ) -> tuple[set[str], set[str]]:
+        """Extend `owner`'s leases; return (still held, cancel requested)."""
+
+    async def release(self, owner: str, job_ids: Sequence[str]) -> None: ...
+
+    async def request_cancel(self, job_id: str) -> None: ...
+
+    async def record_audit(self, entry: AuditEntry) -> None: ...
+
+    async def audit_log(self, department_id: str) -> list[AuditEntry]: ...
