@@ -221,16 +221,20 @@ class Job:
             message=f"{name} attempt {step.attempts} started",
         )
 
-    def step_retrying(self, name: StepName, error: BaseException, delay: float, now: datetime) -> Event:
+    def step_retrying(
+        self, name: StepName, error: BaseException, delay: float, attempt: int, now: datetime
+    ) -> Event:
+        """Attempt `attempt` of applying (or undoing) a step failed and will be tried again."""
         step = self.steps[name]
-        step.last_error = JobError.from_exception(error, name).message
+        failure = JobError.from_exception(error, name)
+        step.last_error = failure.message
         return self._emit(
             EventType.STEP_RETRYING,
             now,
             step=name,
-            attempt=step.attempts,
-            message=f"{name} attempt {step.attempts} failed, retrying in {delay:.2f}s: {step.last_error}",
-            detail={"delay_seconds": round(delay, 3), "reason": JobError.from_exception(error).reason},
+            attempt=attempt,
+            message=f"{name} attempt {attempt} failed, retrying in {delay:.2f}s: {failure.message}",
+            detail={"delay_seconds": round(delay, 3), "reason": failure.reason},
         )
 
     def step_succeeded(self, name: StepName, resources: dict[str, str], now: datetime) -> list[Event]:
@@ -310,16 +314,15 @@ class Job:
             if self.steps[name].status is StepStatus.PENDING:
                 self.steps[name].resources = dict(found)
 
-    def start_compensation(self, name: StepName, now: datetime) -> Event:
-        step = self.steps[name]
-        step.status = StepStatus.COMPENSATING
-        step.attempts += 1
+    def start_compensation(self, name: StepName, attempt: int, now: datetime) -> Event:
+        """Begin undoing a step; `attempt` counts compensation attempts, apart from `attempts`."""
+        self.steps[name].status = StepStatus.COMPENSATING
         return self._emit(
             EventType.STEP_COMPENSATING,
             now,
             step=name,
-            attempt=step.attempts,
-            message=f"undoing {name}",
+            attempt=attempt,
+            message=f"undoing {name}" + (f" (attempt {attempt})" if attempt > 1 else ""),
         )
 
     def step_compensated(self, name: StepName, now: datetime) -> Event:
@@ -333,7 +336,6 @@ class Job:
             EventType.STEP_COMPENSATED,
             now,
             step=name,
-            attempt=step.attempts,
             message=f"{name} undone",
             detail={"removed": removed},
         )
@@ -348,7 +350,6 @@ class Job:
             EventType.STEP_COMPENSATION_FAILED,
             now,
             step=name,
-            attempt=step.attempts,
             message=f"could not undo {name}: {failure.message}",
             detail={"reason": failure.reason, "remaining": dict(step.resources)},
         )

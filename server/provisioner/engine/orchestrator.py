@@ -173,12 +173,13 @@ class Orchestrator:
                     return replay
                 await self._audit(principal, "provision", spec.department_id, "rejected: request id reused")
                 raise ConflictError(f"request id {request_id} was already used for a different request")
-        for job in await self.store.unfinished_jobs(spec.department_id):
-            if job.kind is JobKind.DEPROVISION:
-                raise FailedPreconditionError(
-                    f"department {spec.department_id} is being deprovisioned; "
-                    "provision it again once that job finishes"
-                )
+        unfinished = await self.store.unfinished_jobs(spec.department_id)
+        if any(job.kind is JobKind.DEPROVISION for job in unfinished):
+            raise FailedPreconditionError(
+                f"department {spec.department_id} is being deprovisioned; "
+                "provision it again once that job finishes"
+            )
+        for job in unfinished:
             return self._same_spec(job, fingerprint)
         latest = await self.store.latest_job(spec.department_id)
         if latest is not None and latest.kind is JobKind.PROVISION and latest.state is State.COMPLETED:

@@ -170,7 +170,7 @@ class JobRunner:
             if delay is None:
                 await self._record(partial(job.step_failed, name, error))
                 raise _StepFailed(JobError.from_exception(error, name))
-            await self._record(partial(job.step_retrying, name, error, delay))
+            await self._record(partial(job.step_retrying, name, error, delay, job.steps[name].attempts))
             await asyncio.sleep(delay)
 
     # -- rollback and teardown --------------------------------------------------------------------
@@ -187,7 +187,7 @@ class JobRunner:
         attempt = 0
         while True:
             attempt += 1
-            await self._record(partial(job.start_compensation, name))
+            await self._record(partial(job.start_compensation, name, attempt))
             ctx = StepContext(job.job_id, job.spec, job.steps[name].attempts, dict(job.steps[name].resources))
             try:
                 async with asyncio.timeout(self._config.step_timeout):
@@ -208,7 +208,7 @@ class JobRunner:
             if delay is None:
                 await self._record(partial(job.compensation_failed, name, error))
                 return
-            await self._record(partial(job.step_retrying, name, error, delay))
+            await self._record(partial(job.step_retrying, name, error, delay, attempt))
             await asyncio.sleep(delay)
 
     async def _await_provisioning(self) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from provisioner.core.spec import DepartmentSpec
 from provisioner.core.states import StepName
@@ -42,6 +43,9 @@ class Step(Protocol):
     It returns the names/ids of what it made (never secrets). `compensate` removes exactly
     what `apply` makes and succeeds when there is nothing left to remove. Retryable
     failures raise `TransientStepError`; anything else is fatal for the step.
+
+    Neither may leave work running once it returns or is cancelled: a side effect that
+    lands after its step was cancelled would escape the rollback (see `settle`).
     """
 
     name: StepName
@@ -51,3 +55,21 @@ class Step(Protocol):
     async def compensate(self, ctx: StepContext) -> None: ...
 
     async def check(self, ctx: StepContext) -> Condition: ...
+
+
+T = TypeVar("T")
+
+
+async def settle(work: Awaitable[T]) -> T:
+    """Await `work` to its end even if the caller is cancelled meanwhile, then re-raise.
+
+    For side effects that cannot be interrupted halfway (a thread writing files, a
+    process being spawned): cancellation waits for them, so a rollback that follows
+    sees everything they made.
+    """
+    future = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise

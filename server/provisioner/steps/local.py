@@ -15,11 +15,15 @@ import uuid
 from pathlib import Path
 
 from provisioner.core.states import StepName
-from provisioner.steps.base import Condition, StepContext
+from provisioner.steps.base import Condition, StepContext, settle
 
 
 class LocalMarkerStep:
-    """Creates (or adopts) one marker file per department; compensation deletes it."""
+    """Creates (or adopts) one marker file per department; compensation deletes it.
+
+    `delay` (test-only, `PROVISIONER_LOCAL_STEP_DELAY`) is spent after each side effect,
+    so a test can kill the server while a step is in flight.
+    """
 
     def __init__(self, name: StepName, root: Path, delay: float = 0.0) -> None:
         self.name = name
@@ -30,7 +34,7 @@ class LocalMarkerStep:
         return self._root / department_id / f"{self.name}.json"
 
     async def apply(self, ctx: StepContext) -> dict[str, str]:
-        resource_id = await asyncio.to_thread(self._create, ctx)
+        resource_id = await settle(asyncio.to_thread(self._create, ctx))
         if self._delay:
             # Work after the side effect: a crash here leaves the resource to be adopted.
             await asyncio.sleep(self._delay)
@@ -55,7 +59,9 @@ class LocalMarkerStep:
         return resource_id
 
     async def compensate(self, ctx: StepContext) -> None:
-        await asyncio.to_thread(self._remove, ctx)
+        await settle(asyncio.to_thread(self._remove, ctx))
+        if self._delay:
+            await asyncio.sleep(self._delay)
 
     def _remove(self, ctx: StepContext) -> None:
         path = self.marker(ctx.department_id)

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provisioner.core.errors import ConfigurationError
+from provisioner.core.states import StepName
+from provisioner.settings import Address, load_settings
+from provisioner.steps.faults import Fault, parse_fault_plan
+
+
+def test_defaults_are_the_embedded_control_plane() -> None:
+    settings = load_settings({})
+    assert settings.grpc_addr == Address("127.0.0.1", 50051)
+    assert settings.http_addr == Address("127.0.0.1", 8080)
+    assert settings.envoy_admin_addr == Address("127.0.0.1", 9901)
+    assert settings.state_dir == Path("var")
+    assert settings.effective_database_url.startswith("sqlite+aiosqlite:///")
+    assert settings.effective_database_url.endswith("/var/provisioner.db")
+    assert settings.engine.step_timeout == 60
+    assert settings.engine.job_deadline == 300
+    assert settings.engine.retry.max_retries == 3
+    assert settings.faults == {}
+
+
+def test_values_are_read_and_plain_database_urls_get_async_drivers() -> None:
+    settings = load_settings(
+        {
+            "PROVISIONER_DATABASE_URL": "postgresql://u@db:5432/jobs",
+            "PROVISIONER_STEP_TIMEOUT": "5",
+            "PROVISIONER_JOB_DEADLINE": "30",
+            "PROVISIONER_GRPC_ADDR": "0.0.0.0:6000",
+            "PROVISIONER_STEPS": "noop",
+        }
+    )
+    assert settings.effective_database_url == "postgresql+asyncpg://u@db:5432/jobs"
+    assert settings.engine.step_timeout == 5
+    assert settings.grpc_addr == Address("0.0.0.0", 6000)
+    assert settings.steps == "noop"
+
+
+def test_every_bad_setting_is_named_at_once() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(
+            {
+                "PROVISIONER_GRPC_ADDR": "nowhere",
+                "PROVISIONER_STEP_TIMEOUT": "soon",
+                "PROVISIONER_STEPS": "magic",
+                "PROVISIONER_DATABASE_URL": "mysql://x",
+                "PROVISIONER_FAULT_INJECTION": "teleport=fail",
+            }
+        )
+    message = caught.value.message
+    for name in ("GRPC_ADDR", "STEP_TIMEOUT", "STEPS", "DATABASE_URL", "FAULT_INJECTION"):
+        assert f"PROVISIONER_{name}" in message
+
+
+def test_inconsistent_timeouts_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="PROVISIONER_JOB_DEADLINE"):
+        load_settings({"PROVISIONER_STEP_TIMEOUT": "60", "PROVISIONER_JOB_DEADLINE": "10"})
+
+
+def test_fault_plans_parse_every_documented_mode() -> None:
+    plan = parse_fault_plan("container=fail, gateway=transient:2,workflows=hang,database=fail-compensate")
+    assert plan == {
+        StepName.CONTAINER: Fault("fail"),
+        StepName.GATEWAY: Fault("transient", 2),
+        StepName.WORKFLOWS: Fault("hang"),
+        StepName.DATABASE: Fault("fail-compensate"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [("nope=fail", "unknown step"), ("gateway", "step=mode"), ("gateway=explode", "unknown mode"),
+     ("gateway=transient:0", "positive count"), ("gateway=transient:x", "positive count")],
+)  # fmt: skip
+def test_bad_fault_plans_say_what_is_wrong(text: str, complaint: str) -> None:
+    with pytest.raises(ConfigurationError, match=complaint):
+        parse_fault_plan(text)
