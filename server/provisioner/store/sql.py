@@ -149,12 +149,13 @@ class SqlJobStore:
     async def commit(self, job: Job, events: Sequence[Event], owner: str) -> None:
         if self._writer is None:
             raise RuntimeError("job store used before initialize()")
-        touched = {e.step for e in events if e.step is not None}
         pending = _PendingCommit(
             job_values=codec.job_values(job),
             job_id=job.job_id,
             owner=owner,
-            steps=[codec.step_row(job.job_id, job.steps[name]) for name in touched],
+            # Every step row, not only those the events name: the aggregate is the truth,
+            # and a row is cheap next to the transaction it rides in.
+            steps=[codec.step_row(job.job_id, step) for step in job.steps.values()],
             events=[codec.event_row(e) for e in events],
             department=self._department_values(job) if job.is_finished else None,
         )
@@ -193,8 +194,13 @@ class SqlJobStore:
                 kept = [p for i, p in enumerate(batch) if i not in lost]
                 await self._write_children(conn, kept)
         except Exception as exc:
+            if len(batch) > 1:
+                # Confine the failure to the commit that caused it, if one did.
+                for pending in batch:
+                    await self._write_batch([pending])
+                return
             error = StoreUnavailableError(f"job store write failed: {exc.__class__.__name__}")
-            log.error("job store batch of %d commits failed", len(batch), exc_info=exc)
+            log.error("job store commit of job %s failed", batch[0].job_id, exc_info=exc)
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(error)

@@ -11,9 +11,13 @@ connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("run migrations through provisioner.store.migrations.upgrade_to_head")
 
+# Replicas starting together must not race each other through the DDL.
 if connection.dialect.name == "postgresql":
-    # Replicas starting together must not race each other through the DDL.
     connection.execute(sa.text("SELECT pg_advisory_xact_lock(7238541)"))
+elif connection.dialect.name == "sqlite":
+    # pysqlite runs DDL outside any transaction unless told: take the write lock first, so
+    # a second replica waits, then finds the schema at head.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
 with context.begin_transaction():
