@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from provisioner.core.job import Event, EventType, Job
 from provisioner.core.retry import RetryPolicy
 from provisioner.core.states import STEP_STATE, DepartmentStatus, State, StepName, StepStatus
 from provisioner.engine.config import EngineConfig
-from provisioner.engine.orchestrator import Orchestrator
+from provisioner.engine.orchestrator import Orchestrator, utcnow
 from provisioner.events.hub import EventHub
 from provisioner.steps.base import Step
 from provisioner.steps.faults import FaultInjectingStep, parse_fault_plan
@@ -51,12 +52,18 @@ async def build(store: InMemoryJobStore, tmp_path: Path) -> AsyncIterator[Build]
     started: list[Orchestrator] = []
 
     def make(
-        faults: str = "", config: EngineConfig = FAST, delay: float = 0.0, owner: str = "r1"
+        faults: str = "",
+        config: EngineConfig = FAST,
+        delay: float = 0.0,
+        owner: str = "r1",
+        clock: Callable[[], datetime] = utcnow,
     ) -> Orchestrator:
         steps: dict[StepName, Step] = {n: LocalMarkerStep(n, tmp_path, delay) for n in StepName}
         plan = parse_fault_plan(faults)
         steps = {n: FaultInjectingStep(s, plan[n]) if n in plan else s for n, s in steps.items()}
-        orchestrator = Orchestrator(store, EventHub(store, poll_interval=0.05), steps, config, owner=owner)
+        orchestrator = Orchestrator(
+            store, EventHub(store, poll_interval=0.05), steps, config, owner=owner, clock=clock
+        )
         started.append(orchestrator)
         return orchestrator
 
@@ -185,7 +192,12 @@ async def test_provisioning_is_idempotent(build: Build) -> None:
     with pytest.raises(ConflictError, match="different spec"):
         await orchestrator.provision(spec(region="eu-west"), principal="alice")
     audit = await orchestrator.store.audit_log("hr")
-    assert [a.outcome for a in audit][:2] == ["accepted", "replayed"]
+    assert [(a.principal, a.outcome) for a in audit] == [
+        ("alice", "accepted"),
+        ("bob", "replayed"),
+        ("alice", "rejected: CONFLICT"),
+        ("alice", "rejected: CONFLICT"),
+    ]
 
 
 async def test_after_a_failure_the_same_spec_starts_a_new_job_that_adopts(
@@ -210,12 +222,38 @@ async def test_request_ids_must_be_uuids(build: Build) -> None:
     assert [v.field for v in caught.value.violations] == ["request_id"]
 
 
-async def test_invalid_specs_create_nothing(build: Build, store: InMemoryJobStore) -> None:
+async def test_invalid_specs_create_nothing_but_are_audited(build: Build, store: InMemoryJobStore) -> None:
     orchestrator = build()
     await orchestrator.start()
     with pytest.raises(InvalidSpecError):
-        await orchestrator.provision(spec("Bad_Id"), principal="alice")
+        await orchestrator.provision(spec("Bad_Id\x00"), principal="mallory")
     assert await store.list_departments() == []
+    [entry] = await store.audit_log("Bad_Id?")
+    assert (entry.principal, entry.action, entry.outcome) == (
+        "mallory",
+        "provision",
+        "rejected: INVALID_SPEC",
+    )
+
+
+async def test_a_job_resumed_after_its_deadline_rolls_back(
+    build: Build, store: InMemoryJobStore, tmp_path: Path
+) -> None:
+    patient = EngineConfig(
+        step_timeout=5, job_deadline=20, retry=FAST.retry, lease_seconds=0.6, claim_interval=0.05
+    )
+    first = build(delay=0.5, config=patient)
+    await first.start()
+    job, _ = await first.provision(spec(), principal="alice")
+    await step_started(first, job.job_id, StepName.CONTAINER)
+    await first.stop()  # the replica goes away for longer than the job's deadline
+    late = build(config=patient, clock=lambda: job.deadline_at + timedelta(seconds=1))
+    await late.start()
+    finished = await asyncio.wait_for(late.wait(job.job_id), 10)
+    assert finished.state is State.FAILED
+    assert finished.error is not None
+    assert finished.error.reason == "DEADLINE_EXCEEDED"
+    assert markers(tmp_path) == set()
 
 
 async def test_deprovisioning_removes_everything(build: Build, tmp_path: Path) -> None:

@@ -112,6 +112,25 @@ class Orchestrator:
         self, spec: DepartmentSpec, *, principal: str, request_id: str | None = None
     ) -> tuple[Job, bool]:
         """Start provisioning `spec`, or return the job already doing it. True if new."""
+        try:
+            return await self._provision(spec, principal, request_id)
+        except ProvisioningError as exc:
+            await self._audit_rejection(principal, "provision", spec.department_id, request_id, exc)
+            raise
+
+    async def deprovision(
+        self, department_id: str, *, principal: str, request_id: str | None = None
+    ) -> tuple[Job, bool]:
+        """Tear a department down, cancelling and rolling back its provisioning if running."""
+        try:
+            return await self._deprovision(department_id, principal, request_id)
+        except ProvisioningError as exc:
+            await self._audit_rejection(principal, "deprovision", department_id, request_id, exc)
+            raise
+
+    async def _provision(
+        self, spec: DepartmentSpec, principal: str, request_id: str | None
+    ) -> tuple[Job, bool]:
         validate(spec)
         request_id = _check_request_id(request_id)
         self._check_accepting()
@@ -128,10 +147,9 @@ class Orchestrator:
                 # Another request for the same department won the race: answer with its job.
         raise AssertionError("unreachable")
 
-    async def deprovision(
-        self, department_id: str, *, principal: str, request_id: str | None = None
+    async def _deprovision(
+        self, department_id: str, principal: str, request_id: str | None
     ) -> tuple[Job, bool]:
-        """Tear a department down, cancelling and rolling back its provisioning if running."""
         violations = check_department_id(department_id)
         if violations:
             raise InvalidSpecError(violations)
@@ -171,7 +189,6 @@ class Orchestrator:
                 if replay.kind is JobKind.PROVISION and replay.spec.fingerprint() == fingerprint:
                     await self._audit(principal, "provision", spec.department_id, "replayed", replay)
                     return replay
-                await self._audit(principal, "provision", spec.department_id, "rejected: request id reused")
                 raise ConflictError(f"request id {request_id} was already used for a different request")
         unfinished = await self.store.unfinished_jobs(spec.department_id)
         if any(job.kind is JobKind.DEPROVISION for job in unfinished):
@@ -239,6 +256,18 @@ class Orchestrator:
     def _check_accepting(self) -> None:
         if not self._accepting:
             raise ServiceDrainingError("the server is not accepting new jobs (starting or shutting down)")
+
+    async def _audit_rejection(
+        self, principal: str, action: str, department_id: str, request_id: str | None, exc: ProvisioningError
+    ) -> None:
+        # What was asked is recorded even when it was garbage, made printable and bounded.
+        shown = "".join(ch if ch.isprintable() else "?" for ch in department_id)[:64]
+        entry = AuditEntry(
+            self._clock(), principal, action, shown, f"rejected: {exc.reason}",
+            request_id=(request_id or "")[:64] or None, detail=exc.message[:500],
+        )  # fmt: skip
+        with contextlib.suppress(ProvisioningError):
+            await self.store.record_audit(entry)
 
     async def _audit(
         self, principal: str, action: str, department_id: str, outcome: str, job: Job | None = None
