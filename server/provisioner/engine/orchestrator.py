@@ -135,10 +135,12 @@ class Orchestrator:
         request_id = _check_request_id(request_id)
         self._check_accepting()
         for attempt in range(2):
-            existing = await self._existing_provision(spec, request_id, principal)
+            # No department row means no job ever touched it: nothing to return or adopt.
+            known = await self.store.get_department(spec.department_id) is not None
+            existing = await self._existing_provision(spec, request_id, principal, known)
             if existing is not None:
                 return existing, False
-            inherited = await self._adoptable(spec.department_id)
+            inherited = await self._adoptable(spec.department_id) if known else {}
             try:
                 return await self._create(JobKind.PROVISION, spec, principal, request_id, inherited), True
             except ConflictError:
@@ -180,7 +182,7 @@ class Orchestrator:
         raise AssertionError("unreachable")
 
     async def _existing_provision(
-        self, spec: DepartmentSpec, request_id: str | None, principal: str
+        self, spec: DepartmentSpec, request_id: str | None, principal: str, known: bool
     ) -> Job | None:
         fingerprint = spec.fingerprint()
         if request_id is not None:
@@ -190,6 +192,8 @@ class Orchestrator:
                     await self._audit(principal, "provision", spec.department_id, "replayed", replay)
                     return replay
                 raise ConflictError(f"request id {request_id} was already used for a different request")
+        if not known:
+            return None
         unfinished = await self.store.unfinished_jobs(spec.department_id)
         if any(job.kind is JobKind.DEPROVISION for job in unfinished):
             raise FailedPreconditionError(
@@ -300,8 +304,12 @@ class Orchestrator:
 
     async def wait(self, job_id: str) -> Job:
         """Wait until a job finishes (by following its events) and return it."""
+        local = self._runners.get(job_id)
         async for _ in self.hub.subscribe(job_id):
             pass
+        if local is not None and local[0].job.is_finished:
+            # The runner commits before it publishes: its copy is what the store holds.
+            return local[0].job.snapshot()
         return await self.get_job(job_id)
 
     # -- scheduling ------------------------------------------------------------------------------
@@ -355,10 +363,13 @@ class Orchestrator:
         while True:
             await asyncio.sleep(self.config.claim_interval)
             try:
-                held, cancels = await self.store.renew_leases(
-                    self.owner, list(self._runners), self._lease_until()
-                )
-                for job_id, (runner, task) in list(self._runners.items()):
+                renewing = list(self._runners)
+                held, cancels = await self.store.renew_leases(self.owner, renewing, self._lease_until())
+                for job_id in renewing:
+                    entry = self._runners.get(job_id)
+                    if entry is None:
+                        continue
+                    runner, task = entry
                     if job_id not in held and not task.done():
                         log.warning("lease on job %s lost; another replica resumes it", job_id)
                         task.cancel()

@@ -75,11 +75,11 @@ class EventHub:
         sub = _Subscriber(asyncio.Queue(self._queue_size))
         self._subscribers.setdefault(job_id, set()).add(sub)
         try:
-            job = await self._store.get_job(job_id)
-            if job is None:
+            head = await self._store.job_head(job_id)
+            if head is None:
                 raise NotFoundError(f"job {job_id} not found")
             last = after_sequence
-            if job.is_finished and last >= job.last_sequence:
+            if head.finished and last >= head.last_sequence:
                 return
             async for event in self._catch_up(job_id, last):
                 yield event

@@ -9,6 +9,7 @@ from provisioner.core.department import AuditEntry, Department, department_statu
 from provisioner.core.errors import ConflictError, LeaseLostError
 from provisioner.core.job import Event, Job
 from provisioner.core.states import DepartmentStatus, JobKind
+from provisioner.store.protocol import JobHead
 
 
 class InMemoryJobStore:
@@ -71,6 +72,10 @@ class InMemoryJobStore:
             created_at=current.created_at if current else job.created_at,
             updated_at=job.updated_at or job.created_at,
         )
+
+    async def job_head(self, job_id: str) -> JobHead | None:
+        job = self._jobs.get(job_id)
+        return None if job is None else JobHead(job.is_finished, job.last_sequence)
 
     async def get_job(self, job_id: str) -> Job | None:
         job = self._jobs.get(job_id)

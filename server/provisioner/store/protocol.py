@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from provisioner.core.department import AuditEntry, Department
 from provisioner.core.job import Event, Job
 from provisioner.core.states import DepartmentStatus
+
+
+class JobHead(NamedTuple):
+    """Just enough of a job to tell a watcher whether there is more to come."""
+
+    finished: bool
+    last_sequence: int
 
 
 class JobStore(Protocol):
@@ -35,6 +42,8 @@ class JobStore(Protocol):
     async def commit(self, job: Job, events: Sequence[Event], owner: str) -> None: ...
 
     async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def job_head(self, job_id: str) -> JobHead | None: ...
 
     async def find_by_request_id(self, request_id: str) -> Job | None: ...
 

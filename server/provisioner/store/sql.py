@@ -1,48 +1,35 @@
 """The durable job store on SQLAlchemy 2 (async): SQLite by default, PostgreSQL by URL.
 
-Job commits go through one writer task that groups whatever is queued into a single
-transaction (group commit): each caller still awaits the commit of its own changes before
-publishing them, but a thousand busy jobs share a handful of fsyncs instead of a thousand.
+Job creations and commits go through the group-commit writer (`store/writer.py`); leases,
+the audit log and every read use a pool of their own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from provisioner.core.department import AuditEntry, Department, department_status
-from provisioner.core.errors import ConflictError, LeaseLostError, StoreUnavailableError
+from provisioner.core.errors import StoreUnavailableError
 from provisioner.core.job import Event, Job
 from provisioner.core.states import DepartmentStatus, JobKind
 from provisioner.store import codec
 from provisioner.store.migrations import upgrade_to_head
+from provisioner.store.protocol import JobHead
 from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs
+from provisioner.store.writer import GroupCommitWriter, PendingCommit, PendingCreate
 
 log = logging.getLogger(__name__)
 
 _BATCH_LIMIT = 512
-
-
-@dataclass(slots=True)
-class _PendingCommit:
-    job_values: dict[str, Any]
-    job_id: str
-    owner: str
-    steps: list[dict[str, Any]]
-    events: list[dict[str, Any]]
-    department: dict[str, Any] | None
-    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -56,24 +43,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _is_unique_violation(exc: IntegrityError) -> bool:
-    original = exc.orig
-    if getattr(original, "sqlstate", None) == "23505":  # PostgreSQL unique_violation
-        return True
-    return "UNIQUE constraint failed" in str(original)
-
-
 class SqlJobStore:
     """`JobStore` on any SQLAlchemy async URL (sqlite+aiosqlite, postgresql+asyncpg)."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
-        self._engine: AsyncEngine = create_async_engine(url, echo=echo, pool_pre_ping=True)
+        self._engine: AsyncEngine = create_async_engine(
+            url, echo=echo, pool_pre_ping=not url.startswith("sqlite")
+        )
         self._dialect = self._engine.dialect.name
         if self._dialect == "sqlite":
             sa_event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
-        self._queue: asyncio.Queue[_PendingCommit | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        # The writer's own single connection: it never waits behind readers for the pool.
+        write_engine = create_async_engine(
+            url, echo=echo, pool_size=1, max_overflow=0, pool_pre_ping=self._dialect != "sqlite"
+        )
+        if self._dialect == "sqlite":
+            sa_event.listen(write_engine.sync_engine, "connect", _sqlite_pragmas)
+        self._writer = GroupCommitWriter(write_engine)
+        self._write_engine = write_engine
+        #: Step rows as last committed per running job, so commits send only what changed.
+        self._written_steps: dict[str, list[dict[str, Any]]] = {}
 
     @property
     def engine(self) -> AsyncEngine:
@@ -86,16 +76,12 @@ class SqlJobStore:
                 await conn.run_sync(upgrade_to_head)
         except (OperationalError, DBAPIError, OSError) as exc:
             raise StoreUnavailableError(f"cannot open the job store: {exc}") from exc
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_loop(), name="job-store-writer")
+        self._writer.start()
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await self._queue.put(None)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
+        await self._writer.stop()
         await self._engine.dispose()
+        await self._write_engine.dispose()
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -103,37 +89,23 @@ class SqlJobStore:
         self, job: Job, event: Event, audit: AuditEntry, lease: tuple[str, datetime] | None = None
     ) -> None:
         dept = self._department_values(job)
-        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        upsert = insert(departments).values(
-            {
+        row = codec.new_job_row(job)
+        row["lease_owner"], row["lease_expires_at"] = lease or (None, None)
+        pending = PendingCreate(
+            job_row=row,
+            steps=[codec.step_row(job.job_id, s) for s in job.steps.values()],
+            event=codec.event_row(event),
+            department={
                 "department_id": job.department_id,
                 "created_at": job.created_at,
                 "spec": job.spec.to_dict(),
                 "region": job.spec.region,
                 **dept,
-            }
+            },
+            department_keys=tuple(sorted(dept)),
+            audit=codec.audit_row(audit),
         )
-        upsert = upsert.on_conflict_do_update(index_elements=["department_id"], set_=dept)
-        try:
-            async with self._engine.begin() as conn:
-                row = codec.new_job_row(job)
-                row["lease_owner"], row["lease_expires_at"] = lease or (None, None)
-                await conn.execute(jobs.insert(), [row])
-                await conn.execute(
-                    job_steps.insert(), [codec.step_row(job.job_id, s) for s in job.steps.values()]
-                )
-                await conn.execute(job_events.insert(), [codec.event_row(event)])
-                await conn.execute(upsert)
-                await conn.execute(audit_log.insert(), [codec.audit_row(audit)])
-        except IntegrityError as exc:
-            if not _is_unique_violation(exc):
-                raise
-            raise ConflictError(
-                f"department {job.department_id} already has an unfinished {job.kind} job, "
-                "or the request id was used before"
-            ) from exc
-        except (OperationalError, DBAPIError, OSError) as exc:
-            raise StoreUnavailableError(f"job store unavailable: {exc.__class__.__name__}") from exc
+        await self._writer.write(pending)
 
     def _department_values(self, job: Job) -> dict[str, Any]:
         values: dict[str, Any] = {
@@ -147,103 +119,28 @@ class SqlJobStore:
         return values
 
     async def commit(self, job: Job, events: Sequence[Event], owner: str) -> None:
-        if self._writer is None:
-            raise RuntimeError("job store used before initialize()")
-        pending = _PendingCommit(
+        rows = [codec.step_row(job.job_id, step) for step in job.steps.values()]
+        previous = self._written_steps.get(job.job_id)
+        changed = rows if previous is None else [r for r, p in zip(rows, previous, strict=True) if r != p]
+        pending = PendingCommit(
             job_values=codec.job_values(job),
             job_id=job.job_id,
             owner=owner,
-            # Every step row, not only those the events name: the aggregate is the truth,
-            # and a row is cheap next to the transaction it rides in.
-            steps=[codec.step_row(job.job_id, step) for step in job.steps.values()],
+            # Whatever changed since the last commit, named by an event or not (resources
+            # adopted before a teardown starts): the aggregate is the truth.
+            steps=changed,
             events=[codec.event_row(e) for e in events],
             department=self._department_values(job) if job.is_finished else None,
         )
-        self._queue.put_nowait(pending)
-        await pending.future
-
-    async def _write_loop(self) -> None:
-        while True:
-            first = await self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < _BATCH_LIMIT and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            await self._write_batch(batch)
-            if stop:
-                return
-
-    async def _write_batch(self, batch: list[_PendingCommit]) -> None:
-        lost: set[int] = set()
         try:
-            async with self._engine.begin() as conn:
-                for index, pending in enumerate(batch):
-                    result = await conn.execute(
-                        jobs.update()
-                        .where(jobs.c.job_id == pending.job_id, jobs.c.lease_owner == pending.owner)
-                        .values(**pending.job_values)
-                    )
-                    if result.rowcount != 1:
-                        lost.add(index)
-                kept = [p for i, p in enumerate(batch) if i not in lost]
-                await self._write_children(conn, kept)
-        except Exception as exc:
-            if len(batch) > 1:
-                # Confine the failure to the commit that caused it, if one did.
-                for pending in batch:
-                    await self._write_batch([pending])
-                return
-            error = StoreUnavailableError(f"job store write failed: {exc.__class__.__name__}")
-            log.error("job store commit of job %s failed", batch[0].job_id, exc_info=exc)
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(error)
-            return
-        for index, pending in enumerate(batch):
-            if pending.future.done():
-                continue
-            if index in lost:
-                pending.future.set_exception(
-                    LeaseLostError(f"job {pending.job_id} is no longer leased to {pending.owner}")
-                )
-            else:
-                pending.future.set_result(None)
-
-    async def _write_children(self, conn: AsyncConnection, batch: list[_PendingCommit]) -> None:
-        steps = [s for p in batch for s in p.steps]
-        if steps:
-            await conn.execute(
-                job_steps.update()
-                .where(
-                    job_steps.c.job_id == sa.bindparam("b_job_id"), job_steps.c.name == sa.bindparam("b_name")
-                )
-                .values(
-                    status=sa.bindparam("status"),
-                    attempts=sa.bindparam("attempts"),
-                    started_at=sa.bindparam("started_at"),
-                    finished_at=sa.bindparam("finished_at"),
-                    last_error=sa.bindparam("last_error"),
-                    resources=sa.bindparam("resources"),
-                ),
-                [{**s, "b_job_id": s["job_id"], "b_name": s["name"]} for s in steps],
-            )
-        events = [e for p in batch for e in p.events]
-        if events:
-            await conn.execute(job_events.insert(), events)
-        for pending in batch:
-            if pending.department is not None:
-                await conn.execute(
-                    departments.update()
-                    # A later job (a deprovisioning) may own the department by now.
-                    .where(departments.c.current_job_id == pending.job_id)
-                    .values(**pending.department)
-                )
+            await self._writer.write(pending)
+        except BaseException:
+            self._written_steps.pop(job.job_id, None)
+            raise
+        if job.is_finished:
+            self._written_steps.pop(job.job_id, None)
+        else:
+            self._written_steps[job.job_id] = rows
 
     # -- leases -----------------------------------------------------------------------------
 
@@ -345,6 +242,12 @@ class SqlJobStore:
     async def get_job(self, job_id: str) -> Job | None:
         found = await self._jobs_where(jobs.c.job_id == job_id)
         return found[0] if found else None
+
+    async def job_head(self, job_id: str) -> JobHead | None:
+        query = sa.select(jobs.c.finished_at, jobs.c.last_sequence).where(jobs.c.job_id == job_id)
+        async with self._reading() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else JobHead(row.finished_at is not None, row.last_sequence)
 
     async def find_by_request_id(self, request_id: str) -> Job | None:
         found = await self._jobs_where(jobs.c.request_id == request_id)

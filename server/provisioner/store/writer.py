@@ -1,0 +1,269 @@
+"""Group commit: one writer task turns whatever is queued into a single transaction.
+
+Each caller still awaits the commit of its own change before publishing it, but a
+thousand busy jobs share a handful of transactions (and fsyncs) instead of a thousand.
+The writer has a connection of its own, so it never queues behind readers, and every
+statement is sent once per batch with all its rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from provisioner.core.errors import ConflictError, LeaseLostError, StoreUnavailableError
+from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs
+
+log = logging.getLogger(__name__)
+
+_BATCH_LIMIT = 512
+
+_JOB_COLUMNS = ("state", "progress", "error", "cleanup", "last_sequence", "updated_at", "finished_at")
+_UPDATE_JOB = (
+    sa.update(jobs)
+    .where(jobs.c.job_id == sa.bindparam("b_job_id"), jobs.c.lease_owner == sa.bindparam("b_owner"))
+    .values({c: sa.bindparam(c) for c in _JOB_COLUMNS})
+)
+
+
+@dataclass(slots=True)
+class PendingCommit:
+    """A job's new row values, changed step rows and events, fenced by `owner`'s lease."""
+
+    job_values: dict[str, Any]
+    job_id: str
+    owner: str
+    steps: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    department: dict[str, Any] | None
+    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(slots=True)
+class PendingCreate:
+    """A new job with its steps, first event, department row and audit entry."""
+
+    job_row: dict[str, Any]
+    steps: list[dict[str, Any]]
+    event: dict[str, Any]
+    department: dict[str, Any]
+    department_keys: tuple[str, ...]
+    audit: dict[str, Any]
+    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+def _is_unique_violation(exc: IntegrityError) -> bool:
+    original = exc.orig
+    if getattr(original, "sqlstate", None) == "23505":  # PostgreSQL unique_violation
+        return True
+    return "UNIQUE constraint failed" in str(original)
+
+
+def _conflict(job_row: dict[str, Any]) -> ConflictError:
+    return ConflictError(
+        f"department {job_row['department_id']} already has an unfinished {job_row['kind']} job, "
+        "or the request id was used before"
+    )
+
+
+class GroupCommitWriter:
+    """Owns the store's writes of jobs: creations and commits, batched per transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        self._queue: asyncio.Queue[PendingCommit | PendingCreate | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._write_loop(), name="job-store-writer")
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop."""
+        if self._task is not None:
+            await self._queue.put(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def write(self, item: PendingCommit | PendingCreate) -> None:
+        """Queue `item` and wait until its transaction committed (or failed)."""
+        if self._task is None:
+            raise RuntimeError("job store used before initialize()")
+        self._queue.put_nowait(item)
+        await item.future
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < _BATCH_LIMIT and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            await self._write_batch(batch)
+            if stop:
+                return
+
+    async def _write_batch(self, items: list[PendingCommit | PendingCreate]) -> None:
+        creates = [p for p in items if isinstance(p, PendingCreate)]
+        batch = [p for p in items if isinstance(p, PendingCommit)]
+        lost: set[int] = set()
+        conflicts: set[int] = set()
+        try:
+            async with self._engine.begin() as conn:
+                if creates:
+                    conflicts = await self._create_conflicts(conn, creates)
+                    await self._insert_creates(conn, [c for i, c in enumerate(creates) if i not in conflicts])
+                if batch:
+                    lost = await self._update_jobs(conn, batch)
+                    kept = [p for i, p in enumerate(batch) if i not in lost]
+                    await self._write_children(conn, kept)
+        except Exception as exc:
+            if len(items) > 1:
+                for pending in items:
+                    await self._write_batch([pending])
+                return
+            if isinstance(exc, IntegrityError) and creates and _is_unique_violation(exc):
+                error: Exception = _conflict(creates[0].job_row)
+            elif isinstance(exc, OperationalError | DBAPIError | OSError):
+                error = StoreUnavailableError(f"job store unavailable: {exc.__class__.__name__}")
+            else:
+                error = StoreUnavailableError(f"job store write failed: {exc.__class__.__name__}")
+                log.error("job store write failed", exc_info=exc)
+            for pending in items:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        for index, created in enumerate(creates):
+            if created.future.done():
+                continue
+            if index in conflicts:
+                created.future.set_exception(_conflict(created.job_row))
+            else:
+                created.future.set_result(None)
+        for index, pending in enumerate(batch):
+            if pending.future.done():
+                continue
+            if index in lost:
+                pending.future.set_exception(
+                    LeaseLostError(f"job {pending.job_id} is no longer leased to {pending.owner}")
+                )
+            else:
+                pending.future.set_result(None)
+
+    async def _update_jobs(self, conn: AsyncConnection, batch: list[PendingCommit]) -> set[int]:
+        """Update every job row whose lease is still held; return the indexes of the others."""
+        result = await conn.execute(
+            _UPDATE_JOB, [{**p.job_values, "b_job_id": p.job_id, "b_owner": p.owner} for p in batch]
+        )
+        if conn.dialect.supports_sane_multi_rowcount and result.rowcount == len(batch):
+            return set()  # the usual case: every lease held, no need to ask which
+        # Inside the write transaction nobody else can move a lease: whoever owns the row
+        # now is who owned it when it was (or was not) updated.
+        rows = await conn.execute(
+            sa.select(jobs.c.job_id, jobs.c.lease_owner).where(jobs.c.job_id.in_([p.job_id for p in batch]))
+        )
+        owners = {row.job_id: row.lease_owner for row in rows}
+        return {i for i, p in enumerate(batch) if owners.get(p.job_id) != p.owner}
+
+    async def _create_conflicts(self, conn: AsyncConnection, creates: list[PendingCreate]) -> set[int]:
+        """Creations that would break a unique index, found up front (and within the batch)."""
+        wanted = list({c.job_row["department_id"] for c in creates})
+        busy = {
+            (r[0], r[1])
+            for r in (
+                await conn.execute(
+                    sa.select(jobs.c.department_id, jobs.c.kind).where(
+                        jobs.c.department_id.in_(wanted), jobs.c.finished_at.is_(None)
+                    )
+                )
+            ).all()
+        }
+        request_ids = [c.job_row["request_id"] for c in creates if c.job_row["request_id"]]
+        used: set[str] = set()
+        if request_ids:
+            used = set(
+                (await conn.execute(sa.select(jobs.c.request_id).where(jobs.c.request_id.in_(request_ids))))
+                .scalars()
+                .all()
+            )
+        conflicts: set[int] = set()
+        for index, c in enumerate(creates):
+            key = (c.job_row["department_id"], c.job_row["kind"])
+            rid = c.job_row["request_id"]
+            if key in busy or (rid and rid in used):
+                conflicts.add(index)
+                continue
+            busy.add(key)
+            if rid:
+                used.add(rid)
+        return conflicts
+
+    async def _insert_creates(self, conn: AsyncConnection, creates: list[PendingCreate]) -> None:
+        if not creates:
+            return
+        await conn.execute(jobs.insert(), [c.job_row for c in creates])
+        await conn.execute(job_steps.insert(), [s for c in creates for s in c.steps])
+        await conn.execute(job_events.insert(), [c.event for c in creates])
+        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for c in creates:
+            groups.setdefault(c.department_keys, []).append(c.department)
+        for keys, rows in groups.items():
+            stmt = insert(departments)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["department_id"], set_={k: stmt.excluded[k] for k in keys}
+            )
+            await conn.execute(stmt, rows)
+        await conn.execute(audit_log.insert(), [c.audit for c in creates])
+
+    async def _write_children(self, conn: AsyncConnection, batch: list[PendingCommit]) -> None:
+        steps = [s for p in batch for s in p.steps]
+        if steps:
+            await conn.execute(
+                job_steps.update()
+                .where(
+                    job_steps.c.job_id == sa.bindparam("b_job_id"), job_steps.c.name == sa.bindparam("b_name")
+                )
+                .values(
+                    status=sa.bindparam("status"),
+                    attempts=sa.bindparam("attempts"),
+                    started_at=sa.bindparam("started_at"),
+                    finished_at=sa.bindparam("finished_at"),
+                    last_error=sa.bindparam("last_error"),
+                    resources=sa.bindparam("resources"),
+                ),
+                [{**s, "b_job_id": s["job_id"], "b_name": s["name"]} for s in steps],
+            )
+        events = [e for p in batch for e in p.events]
+        if events:
+            await conn.execute(job_events.insert(), events)
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for pending in batch:
+            if pending.department is not None:
+                groups.setdefault(tuple(sorted(pending.department)), []).append(
+                    {**pending.department, "b_job_id": pending.job_id}
+                )
+        for keys, rows in groups.items():
+            await conn.execute(
+                departments.update()
+                # A later job (a deprovisioning) may own the department by now.
+                .where(departments.c.current_job_id == sa.bindparam("b_job_id"))
+                .values({k: sa.bindparam(k) for k in keys}),
+                rows,
+            )
