@@ -256,7 +256,7 @@ async def test_reads_by_department(sql_store: SqlJobStore) -> None:
 
     assert await sql_store.unfinished_jobs("hr") == [provision, deprovision]
     assert await sql_store.latest_job("hr") == deprovision
-    assert await sql_store.latest_provision("hr") == provision
+    assert await sql_store.latest_job("hr", JobKind.PROVISION) == provision
     assert await sql_store.unfinished_jobs("legal") == []
     assert await sql_store.latest_job("legal") is None
 
@@ -401,7 +401,7 @@ async def test_resources_adopted_by_a_teardown_survive_a_takeover(sql_store: Sql
     await sql_store.commit(provision, walk_to_completion(provision, now), OWNER)
     teardown = await add_job(sql_store, "hr", kind=JobKind.DEPROVISION)
     # What a runner does before it starts a teardown.
-    latest = await sql_store.latest_provision("hr")
+    latest = await sql_store.latest_job("hr", JobKind.PROVISION)
     assert latest is not None
     teardown.adopt_resources({name: step.resources for name, step in latest.steps.items()})
     await sql_store.commit(teardown, teardown.start(now), OWNER)

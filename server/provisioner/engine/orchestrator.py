@@ -218,7 +218,7 @@ class Orchestrator:
 
     async def _adoptable(self, department_id: str) -> dict[StepName, dict[str, str]]:
         """What a failed earlier provisioning left behind, for the new job's steps to adopt."""
-        latest = await self.store.latest_provision(department_id)
+        latest = await self.store.latest_job(department_id, JobKind.PROVISION)
         if latest is None or latest.state is not State.FAILED:
             return {}
         return {n: dict(s.resources) for n, s in latest.steps.items() if s.resources}

@@ -144,33 +144,47 @@ class JobRunner:
                 await _cancel_and_wait(task)
 
     async def _run_step(self, name: StepName) -> None:
+        outcome = await self._attempts(name, undo=False)
+        if isinstance(outcome, BaseException):
+            await self._record(partial(self.job.step_failed, name, outcome))
+            raise _StepFailed(JobError.from_exception(outcome, name))
+        await self._record(partial(self.job.step_succeeded, name, outcome))
+
+    async def _attempts(self, name: StepName, *, undo: bool) -> dict[str, str] | BaseException:
+        """Apply (or undo) a step under its timeout, retrying as the policy allows.
+
+        Returns what the step made, or the error the policy gave up on.
+        """
         job = self.job
         step = self._steps[name]
+        what = f"undoing {name}" if undo else str(name)
         attempt = 0
         while True:
             attempt += 1
-            await self._record(partial(job.start_step, name))
+            await self._record(
+                partial(job.start_compensation, name, attempt) if undo else partial(job.start_step, name)
+            )
             ctx = StepContext(job.job_id, job.spec, job.steps[name].attempts, dict(job.steps[name].resources))
             try:
                 async with asyncio.timeout(self._config.step_timeout):
-                    resources = await step.apply(ctx)
+                    if undo:
+                        await step.compensate(ctx)
+                        return {}
+                    return await step.apply(ctx)
             except TimeoutError:
                 error: BaseException = StepTimeoutError(
-                    f"{name} did not finish within {self._config.step_timeout:g}s"
+                    f"{what} did not finish within {self._config.step_timeout:g}s"
                 )
             except ProvisioningError as exc:
                 error = exc
             except Exception as exc:
-                log.exception("step %s of job %s raised unexpectedly", name, job.job_id)
+                log.exception("%s in job %s raised unexpectedly", what, job.job_id)
                 error = exc
-            else:
-                await self._record(partial(job.step_succeeded, name, resources))
-                return
             delay = self._config.retry.next_delay(attempt, error, self._rng.random())
             if delay is None:
-                await self._record(partial(job.step_failed, name, error))
-                raise _StepFailed(JobError.from_exception(error, name))
-            await self._record(partial(job.step_retrying, name, error, delay, job.steps[name].attempts))
+                return error
+            numbered = attempt if undo else job.steps[name].attempts
+            await self._record(partial(job.step_retrying, name, error, delay, numbered))
             await asyncio.sleep(delay)
 
     # -- rollback and teardown --------------------------------------------------------------------
@@ -182,34 +196,11 @@ class JobRunner:
         await self._record(job.finish_rollback)
 
     async def _compensate(self, name: StepName) -> None:
-        job = self.job
-        step = self._steps[name]
-        attempt = 0
-        while True:
-            attempt += 1
-            await self._record(partial(job.start_compensation, name, attempt))
-            ctx = StepContext(job.job_id, job.spec, job.steps[name].attempts, dict(job.steps[name].resources))
-            try:
-                async with asyncio.timeout(self._config.step_timeout):
-                    await step.compensate(ctx)
-            except TimeoutError:
-                error: BaseException = StepTimeoutError(
-                    f"undoing {name} did not finish within {self._config.step_timeout:g}s"
-                )
-            except ProvisioningError as exc:
-                error = exc
-            except Exception as exc:
-                log.exception("compensation of %s in job %s raised unexpectedly", name, job.job_id)
-                error = exc
-            else:
-                await self._record(partial(job.step_compensated, name))
-                return
-            delay = self._config.retry.next_delay(attempt, error, self._rng.random())
-            if delay is None:
-                await self._record(partial(job.compensation_failed, name, error))
-                return
-            await self._record(partial(job.step_retrying, name, error, delay, attempt))
-            await asyncio.sleep(delay)
+        outcome = await self._attempts(name, undo=True)
+        if isinstance(outcome, BaseException):
+            await self._record(partial(self.job.compensation_failed, name, outcome))
+        else:
+            await self._record(partial(self.job.step_compensated, name))
 
     async def _await_provisioning(self) -> None:
         """A deprovisioning starts once the department's provisioning has stopped."""
@@ -217,7 +208,7 @@ class JobRunner:
             if other.kind is JobKind.PROVISION:
                 async for _ in self._hub.subscribe(other.job_id, other.last_sequence):
                     pass
-        latest = await self._store.latest_provision(self.job.department_id)
+        latest = await self._store.latest_job(self.job.department_id, JobKind.PROVISION)
         if latest is not None:
             self.job.adopt_resources({n: s.resources for n, s in latest.steps.items()})
 

@@ -1,8 +1,9 @@
 """In-tree steps that make real, checkable marker resources on local disk.
 
 Each step's resource is the file `resources/<department>/<step>.json` under the state
-directory. Every creation and removal is appended to `resources/ledger.log`, so tests can
-prove from the outside that no side effect ran twice and nothing was left behind.
+directory, holding a fresh resource id. Every creation (logged just before it happens)
+and removal is appended with that id to `resources/ledger.log`, so tests can prove from
+the outside that no side effect ran twice and nothing was left behind.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class LocalMarkerStep:
             return str(json.loads(path.read_text())["resource_id"])
         resource_id = uuid.uuid4().hex
         body = json.dumps({"resource_id": resource_id, "job_id": ctx.job_id, "step": self.name.value})
+        # The ledger line goes first: a crash between it and the link leaves an intent whose
+        # resource never appeared, never a resource nobody recorded.
+        self._ledger("create", ctx.department_id, resource_id)
         tmp = path.with_suffix(f".{resource_id}.tmp")
         tmp.write_text(body)
         try:
@@ -55,7 +59,6 @@ class LocalMarkerStep:
             return str(json.loads(path.read_text())["resource_id"])
         finally:
             tmp.unlink()
-        self._ledger("create", ctx.department_id, resource_id)
         return resource_id
 
     async def compensate(self, ctx: StepContext) -> None:

@@ -94,14 +94,11 @@ class InMemoryJobStore:
             if j.department_id == department_id and not j.is_finished
         ]
 
-    async def latest_job(self, department_id: str) -> Job | None:
-        jobs = [j for j in self._jobs.values() if j.department_id == department_id]
-        return max(jobs, key=lambda j: j.created_at).snapshot() if jobs else None
-
-    async def latest_provision(self, department_id: str) -> Job | None:
+    async def latest_job(self, department_id: str, kind: JobKind | None = None) -> Job | None:
         jobs = [
-            j for j in self._jobs.values() if j.department_id == department_id and j.kind is JobKind.PROVISION
-        ]
+            j for j in self._jobs.values()
+            if j.department_id == department_id and (kind is None or j.kind is kind)
+        ]  # fmt: skip
         return max(jobs, key=lambda j: j.created_at).snapshot() if jobs else None
 
     async def events_after(self, job_id: str, after_sequence: int, limit: int = 1000) -> list[Event]:

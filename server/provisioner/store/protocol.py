@@ -8,7 +8,7 @@ from typing import NamedTuple, Protocol
 
 from provisioner.core.department import AuditEntry, Department
 from provisioner.core.job import Event, Job
-from provisioner.core.states import DepartmentStatus
+from provisioner.core.states import DepartmentStatus, JobKind
 
 
 class JobHead(NamedTuple):
@@ -49,9 +49,8 @@ class JobStore(Protocol):
 
     async def unfinished_jobs(self, department_id: str) -> list[Job]: ...
 
-    async def latest_job(self, department_id: str) -> Job | None: ...
-
-    async def latest_provision(self, department_id: str) -> Job | None: ...
+    async def latest_job(self, department_id: str, kind: JobKind | None = None) -> Job | None:
+        """The department's most recent job (of `kind`, if given)."""
 
     async def events_after(self, job_id: str, after_sequence: int, limit: int = 1000) -> list[Event]: ...
 

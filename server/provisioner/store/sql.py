@@ -258,19 +258,11 @@ class SqlJobStore:
             jobs.c.department_id == department_id, jobs.c.finished_at.is_(None), order=jobs.c.created_at
         )
 
-    async def latest_job(self, department_id: str) -> Job | None:
-        found = await self._jobs_where(
-            jobs.c.department_id == department_id, order=jobs.c.created_at.desc(), limit=1
-        )
-        return found[0] if found else None
-
-    async def latest_provision(self, department_id: str) -> Job | None:
-        found = await self._jobs_where(
-            jobs.c.department_id == department_id,
-            jobs.c.kind == JobKind.PROVISION.value,
-            order=jobs.c.created_at.desc(),
-            limit=1,
-        )
+    async def latest_job(self, department_id: str, kind: JobKind | None = None) -> Job | None:
+        criteria = [jobs.c.department_id == department_id]
+        if kind is not None:
+            criteria.append(jobs.c.kind == kind.value)
+        found = await self._jobs_where(*criteria, order=jobs.c.created_at.desc(), limit=1)
         return found[0] if found else None
 
     async def events_after(self, job_id: str, after_sequence: int, limit: int = 1000) -> list[Event]:
