@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck check bench clean
+BUF := .tools/node_modules/.bin/buf
+
+.PHONY: run test lint typecheck bench protos clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,10 +18,19 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/provisioning-server
 
-lint: $(STAMP)
-	$(BIN)/ruff check --output-format concise server tests bench
-	$(BIN)/ruff format --check server tests bench
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0
+
+lint: $(STAMP) $(BUF)
+	$(BIN)/ruff check --output-format concise server client tests bench
+	$(BIN)/ruff format --check server client tests bench
 	$(BIN)/lint-imports
+	$(BUF) lint
+	scripts/check-breaking $(BUF)
+	scripts/gen-protos --check
+
+protos: $(STAMP)
+	scripts/gen-protos
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -32,4 +43,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .tools var .mypy_cache .ruff_cache .pytest_cache .hypothesis
