@@ -1,0 +1,381 @@
+"""Envoy's configuration for the REST edge: a bootstrap, plus routes and clusters in files.
+
+Envoy turns REST/JSON into gRPC calls to the control plane (`/api/...`) and forwards each
+department's own traffic (`/departments/<id>/...`) to the department's service. The
+bootstrap is fixed for the life of the process; the routes (RDS) and the department
+clusters (CDS) live in two files of a watched directory, so the gateway step adds and
+removes departments by rewriting them, atomically, while Envoy keeps running.
+
+Run it as `envoy -c <bootstrap> --disable-hot-restart`: without the flag Envoy makes
+shared-memory files under /dev/shm for a hot restart we never do, and leaves them behind.
+
+The functions that render are pure (plain data in, plain dicts out); only the `write_*`
+functions touch the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from provisioner.core.spec import check_department_id
+
+SERVICE = "provisioning.v1.ProvisioningService"
+ROUTE_CONFIG_NAME = "provisioning_routes"
+GRPC_CLUSTER = "provisioning_grpc"
+ROUTES_FILE = "routes.json"
+CLUSTERS_FILE = "clusters.json"
+
+_TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+_CORS = "envoy.filters.http.cors"
+_ROUTER = "envoy.filters.http.router"
+_TYPE = "type.googleapis.com/"
+
+
+class Address(Protocol):
+    """A host and port, such as `provisioner.settings.Address` (which the edge, a lower
+    layer than the settings, may not import)."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+def render_envoy_config(
+    *,
+    http_addr: Address,
+    admin_addr: Address,
+    grpc_addr: Address,
+    descriptor_path: Path,
+    dynamic_dir: Path,
+    cors_origins: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The Envoy v3 bootstrap: the admin endpoint, the REST listener and the gRPC cluster.
+
+    Routes come from `ROUTES_FILE` and department clusters from `CLUSTERS_FILE`, both in
+    `dynamic_dir` (see `write_dynamic_config`). Paths must be absolute, since Envoy
+    resolves them against its own working directory. With no `cors_origins` the CORS
+    filter is left out of the chain altogether; with some, `write_dynamic_config` must
+    be given the same origins, because Envoy reads a CORS policy from the routes only.
+    """
+    for what, path in (("descriptor_path", descriptor_path), ("dynamic_dir", dynamic_dir)):
+        if not path.is_absolute():
+            raise ValueError(f"{what} must be an absolute path, got {str(path)!r}")
+    transcoder = {
+        "name": _TRANSCODER,
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+            "proto_descriptor": str(descriptor_path),
+            "services": [SERVICE],
+            # Route on the REST path (`/api/...`), not on the gRPC path the request is
+            # rewritten to: the REST listener then exposes only the REST API.
+            "match_incoming_request_route": True,
+            "convert_grpc_status": True,
+            "print_options": {
+                "always_print_primitive_fields": True,
+                "stream_sse_style_delimited": True,
+            },
+            "request_validation_options": {
+                "reject_unknown_method": True,
+                "reject_unknown_query_parameters": True,
+            },
+        },
+    }
+    # CORS goes first: a preflight is an OPTIONS request no gRPC method binds, which the
+    # transcoder (reject_unknown_method) would answer with 404 before CORS saw it.
+    cors = [{"name": _CORS, "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.cors.v3.Cors"}}]
+    router = {
+        "name": _ROUTER,
+        "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
+    }
+    connection_manager = {
+        "@type": _TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "rest",
+        "codec_type": "AUTO",
+        "rds": {
+            "route_config_name": ROUTE_CONFIG_NAME,
+            "config_source": _file_source(dynamic_dir, ROUTES_FILE),
+        },
+        "http_filters": [*(cors if cors_origins else []), transcoder, router],
+        # gRPC status travels in trailers; the transcoder needs them to map errors.
+        "http_protocol_options": {"enable_trailers": True},
+        # Edge hardening: `/departments/a/../b/` must not reach department b's route.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+        "use_remote_address": True,
+        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
+        # Every reply Envoy makes itself (no route, unknown method, upstream down) is
+        # JSON, like the API's own errors, instead of Envoy's text/plain.
+        "local_reply_config": {
+            "body_format": {
+                "json_format": {
+                    "status": "%RESPONSE_CODE%",
+                    "reason": "%RESPONSE_CODE_DETAILS%",
+                    "message": "%LOCAL_REPLY_BODY%",
+                }
+            }
+        },
+    }
+    return {
+        "node": {"id": "provisioning-edge", "cluster": "provisioning"},
+        "admin": {"address": _socket_address(admin_addr)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "rest",
+                    "address": _socket_address(http_addr),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": connection_manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            # The control plane's cluster is static, not in the CDS file: the /api/ route
+            # must work whatever the department files hold (a CDS update is accepted or
+            # rejected whole, and a bad one must not take the API down with it), it is
+            # warm before the listener opens, and Envoy refuses CDS updates naming a
+            # static cluster, so it can only be one or the other. It also lets the
+            # gateway step rewrite the files knowing nothing but the departments.
+            "clusters": [_http2_cluster(GRPC_CLUSTER, grpc_addr)],
+        },
+        "dynamic_resources": {"cds_config": _file_source(dynamic_dir, CLUSTERS_FILE)},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _TYPE + "envoy.extensions.resource_monitors.downstream_connections"
+                        ".v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 10_000,
+                    },
+                }
+            ]
+        },
+    }
+
+
+def render_route_config(
+    departments: Mapping[str, Address], cors_origins: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The RDS resource: `/api/` to the control plane, one prefix per department, else 404.
+
+    `/departments/<id>/x` reaches the department's service as `/x`. Neither department
+    routes nor the 404 run the transcoder, which would refuse them as unknown methods.
+    """
+    api_route: dict[str, Any] = {
+        "name": "api",
+        "match": {"prefix": "/api/"},
+        # Streams (WatchProgress) live as long as the job; heartbeats keep them active.
+        "route": {"cluster": GRPC_CLUSTER, "timeout": "0s"},
+    }
+    if cors_origins:
+        api_route["typed_per_filter_config"] = {_CORS: _cors_policy(cors_origins)}
+    no_transcoder = {_TRANSCODER: {"@type": _TYPE + "envoy.config.route.v3.FilterConfig", "disabled": True}}
+    routes = [api_route]
+    for department_id in sorted(_checked(departments)):
+        prefix = f"/departments/{department_id}/"
+        routes += [
+            {
+                "name": f"department_{department_id}",
+                "match": {"prefix": prefix},
+                "route": {"cluster": _department_cluster(department_id), "prefix_rewrite": "/"},
+                "typed_per_filter_config": no_transcoder,
+            },
+            {
+                "name": f"department_{department_id}_slash",
+                "match": {"path": prefix.rstrip("/")},
+                "redirect": {"path_redirect": prefix},
+                "typed_per_filter_config": no_transcoder,
+            },
+        ]
+    routes.append(
+        {
+            "name": "not_found",
+            "match": {"prefix": "/"},
+            # Sent as a local reply, so local_reply_config wraps the text in JSON.
+            "direct_response": {"status": 404, "body": {"inline_string": "no route for this path"}},
+            "typed_per_filter_config": no_transcoder,
+        }
+    )
+    return {
+        "@type": _TYPE + "envoy.config.route.v3.RouteConfiguration",
+        "name": ROUTE_CONFIG_NAME,
+        "virtual_hosts": [{"name": "edge", "domains": ["*"], "routes": routes}],
+    }
+
+
+def render_department_clusters(departments: Mapping[str, Address]) -> list[dict[str, Any]]:
+    """The CDS resources: one HTTP/1.1 cluster per department service."""
+    return [
+        {
+            "@type": _TYPE + "envoy.config.cluster.v3.Cluster",
+            **_cluster(_department_cluster(department_id), address),
+        }
+        for department_id, address in sorted(_checked(departments).items())
+    ]
+
+
+def write_envoy_config(
+    path: Path,
+    *,
+    http_addr: Address,
+    admin_addr: Address,
+    grpc_addr: Address,
+    descriptor_path: Path,
+    dynamic_dir: Path,
+    cors_origins: Sequence[str] = (),
+) -> Path:
+    """Write the bootstrap to `path` atomically and return its absolute path.
+
+    The text is JSON, which Envoy reads for a `.json` path and, being YAML too, for a
+    `.yaml` one. Envoy refuses to start unless the dynamic files exist, so when they do
+    not, an empty route table and cluster list are written next to the bootstrap's
+    references; existing ones are kept, since they hold the departments already routed.
+    """
+    dynamic_dir = dynamic_dir.absolute()
+    config = render_envoy_config(
+        http_addr=http_addr,
+        admin_addr=admin_addr,
+        grpc_addr=grpc_addr,
+        descriptor_path=descriptor_path.absolute(),
+        dynamic_dir=dynamic_dir,
+        cors_origins=cors_origins,
+    )
+    if not (dynamic_dir / ROUTES_FILE).exists() or not (dynamic_dir / CLUSTERS_FILE).exists():
+        write_dynamic_config(dynamic_dir, {}, cors_origins=cors_origins)
+    path = path.absolute()
+    _write_atomically(path, json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def write_dynamic_config(
+    dynamic_dir: Path, departments: Mapping[str, Address], *, cors_origins: Sequence[str] = ()
+) -> None:
+    """Route every department in `departments`, and only those, through the running Envoy.
+
+    Both files are whole state (every call lists all departments). Each is replaced by
+    a rename within `dynamic_dir`, which Envoy's `watched_directory` picks up, so Envoy
+    never reads half a file. Clusters are written before routes, so a new route does not
+    point at a cluster Envoy has not heard of (one named by DNS may still be warming: 503
+    for a moment). A removed department's cluster goes first, so its requests get 503
+    for the moment until its route is gone too (404).
+    """
+    routes = render_route_config(departments, cors_origins)
+    clusters = render_department_clusters(departments)
+    dynamic_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(dynamic_dir / CLUSTERS_FILE, _discovery_response(clusters))
+    _write_atomically(dynamic_dir / ROUTES_FILE, _discovery_response([routes]))
+
+
+def _discovery_response(resources: list[dict[str, Any]]) -> str:
+    body = json.dumps(resources, sort_keys=True)
+    # A version derived from the content: /config_dump then shows which state is live.
+    version = hashlib.sha256(body.encode()).hexdigest()[:16]
+    return json.dumps({"version_info": version, "resources": resources}, indent=2) + "\n"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # The temporary file must be in the same directory: rename is atomic only within
+    # one file system, and the watched directory sees the rename as the change.
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            # mkstemp makes the file private; Envoy may run as another user. No secrets here.
+            os.fchmod(file.fileno(), 0o644)
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _checked(departments: Mapping[str, Address]) -> Mapping[str, Address]:
+    # The id becomes a URL prefix and a cluster name: only valid ids reach the route table.
+    bad = sorted(d for d in departments if check_department_id(d))
+    if bad:
+        raise ValueError(f"invalid department ids for a gateway route: {', '.join(map(repr, bad))}")
+    return departments
+
+
+def _department_cluster(department_id: str) -> str:
+    return f"department_{department_id}"
+
+
+def _file_source(dynamic_dir: Path, name: str) -> dict[str, Any]:
+    # Envoy reloads `path` whenever a file is moved into the watched directory, which
+    # is exactly what the rename in `_write_atomically` does.
+    return {
+        "path_config_source": {
+            "path": str(dynamic_dir / name),
+            "watched_directory": {"path": str(dynamic_dir)},
+        },
+        "resource_api_version": "V3",
+    }
+
+
+def _socket_address(address: Address) -> dict[str, Any]:
+    return {"socket_address": {"address": address.host, "port_value": address.port}}
+
+
+def _cors_policy(origins: Sequence[str]) -> dict[str, Any]:
+    matchers = [{"safe_regex": {"regex": ".*"}} if o == "*" else {"exact": o} for o in origins]
+    return {
+        "@type": _TYPE + "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": matchers,
+        "allow_methods": "GET, POST, DELETE, OPTIONS",
+        "allow_headers": "authorization, content-type, x-request-id",
+        "expose_headers": "grpc-status, grpc-message",
+        "max_age": "600",
+    }
+
+
+def _http2_cluster(name: str, address: Address) -> dict[str, Any]:
+    return {
+        **_cluster(name, address),
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+    }
+
+
+def _cluster(name: str, address: Address) -> dict[str, Any]:
+    host = _dialable(address.host)
+    try:
+        ipaddress.ip_address(host)
+        discovery: dict[str, Any] = {"type": "STATIC"}
+    except ValueError:
+        # A name like `localhost` may resolve to ::1 first while the server listens on
+        # 127.0.0.1 only.
+        discovery = {"type": "STRICT_DNS", "dns_lookup_family": "V4_PREFERRED"}
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": host, "port_value": address.port}}}}
+    return {
+        "name": name,
+        **discovery,
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
+    }
+
+
+def _dialable(host: str) -> str:
+    # A server bound to every interface is reached on loopback.
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
