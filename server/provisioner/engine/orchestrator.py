@@ -31,7 +31,7 @@ from provisioner.core.states import DepartmentStatus, JobKind, State, StepName
 from provisioner.engine.config import EngineConfig
 from provisioner.engine.runner import JobRunner
 from provisioner.events.hub import EventHub
-from provisioner.steps.base import Step
+from provisioner.steps.base import Condition, Step, StepContext
 from provisioner.store.protocol import JobStore
 
 log = logging.getLogger(__name__)
@@ -301,6 +301,28 @@ class Orchestrator:
         if department is None:
             raise NotFoundError(f"department {department_id} not found")
         return department
+
+    async def health(self, department_id: str) -> list[tuple[Condition, datetime]]:
+        """Check, live, what each step made for the department; each with when it was seen."""
+        department = await self.get_department(department_id)
+        if department.status in (DepartmentStatus.DEPROVISIONED, DepartmentStatus.DEPROVISIONING):
+            raise FailedPreconditionError(f"department {department_id} is {department.status.value}")
+        latest = await self.store.latest_job(department_id, JobKind.PROVISION)
+        resources = {n: s.resources for n, s in latest.steps.items()} if latest else {}
+        job_id = latest.job_id if latest else ""
+
+        async def check(name: StepName) -> tuple[Condition, datetime]:
+            ctx = StepContext(job_id, department.spec, 0, dict(resources.get(name, {})))
+            try:
+                async with asyncio.timeout(self.config.step_timeout):
+                    condition = await self._steps[name].check(ctx)
+            except TimeoutError:
+                condition = Condition(name, False, "CHECK_TIMEOUT", "the check did not answer in time")
+            except ProvisioningError as exc:
+                condition = Condition(name, False, exc.reason, exc.message)
+            return condition, self._clock()
+
+        return list(await asyncio.gather(*(check(name) for name in StepName)))
 
     async def wait(self, job_id: str) -> Job:
         """Wait until a job finishes (by following its events) and return it."""

@@ -1,0 +1,181 @@
+"""`provisioning.v1.ProvisioningService` over the orchestrator: contract in, domain out.
+
+Each handler validates its request against the contract's declared rules, calls the
+engine, and converts the answer; every error becomes a status in one place
+(`edge.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from provisioner.core.errors import FieldViolation, InvalidSpecError
+from provisioner.edge import context as caller
+from provisioner.edge import convert, errors
+from provisioner.edge.validation import violations
+from provisioner.engine.orchestrator import Orchestrator
+from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
+from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
+
+DEFAULT_PAGE_SIZE = 50
+Context = errors.Context
+
+
+def _validated(request: Message) -> None:
+    found = violations(request)
+    if found:
+        raise InvalidSpecError(found)
+
+
+class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
+    def __init__(self, orchestrator: Orchestrator, *, heartbeat_seconds: float = 15.0) -> None:
+        self._orchestrator = orchestrator
+        self._heartbeat = heartbeat_seconds
+
+    @errors.unary
+    async def Provision(self, request: pb.ProvisionRequest, context: Context) -> pb.Job:
+        _validated(request)
+        job, _ = await self._orchestrator.provision(
+            convert.spec_from_request(request),
+            principal=caller.principal.get(),
+            request_id=request.request_id or None,
+        )
+        return convert.job(job)
+
+    @errors.unary
+    async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.Job:
+        _validated(request)
+        return convert.job(await self._orchestrator.get_job(request.job_id))
+
+    @errors.streaming
+    async def WatchProgress(
+        self, request: pb.WatchProgressRequest, context: Context
+    ) -> AsyncIterator[pb.WatchProgressResponse]:
+        _validated(request)
+        job = await self._orchestrator.get_job(request.job_id)
+        yield pb.WatchProgressResponse(snapshot=convert.job(job))
+        last = max(request.after_sequence, 0)
+        stream = self._orchestrator.hub.subscribe(request.job_id, last)
+        assert isinstance(stream, AsyncGenerator)
+        pending: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                pending = pending or asyncio.ensure_future(anext(stream))
+                done, _ = await asyncio.wait({pending}, timeout=self._heartbeat)
+                if not done:
+                    # Nothing happened for a while: say so, and keep waiting on the same read.
+                    yield pb.WatchProgressResponse(heartbeat=pb.Heartbeat(time=_now(), last_sequence=last))
+                    continue
+                try:
+                    event = pending.result()
+                except StopAsyncIteration:
+                    return
+                pending = None
+                last = event.sequence
+                yield pb.WatchProgressResponse(event=convert.event(event))
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            await stream.aclose()
+
+    @errors.unary
+    async def Deprovision(self, request: pb.DeprovisionRequest, context: Context) -> pb.Job:
+        _validated(request)
+        job, _ = await self._orchestrator.deprovision(
+            request.department_id, principal=caller.principal.get(), request_id=request.request_id or None
+        )
+        return convert.job(job)
+
+    @errors.unary
+    async def ListDepartments(
+        self, request: pb.ListDepartmentsRequest, context: Context
+    ) -> pb.ListDepartmentsResponse:
+        _validated(request)
+        status = convert.department_status_from(request.status)
+        region = request.region or None
+        filters = _filters_fingerprint(request)
+        after = _decode_page_token(request.page_token, filters)
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        found = await self._orchestrator.store.list_departments(
+            status=status, region=region, after_id=after, limit=size + 1
+        )
+        page, more = found[:size], len(found) > size
+        return pb.ListDepartmentsResponse(
+            departments=[convert.department(d) for d in page],
+            next_page_token=_encode_page_token(page[-1].department_id, filters) if more else "",
+        )
+
+    @errors.unary
+    async def GetDepartment(self, request: pb.GetDepartmentRequest, context: Context) -> pb.Department:
+        _validated(request)
+        return convert.department(await self._orchestrator.get_department(request.department_id))
+
+    @errors.unary
+    async def GetDepartmentHealth(
+        self, request: pb.GetDepartmentHealthRequest, context: Context
+    ) -> pb.GetDepartmentHealthResponse:
+        _validated(request)
+        observed = await self._orchestrator.health(request.department_id)
+        conditions = [
+            pb.Condition(
+                step=c.step.value,
+                healthy=c.healthy,
+                reason=c.reason,
+                message=c.message,
+                observed_time=_timestamp(at),
+            )
+            for c, at in observed
+        ]
+        return pb.GetDepartmentHealthResponse(
+            department_id=request.department_id,
+            healthy=all(c.healthy for c in conditions),
+            conditions=conditions,
+        )
+
+
+def _now() -> Timestamp:
+    return _timestamp(datetime.now(UTC))
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _filters_fingerprint(request: pb.ListDepartmentsRequest) -> str:
+    return hashlib.sha256(f"{request.status}|{request.region}".encode()).hexdigest()[:12]
+
+
+def _encode_page_token(after: str, filters: str) -> str:
+    raw = json.dumps({"after": after, "filters": filters}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, filters: str) -> str:
+    """The last department id of the previous page; the token is opaque to callers."""
+    if not token:
+        return ""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        after, made_for = str(data["after"]), str(data["filters"])
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise InvalidSpecError([FieldViolation("page_token", "is not a token this server issued")]) from None
+    if made_for != filters:
+        raise InvalidSpecError(
+            [FieldViolation("page_token", "was issued for other filters; repeat the same status and region")]
+        )
+    return after
