@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import overload
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -13,7 +14,11 @@ from provisioner.core.states import DepartmentStatus, JobKind, State
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 
 
-def _timestamp(value: datetime | None) -> Timestamp | None:
+@overload
+def timestamp(value: datetime) -> Timestamp: ...
+@overload
+def timestamp(value: None) -> None: ...
+def timestamp(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
     stamp = Timestamp()
@@ -79,8 +84,8 @@ def job(value: Job) -> pb.Job:
                 name=step.name.value,
                 status=_enum("STEP_STATUS_", step.status.value),
                 attempts=step.attempts,
-                start_time=_timestamp(step.started_at),
-                finish_time=_timestamp(step.finished_at),
+                start_time=timestamp(step.started_at),
+                finish_time=timestamp(step.finished_at),
                 last_error=step.last_error or "",
                 resources=step.resources,
             )
@@ -88,10 +93,10 @@ def job(value: Job) -> pb.Job:
         ],
         principal=value.principal,
         request_id=value.request_id or "",
-        create_time=_timestamp(value.created_at),
-        update_time=_timestamp(value.updated_at),
-        deadline_time=_timestamp(value.deadline_at) if value.kind is JobKind.PROVISION else None,
-        finish_time=_timestamp(value.finished_at),
+        create_time=timestamp(value.created_at),
+        update_time=timestamp(value.updated_at),
+        deadline_time=timestamp(value.deadline_at) if value.kind is JobKind.PROVISION else None,
+        finish_time=timestamp(value.finished_at),
         error=_error(value.error),
         cleanup=_cleanup(value.cleanup),
         last_sequence=value.last_sequence,
@@ -111,7 +116,7 @@ def event(value: Event) -> pb.JobEvent:
         step=value.step.value if value.step else "",
         attempt=value.attempt,
         message=value.message,
-        time=_timestamp(value.at),
+        time=timestamp(value.at),
         error=pb.JobError(**error) if error else None,
         cleanup=_cleanup(CleanupReport.from_dict(cleanup)) if cleanup else None,
         retry_delay_seconds=float(detail.get("delay_seconds", 0.0))
@@ -131,6 +136,6 @@ def department(value: Department) -> pb.Department:
         admin_email=spec.admin_email,
         status=department_status(value.status),
         current_job_id=value.current_job_id,
-        create_time=_timestamp(value.created_at),
-        update_time=_timestamp(value.updated_at),
+        create_time=timestamp(value.created_at),
+        update_time=timestamp(value.updated_at),
     )

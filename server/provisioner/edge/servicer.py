@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from provisioner.core.errors import FieldViolation, InvalidSpecError
 from provisioner.edge import context as caller
@@ -75,7 +74,9 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
                 done, _ = await asyncio.wait({pending}, timeout=self._heartbeat)
                 if not done:
                     # Nothing happened for a while: say so, and keep waiting on the same read.
-                    yield pb.WatchProgressResponse(heartbeat=pb.Heartbeat(time=_now(), last_sequence=last))
+                    yield pb.WatchProgressResponse(
+                        heartbeat=pb.Heartbeat(time=convert.timestamp(datetime.now(UTC)), last_sequence=last)
+                    )
                     continue
                 try:
                     event = pending.result()
@@ -135,7 +136,7 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
                 healthy=c.healthy,
                 reason=c.reason,
                 message=c.message,
-                observed_time=_timestamp(at),
+                observed_time=convert.timestamp(at),
             )
             for c, at in observed
         ]
@@ -144,16 +145,6 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
             healthy=all(c.healthy for c in conditions),
             conditions=conditions,
         )
-
-
-def _now() -> Timestamp:
-    return _timestamp(datetime.now(UTC))
-
-
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _filters_fingerprint(request: pb.ListDepartmentsRequest) -> str:

@@ -29,7 +29,7 @@ from provisioner.core.job import Job
 from provisioner.core.spec import DepartmentSpec, check_department_id, validate
 from provisioner.core.states import DepartmentStatus, JobKind, State, StepName
 from provisioner.engine.config import EngineConfig
-from provisioner.engine.runner import JobRunner
+from provisioner.engine.runner import JobRunner, cancel_and_wait
 from provisioner.events.hub import EventHub
 from provisioner.steps.base import Condition, Step, StepContext
 from provisioner.store.protocol import JobStore
@@ -91,14 +91,10 @@ class Orchestrator:
         """Refuse new work, stop every runner and hand its lease back: jobs stay resumable."""
         self._accepting = False
         if self._maintainer is not None:
-            await _cancel(self._maintainer)
+            await cancel_and_wait(self._maintainer)
             self._maintainer = None
         runners = list(self._runners.items())
-        for _, (_, task) in runners:
-            task.cancel()
-        for _, (_, task) in runners:
-            with contextlib.suppress(BaseException):
-                await task
+        await asyncio.gather(*(cancel_and_wait(task) for _, (_, task) in runners))
         with contextlib.suppress(ProvisioningError):
             await self.store.release(self.owner, [job_id for job_id, _ in runners])
 
@@ -400,9 +396,3 @@ class Orchestrator:
                 await self._claim()
             except ProvisioningError as exc:
                 log.warning("engine maintenance skipped: %s", exc.message)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -108,7 +108,7 @@ class JobRunner:
                     raise
                 error = JobError.from_exception(CancelledByRequestError("cancelled by a deprovisioning"))
             finally:
-                await _cancel_and_wait(self._graph)
+                await cancel_and_wait(self._graph)
         if error is None:
             await self._record(job.complete)
         else:
@@ -141,7 +141,7 @@ class JobRunner:
                     task.result()  # re-raise the step's failure, which cancels its siblings
         finally:
             for task in running.values():
-                await _cancel_and_wait(task)
+                await cancel_and_wait(task)
 
     async def _run_step(self, name: StepName) -> None:
         outcome = await self._attempts(name, undo=False)
@@ -257,7 +257,8 @@ class JobRunner:
             )
 
 
-async def _cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Cancel `task` and wait until it has ended, whatever it ended with."""
     if task is None or task.done():
         return
     task.cancel()
