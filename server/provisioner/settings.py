@@ -7,6 +7,7 @@ each naming its variable, so a bad deployment fails fast with a message a human 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TypeVar
 from provisioner.core.errors import ConfigurationError
 from provisioner.core.retry import RetryPolicy
 from provisioner.core.states import StepName
+from provisioner.edge.ratelimit import Rate, parse_rate
 from provisioner.engine.config import EngineConfig
 from provisioner.steps.faults import Fault, parse_fault_plan
 
@@ -46,6 +48,19 @@ class Settings:
     engine: EngineConfig = field(default_factory=EngineConfig)
     replica_id: str = ""
     log_level: str = "INFO"
+    # Authentication: HS256 with a shared secret (development) and/or RS256/ES256 keys from
+    # a JWKS file, re-read when it changes. With neither set, the server creates a
+    # development secret under the state dir (see `app`).
+    jwt_secret: str = field(default="", repr=False)
+    jwks_file: Path | None = None
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_leeway: float = 10.0
+    rate_provision: Rate = Rate(10, 3600.0)
+    rate_deprovision: Rate = Rate(10, 3600.0)
+    rate_read: Rate = Rate(1200, 60.0)
+    cors_origins: tuple[str, ...] = ()
+    heartbeat_seconds: float = 15.0
 
     @property
     def effective_database_url(self) -> str:
@@ -98,6 +113,14 @@ def database_url(text: str) -> str:
     raise ValueError("expected a postgresql:// or sqlite:/// URL")
 
 
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(o.strip() for o in text.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ValueError(f"expected origins like https://console.example.com, got {origin!r}")
+    return origins
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build settings from the environment; raise `ConfigurationError` listing every problem."""
     env = os.environ if environ is None else environ
@@ -130,7 +153,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "local_step_delay": read("LOCAL_STEP_DELAY", _seconds, 0.0),
         "replica_id": read("REPLICA_ID", str, ""),
         "log_level": read("LOG_LEVEL", lambda t: _choice(LOG_LEVELS)(t.upper()), defaults.log_level),
+        "jwt_secret": read("JWT_SECRET", str, ""),
+        "jwks_file": read("JWKS_FILE", Path, defaults.jwks_file),
+        "jwt_issuer": read("JWT_ISSUER", str, ""),
+        "jwt_audience": read("JWT_AUDIENCE", str, ""),
+        "jwt_leeway": read("JWT_LEEWAY", _seconds, defaults.jwt_leeway),
+        "rate_provision": read("RATE_LIMIT_PROVISION", parse_rate, defaults.rate_provision),
+        "rate_deprovision": read("RATE_LIMIT_DEPROVISION", parse_rate, defaults.rate_deprovision),
+        "rate_read": read("RATE_LIMIT_READ", parse_rate, defaults.rate_read),
+        "cors_origins": read("CORS_ORIGINS", _origins, defaults.cors_origins),
+        "heartbeat_seconds": read("WATCH_HEARTBEAT", _seconds, defaults.heartbeat_seconds),
     }
+    if values["jwt_secret"] and len(str(values["jwt_secret"])) < 32:
+        problems.append("PROVISIONER_JWT_SECRET: use at least 32 characters (HS256 needs 256 bits)")
+    if values["heartbeat_seconds"] == 0:
+        problems.append("PROVISIONER_WATCH_HEARTBEAT: must be more than 0 seconds")
     engine_values = {
         "step_timeout": read("STEP_TIMEOUT", _seconds, defaults.engine.step_timeout),
         "job_deadline": read("JOB_DEADLINE", _seconds, defaults.engine.job_deadline),

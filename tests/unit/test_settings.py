@@ -6,6 +6,7 @@ import pytest
 
 from provisioner.core.errors import ConfigurationError
 from provisioner.core.states import StepName
+from provisioner.edge.ratelimit import Rate
 from provisioner.settings import Address, load_settings
 from provisioner.steps.faults import Fault, parse_fault_plan
 
@@ -79,3 +80,34 @@ def test_fault_plans_parse_every_documented_mode() -> None:
 def test_bad_fault_plans_say_what_is_wrong(text: str, complaint: str) -> None:
     with pytest.raises(ConfigurationError, match=complaint):
         parse_fault_plan(text)
+
+
+def test_auth_rate_and_cors_settings_are_read_and_the_secret_never_printed() -> None:
+    settings = load_settings(
+        {
+            "PROVISIONER_JWT_SECRET": "s" * 40,
+            "PROVISIONER_JWT_ISSUER": "https://issuer.example",
+            "PROVISIONER_RATE_LIMIT_PROVISION": "3/30s",
+            "PROVISIONER_RATE_LIMIT_READ": "600/m",
+            "PROVISIONER_CORS_ORIGINS": "https://console.example.com, http://localhost:3000",
+        }
+    )
+    assert settings.rate_provision == Rate(3, 30.0)
+    assert settings.rate_read == Rate(600, 60.0)
+    assert settings.rate_deprovision == Rate(10, 3600.0)
+    assert settings.cors_origins == ("https://console.example.com", "http://localhost:3000")
+    assert "s" * 40 not in repr(settings)
+
+
+def test_bad_auth_and_rate_settings_are_named() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(
+            {
+                "PROVISIONER_JWT_SECRET": "short",
+                "PROVISIONER_RATE_LIMIT_PROVISION": "lots",
+                "PROVISIONER_CORS_ORIGINS": "javascript:alert(1)",
+            }
+        )
+    message = caught.value.message
+    for name in ("JWT_SECRET", "RATE_LIMIT_PROVISION", "CORS_ORIGINS"):
+        assert f"PROVISIONER_{name}" in message
