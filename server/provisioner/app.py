@@ -1,7 +1,9 @@
-"""The composition root: builds the store, hub, steps and orchestrator from settings.
+"""The composition root: builds the store, hub, steps, orchestrator and edge from settings.
 
-`provisioning-server` runs the control plane until SIGTERM or SIGINT, then drains: new
-work is refused, running jobs stop at a commit boundary and stay resumable.
+`provisioning-server` runs the control plane (the gRPC server, and Envoy as the REST
+gateway beside it) until SIGTERM or SIGINT, then drains: health turns NOT_SERVING, new
+work is refused, watchers get a resumable end, and running jobs stop at a commit
+boundary and stay resumable.
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
+import secrets
 import signal
 import sys
 import uuid
@@ -23,9 +27,11 @@ from typing import IO
 from provisioner import logs
 from provisioner.core.errors import ConfigurationError, ProvisioningError
 from provisioner.core.states import StepName
+from provisioner.edge.gateway import EnvoyProcess
+from provisioner.edge.server import GrpcEdge
 from provisioner.engine.orchestrator import Orchestrator
 from provisioner.events.hub import EventHub
-from provisioner.settings import Settings, load_settings
+from provisioner.settings import Address, Settings, load_settings
 from provisioner.steps.base import Step
 from provisioner.steps.faults import FaultInjectingStep
 from provisioner.steps.local import LocalMarkerStep
@@ -121,25 +127,105 @@ async def runtime(
         lock.close()
 
 
-async def serve(settings: Settings) -> None:
+#: How long unary calls in flight may take to finish once draining starts.
+DRAIN_GRACE_SECONDS = 5.0
+DEV_SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
+
+
+def _development_secret(settings: Settings) -> Settings:
+    """With no key configured, make (once) a random HS256 secret under the state dir.
+
+    The file is created with mode 0600 and never printed: `provisionctl token` reads the
+    secret from PROVISIONER_JWT_SECRET, which the start-up banner shows how to set.
+    """
+    if settings.jwt_secret or settings.jwks_file:
+        return settings
+    path = settings.state_dir / DEV_SECRET_FILE
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(48) + "\n")
+    log.warning(
+        "no PROVISIONER_JWT_SECRET or PROVISIONER_JWKS_FILE: using the development secret in %s", path
+    )
+    return dataclasses.replace(settings, jwt_secret=path.read_text().strip())
+
+
+def _banner(settings: Settings, grpc_port: int, envoy: EnvoyProcess | None) -> str:
+    grpc_target = f"{settings.grpc_addr.host}:{grpc_port}"
+    lines = [
+        "provisioning control plane ready",
+        f"  gRPC         {grpc_target}   (grpcurl -plaintext {grpc_target} list)",
+    ]
+    if envoy is not None:
+        lines += [
+            f"  REST         http://{settings.http_addr}/api/departments",
+            f"  Envoy admin  {envoy.admin_url}",
+        ]
+    if not settings.jwks_file:
+        secret = (
+            "$PROVISIONER_JWT_SECRET"
+            if os.environ.get("PROVISIONER_JWT_SECRET")
+            else f'"$(cat {settings.state_dir / DEV_SECRET_FILE})"'
+        )
+        lines += [
+            "  Token        export PROVISIONER_JWT_SECRET=" + secret,
+            '               export PROVISIONER_TOKEN="$(.venv/bin/provisionctl token --role admin)"',
+        ]
+    lines.append("  Stop         Ctrl-C")
+    return "\n".join(lines)
+
+
+async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings = _development_secret(settings)
     async with runtime(settings) as rt:
-        log.info(
-            "control plane ready",
-            extra={
-                "fields": {
-                    "replica": rt.orchestrator.owner,
-                    "state_dir": str(settings.state_dir.resolve()),
-                    "steps": settings.steps,
-                    "resumed_jobs": rt.orchestrator.running_jobs,
-                }
-            },
-        )
-        await stop.wait()
-        log.info("shutting down: refusing new work, leaving running jobs resumable")
+        edge = GrpcEdge(rt.orchestrator, heartbeat_seconds=settings.heartbeat_seconds)
+        try:
+            port = await edge.start(str(settings.grpc_addr))
+        except RuntimeError as exc:
+            raise ConfigurationError(
+                f"cannot listen on PROVISIONER_GRPC_ADDR={settings.grpc_addr}: {exc}"
+            ) from exc
+        envoy: EnvoyProcess | None = None
+        try:
+            if with_envoy:
+                envoy = EnvoyProcess(
+                    settings.state_dir / "envoy",
+                    http_addr=settings.http_addr,
+                    admin_addr=settings.envoy_admin_addr,
+                    grpc_addr=Address(settings.grpc_addr.host, port),
+                    cors_origins=settings.cors_origins,
+                )
+                await envoy.start()
+            await edge.serving()
+            log.info(
+                "control plane ready",
+                extra={
+                    "fields": {
+                        "replica": rt.orchestrator.owner,
+                        "grpc_port": port,
+                        "envoy": with_envoy,
+                        "state_dir": str(settings.state_dir.resolve()),
+                        "steps": settings.steps,
+                        "resumed_jobs": rt.orchestrator.running_jobs,
+                    }
+                },
+            )
+            print(_banner(settings, port, envoy), flush=True)
+            await stop.wait()
+            log.info("shutting down: refusing new work, leaving running jobs resumable")
+        finally:
+            await edge.drain()
+            rt.orchestrator.refuse_new_work()
+            rt.hub.close()
+            await edge.stop(DRAIN_GRACE_SECONDS)
+            if envoy is not None:
+                await envoy.stop()
     log.info("stopped")
 
 
@@ -148,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="provisioning-server",
         description="Run the provisioning control plane. Settings come from PROVISIONER_* variables.",
     )
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--no-envoy", action="store_true", help="serve gRPC only, without the Envoy REST gateway"
+    )
+    args = parser.parse_args(argv)
     try:
         settings = load_settings()
     except ConfigurationError as exc:
@@ -156,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, with_envoy=not args.no_envoy))
     except (ConfigurationError, ProvisioningError) as exc:
         log.error("cannot start: %s", exc.message)
         return 1

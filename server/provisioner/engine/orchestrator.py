@@ -87,6 +87,10 @@ class Orchestrator:
             await self._claim()
             self._maintainer = asyncio.create_task(self._maintain(), name="engine-maintainer")
 
+    def refuse_new_work(self) -> None:
+        """The first step of draining: new requests get UNAVAILABLE, running jobs go on."""
+        self._accepting = False
+
     async def stop(self) -> None:
         """Refuse new work, stop every runner and hand its lease back: jobs stay resumable."""
         self._accepting = False
