@@ -67,11 +67,17 @@ class Settings:
         return self.database_url or f"sqlite+aiosqlite:///{(self.state_dir / 'provisioner.db').resolve()}"
 
 
-def _address(text: str) -> Address:
+def _address(text: str, *, any_port: bool = False) -> Address:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    lowest = 0 if any_port else 1
+    if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
         raise ValueError(f"expected host:port, got {text!r}")
     return Address(host.strip("[]"), int(port))
+
+
+def _grpc_address(text: str) -> Address:
+    """Port 0 asks for any free port; the server reports the one it got."""
+    return _address(text, any_port=True)
 
 
 def _seconds(text: str) -> float:
@@ -146,7 +152,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values = {
         "state_dir": read("STATE_DIR", Path, defaults.state_dir),
         "database_url": read("DATABASE_URL", database_url, ""),
-        "grpc_addr": read("GRPC_ADDR", _address, defaults.grpc_addr),
+        "grpc_addr": read("GRPC_ADDR", _grpc_address, defaults.grpc_addr),
         "http_addr": read("HTTP_ADDR", _address, defaults.http_addr),
         "envoy_admin_addr": read("ENVOY_ADMIN_ADDR", _address, defaults.envoy_admin_addr),
         "steps": read("STEPS", _choice(STEP_BACKENDS), defaults.steps),

@@ -50,7 +50,8 @@ class Server:
         self.starts += 1
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "provisioner.app"],
+                # The engine is under test here: no REST gateway.
+                [sys.executable, "-m", "provisioner.app", "--no-envoy"],
                 env={**self.env, **extra},
                 stdout=log,
                 stderr=log,
@@ -80,6 +81,7 @@ async def world(tmp_path: Path, store_url: str) -> AsyncIterator[tuple[Server, O
         "PROVISIONER_STATE_DIR": str(state),
         "PROVISIONER_DATABASE_URL": store_url,
         "PROVISIONER_STEPS": "local",
+        "PROVISIONER_GRPC_ADDR": "127.0.0.1:0",
         "PROVISIONER_LOCAL_STEP_DELAY": str(STEP_DELAY),
         "PROVISIONER_CLAIM_INTERVAL": "0.1",
         "PROVISIONER_LEASE_SECONDS": "3",

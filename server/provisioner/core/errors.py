@@ -35,7 +35,7 @@ class InvalidSpecError(ProvisioningError):
 
     def __init__(self, violations: list[FieldViolation]) -> None:
         fields = ", ".join(v.field for v in violations)
-        super().__init__(f"the department spec is invalid: {fields}")
+        super().__init__(f"invalid request: {fields} (see the field violations)")
         self.violations = violations
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import os
 import shutil
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ from provisioner.core.errors import ConfigurationError
 from provisioner.edge.envoy import Address, write_envoy_config
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 
+_PR_SET_PDEATHSIG = 1
 _READY_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
 # Loopback only: a proxy configured for the machine must not see admin calls.
@@ -84,6 +87,7 @@ class EnvoyProcess:
         self.directory = directory.absolute()
         self.dynamic_dir = self.directory / "dynamic"
         self.log_path = self.directory / "envoy.log"
+        self.pid_path = self.directory / "envoy.pid"
         self._http_addr = http_addr
         self._admin_addr = admin_addr
         self._grpc_addr = grpc_addr
@@ -108,6 +112,7 @@ class EnvoyProcess:
             dynamic_dir=self.dynamic_dir,
             cors_origins=self._cors_origins,
         )
+        _stop_stale(self.pid_path, bootstrap)
         with self.log_path.open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
                 str(envoy_binary()),
@@ -121,7 +126,10 @@ class EnvoyProcess:
                 # Its own process group: a Ctrl-C in the terminal reaches the server,
                 # which then stops Envoy in order, after draining.
                 start_new_session=True,
+                # ...and if the server is killed outright, Envoy goes with it.
+                preexec_fn=_die_with_parent,
             )  # fmt: skip
+        self.pid_path.write_text(f"{self._process.pid}\n")
         try:
             await self._wait_ready()
         except BaseException:
@@ -173,6 +181,35 @@ class EnvoyProcess:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
+        self.pid_path.unlink(missing_ok=True)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when the server dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _stop_stale(pid_path: Path, bootstrap: Path) -> None:
+    """Stop an Envoy a killed server left running on our bootstrap, so its ports are free.
+
+    The pid is trusted only if that process is still an Envoy started with this
+    bootstrap: a pid reused by an unrelated process is left alone.
+    """
+    try:
+        pid = int(pid_path.read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    if str(bootstrap).encode() not in command:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
 
 
 def _url_host(host: str) -> str:

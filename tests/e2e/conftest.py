@@ -1,0 +1,125 @@
+"""The e2e tier: the installed console scripts in subprocesses, as a user runs them.
+
+`ControlPlane` is `provisioning-server` with its Envoy, on free loopback ports and a
+state directory of its own; tests talk to it over REST (httpx), gRPC, grpcurl and
+`provisionctl`, never through the server's internals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+BIN = Path(sys.executable).parent
+SECRET = "e2e-secret-" + "x" * 40
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def token(role: str = "admin", subject: str = "e2e-user", ttl: float = 600) -> str:
+    now = int(time.time())
+    claims = {"sub": subject, "roles": [role], "iat": now, "nbf": now, "exp": now + int(ttl)}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+@dataclass
+class ControlPlane:
+    """A running `provisioning-server` (gRPC + Envoy) and how to reach it."""
+
+    state_dir: Path
+    env: dict[str, str]
+    grpc_target: str
+    rest_url: str
+    admin_url: str
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    stdout: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def start(self, *args: str, expect_ready: bool = True) -> None:
+        out = self.state_dir.parent / "stdout.txt"
+        with self.log.open("ab") as log, out.open("wb") as sink:
+            self.process = subprocess.Popen(
+                [str(BIN / "provisioning-server"), *args], env=self.env, stdout=sink, stderr=log
+            )
+        deadline = time.monotonic() + 40
+        while expect_ready:
+            self.stdout = out.read_text()
+            if "control plane ready" in self.stdout:
+                return
+            assert self.process.poll() is None, f"server exited:\n{self.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"server not ready:\n{self.log.read_text()[-3000:]}"
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=30)
+
+    def http(self, role: str = "admin") -> httpx.Client:
+        return httpx.Client(
+            base_url=self.rest_url,
+            headers={"authorization": f"Bearer {token(role)}"},
+            timeout=10,
+            trust_env=False,
+        )
+
+    def run(self, *args: str, role: str = "admin", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`provisionctl` against this control plane, with a token for `role`."""
+        env = {**self.env, "PROVISIONER_SERVER": self.grpc_target, "PROVISIONER_TOKEN": token(role)}
+        return subprocess.run(
+            [str(BIN / "provisionctl"), *args], env=env, capture_output=True, text=True, timeout=timeout
+        )
+
+
+def control_plane(root: Path, **settings: str) -> ControlPlane:
+    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
+    state_dir = root / "var"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")},
+        "PROVISIONER_STATE_DIR": str(state_dir),
+        "PROVISIONER_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
+        "PROVISIONER_HTTP_ADDR": f"127.0.0.1:{http_port}",
+        "PROVISIONER_ENVOY_ADMIN_ADDR": f"127.0.0.1:{admin_port}",
+        "PROVISIONER_JWT_SECRET": SECRET,
+        "PROVISIONER_CLAIM_INTERVAL": "0.2",
+        **settings,
+    }
+    return ControlPlane(
+        state_dir,
+        env,
+        f"127.0.0.1:{grpc_port}",
+        f"http://127.0.0.1:{http_port}",
+        f"http://127.0.0.1:{admin_port}",
+        root / "server.log",
+    )
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """One control plane shared by a module's tests; steps slowed to watch them happen."""
+    running = control_plane(
+        tmp_path_factory.mktemp("plane"),
+        PROVISIONER_LOCAL_STEP_DELAY="0.15",
+        PROVISIONER_CORS_ORIGINS="http://console.example",
+        PROVISIONER_WATCH_HEARTBEAT="1",
+    )
+    running.start()
+    yield running
+    assert running.stop() == 0, running.log.read_text()[-3000:]
