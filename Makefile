@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 BUF := .tools/node_modules/.bin/buf
+# Node tools, pinned: buf (lint, breaking) and swagger2openapi (OpenAPI 3 from Swagger 2).
+TOOLS := .tools/.installed-buf-1.75.0-s2o-7.0.8
 
-.PHONY: run test lint typecheck bench protos clean
+.PHONY: run test lint typecheck bench protos system clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,25 +20,28 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/provisioning-server
 
-$(BUF):
-	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0
+$(TOOLS):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0 swagger2openapi@7.0.8
+	touch $@
 
-lint: $(STAMP) $(BUF)
-	$(BIN)/ruff check --output-format concise server client tests bench
-	$(BIN)/ruff format --check server client tests bench
+system:
+	scripts/ensure-system-packages
+
+lint: $(STAMP) $(TOOLS) system
+	$(BIN)/ruff check --output-format concise server client tests bench scripts
+	$(BIN)/ruff format --check server client tests bench scripts
 	$(BIN)/lint-imports
 	$(BUF) lint
 	scripts/check-breaking $(BUF)
 	scripts/gen-protos --check
 
-protos: $(STAMP)
+protos: $(STAMP) $(TOOLS) system
 	scripts/gen-protos
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP) lint typecheck
-	scripts/ensure-postgres
 	$(BIN)/pytest
 
 bench: $(STAMP)
