@@ -1,4 +1,8 @@
-"""Who is calling: set by the authentication interceptor, read by the servicer."""
+"""Who is calling, and which request this is: per-RPC values for handlers and the error mapping.
+
+The interceptors set them at the start of each RPC; grpc.aio runs an RPC's interceptors and
+its handler in one task of their own, so a value set for one RPC never leaks into another.
+"""
 
 from __future__ import annotations
 
@@ -6,3 +10,7 @@ from contextvars import ContextVar
 
 #: The caller's principal (the token's `sub`); "anonymous" until authentication says.
 principal: ContextVar[str] = ContextVar("principal", default="anonymous")
+
+#: The request id of the RPC in progress (the caller's `x-request-id`, or one we made up);
+#: empty outside an RPC.
+request_id: ContextVar[str] = ContextVar("request_id", default="")

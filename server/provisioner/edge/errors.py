@@ -4,12 +4,17 @@ Every `ProvisioningError` maps to a code chosen by its class, with an `ErrorInfo
 reason, our domain), a `BadRequest` listing each violated field, and a `RetryInfo` when
 retrying later can work. Anything else is INTERNAL with a generic message; its traceback
 goes to the log, never to the caller.
+
+Besides `grpc-status-details-bin`, an error's trailers carry `retry-after` (whole seconds)
+whenever the status has a `RetryInfo`, so that Envoy can give REST clients a
+`Retry-After`, and the RPC's `x-request-id`.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -19,10 +24,22 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from provisioner.core import errors as e
+from provisioner.edge import context as caller
+from provisioner.edge.auth import PermissionDeniedError, UnauthenticatedError
+from provisioner.edge.ratelimit import RateLimitedError
 
 log = logging.getLogger(__name__)
 
 DOMAIN = "provisioning.v1"
+REQUEST_ID_KEY = "x-request-id"
+RETRY_AFTER_KEY = "retry-after"
+
+
+class UnknownMethodError(e.ProvisioningError):
+    """No handler for the method: the interceptors answer for grpc, so it gets logged."""
+
+    reason = "UNKNOWN_METHOD"
+
 
 #: Most specific class first: the first match wins.
 _CODES: tuple[tuple[type[e.ProvisioningError], grpc.StatusCode], ...] = (
@@ -35,6 +52,10 @@ _CODES: tuple[tuple[type[e.ProvisioningError], grpc.StatusCode], ...] = (
     (e.StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (e.LeaseLostError, grpc.StatusCode.UNAVAILABLE),
     (e.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (RateLimitedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnknownMethodError, grpc.StatusCode.UNIMPLEMENTED),
 )
 
 
@@ -49,7 +70,7 @@ def status_for(exc: BaseException) -> status_pb2.Status:
     if not isinstance(exc, e.ProvisioningError) or isinstance(exc, e.ConfigurationError):
         return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; see the server log")
     code = next((c for cls, c in _CODES if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
-    details = [_packed(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN))]
+    details = [_packed(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=_info(exc)))]
     if isinstance(exc, e.InvalidSpecError):
         details.append(
             _packed(
@@ -68,11 +89,43 @@ def status_for(exc: BaseException) -> status_pb2.Status:
     return status_pb2.Status(code=code.value[0], message=exc.message, details=details)
 
 
+def _info(exc: e.ProvisioningError) -> dict[str, str]:
+    """What a machine needs beyond the reason to act on the error."""
+    if isinstance(exc, PermissionDeniedError):
+        return {"required_role": exc.required_role.value}
+    if isinstance(exc, RateLimitedError):
+        return {"bucket": exc.bucket, "limit": str(exc.rate.count), "period_seconds": f"{exc.rate.period:g}"}
+    return {}
+
+
+def trailers_for(status: status_pb2.Status) -> tuple[tuple[str, str], ...]:
+    """The plain trailers that go with `status`: `retry-after` and `x-request-id`."""
+    found: list[tuple[str, str]] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            seconds = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+            found.append((RETRY_AFTER_KEY, str(max(1, math.ceil(seconds)))))
+    request_id = caller.request_id.get()
+    if request_id:
+        found.append((REQUEST_ID_KEY, request_id))
+    return tuple(found)
+
+
 async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
+    """End the RPC with the status `exc` maps to."""
     if not isinstance(exc, e.ProvisioningError):
-        log.error("unexpected error in %s", _method(context), exc_info=exc)
-    await context.abort_with_status(rpc_status.to_status(status_for(exc)))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
+        log.error(
+            "unexpected error in %s",
+            _method(context),
+            exc_info=exc,
+            extra={"fields": {"request_id": caller.request_id.get()}},
+        )
+    status = status_for(exc)
+    rich = rpc_status.to_status(status)
+    await context.abort(rich.code, rich.details, (*rich.trailing_metadata, *trailers_for(status)))
+    raise AssertionError("abort returned")  # pragma: no cover
 
 
 def _method(context: grpc.aio.ServicerContext[Any, Any]) -> str:

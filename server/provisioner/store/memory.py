@@ -166,3 +166,6 @@ class InMemoryJobStore:
 
     async def audit_log(self, department_id: str) -> list[AuditEntry]:
         return [a for a in self._audit if a.department_id == department_id]
+
+    async def audit_since(self, action: str, since: datetime) -> list[AuditEntry]:
+        return sorted((a for a in self._audit if a.action == action and a.at >= since), key=lambda a: a.at)

@@ -133,4 +133,6 @@ audit_log = sa.Table(
     sa.Column("outcome", sa.String(64), nullable=False),
     sa.Column("detail", sa.Text, nullable=False),
     sa.Index(None, "department_id", "at"),
+    # The rate limiter's start-up read: the last window of one action (migration 0002).
+    sa.Index(None, "action", "at"),
 )

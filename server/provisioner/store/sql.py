@@ -316,3 +316,13 @@ class SqlJobStore:
         async with self._reading() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [codec.audit_from_row(r) for r in rows]
+
+    async def audit_since(self, action: str, since: datetime) -> list[AuditEntry]:
+        query = (
+            sa.select(audit_log)
+            .where(audit_log.c.action == action, audit_log.c.at >= since)
+            .order_by(audit_log.c.at, audit_log.c.id)
+        )
+        async with self._reading() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [codec.audit_from_row(r) for r in rows]

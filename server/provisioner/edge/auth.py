@@ -1,0 +1,376 @@
+"""Who is calling and what they may do: JWT bearer tokens and the role matrix.
+
+Plain Python over PyJWT, no grpc: the authentication interceptor hands this module the
+`authorization` metadata and the method name, and maps what it raises to a status.
+
+Keys and algorithms. A token is verified with exactly one key, and the key decides the
+algorithm: the shared secret only ever verifies HS256, an RSA key from the JWKS file only
+RS256, a P-256 EC key only ES256. The header's `alg` merely says which kind of key to look
+for; it is never trusted to pick the algorithm for a key, so an HS256 token "signed" with a
+public key (the classic confusion attack) finds no key to be verified with, and `none` is
+never accepted. RS256/ES256 tokens name their key by `kid`; HS256 tokens need none.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from provisioner.core.errors import ConfigurationError, ProvisioningError
+
+log = logging.getLogger(__name__)
+
+SERVICE = "provisioning.v1.ProvisioningService"
+PROVISION = f"/{SERVICE}/Provision"
+DEPROVISION = f"/{SERVICE}/Deprovision"
+#: Services anyone may call: health checks and reflection (what `grpcurl` needs).
+PUBLIC_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+MIN_SECRET_LENGTH = 32
+#: The audit log's principal column is this wide; a longer `sub` could not be recorded.
+MAX_SUBJECT_LENGTH = 255
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    VIEWER = "viewer"
+
+
+ADMINS = frozenset({Role.ADMIN})
+READERS = frozenset({Role.VIEWER, Role.ADMIN})
+ANY_CALLER: frozenset[Role] = frozenset()
+
+
+class UnauthenticatedError(ProvisioningError):
+    """No token, or a token we cannot trust; the message never repeats the token."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(ProvisioningError):
+    """A trusted caller without the role the method needs."""
+
+    reason = "PERMISSION_DENIED"
+
+    def __init__(self, message: str, *, required_role: Role) -> None:
+        super().__init__(message)
+        self.required_role = required_role
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A verified caller: the token's `sub` and the roles we know among its `roles`."""
+
+    principal: str
+    roles: frozenset[Role]
+
+
+def roles_needed(method: str) -> frozenset[Role] | None:
+    """The roles that may call `method` (`/package.Service/Method`), any one sufficing.
+
+    None: public, no token needed. `ANY_CALLER` (empty): any valid token, which is what an
+    unknown method gets, so that nobody learns what exists without a token.
+    """
+    service, _, name = method.removeprefix("/").partition("/")
+    if service in PUBLIC_SERVICES and name and "/" not in name:
+        return None
+    if method in (PROVISION, DEPROVISION):
+        return ADMINS
+    return READERS if service == SERVICE else ANY_CALLER
+
+
+def authorize(identity: Identity, method: str) -> None:
+    """Raise `PermissionDeniedError` unless `identity` holds a role `method` accepts."""
+    needed = roles_needed(method)
+    if not needed or identity.roles & needed:
+        return
+    # Name the least the caller needs: viewer where a viewer would do.
+    role = Role.VIEWER if Role.VIEWER in needed else Role.ADMIN
+    raise PermissionDeniedError(f"{method.rpartition('/')[2]} needs the {role} role", required_role=role)
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """A public key and the one algorithm it verifies."""
+
+    algorithm: str
+    key: Any
+
+
+def _public(key: Any) -> Any:
+    # A JWKS should hold public keys only; if someone published a private one, verify with
+    # its public half all the same.
+    if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        return key.public_key()
+    return key
+
+
+def _verification_key(jwk: Mapping[str, Any]) -> VerificationKey | str:
+    """The key a JWK describes, or why it cannot be used (without any key material)."""
+    kty, crv, alg = jwk.get("kty"), jwk.get("crv"), jwk.get("alg")
+    parse: Callable[[dict[str, Any]], Any]
+    if kty == "RSA":
+        algorithm, parse = "RS256", RSAAlgorithm.from_jwk
+    elif kty == "EC" and crv == "P-256":
+        algorithm, parse = "ES256", ECAlgorithm.from_jwk
+    else:
+        return "only RSA and P-256 EC keys are supported"
+    if alg not in (None, algorithm):
+        return f"a {kty} key is used with {algorithm} only"
+    if jwk.get("use") not in (None, "sig"):
+        return "not a signature key"
+    try:
+        return VerificationKey(algorithm, _public(parse(dict(jwk))))
+    except (jwt.InvalidKeyError, ValueError, TypeError, KeyError):
+        return "malformed key"
+
+
+def parse_jwks(text: str) -> dict[str, VerificationKey]:
+    """Keys by `kid` from a JWKS document. Unusable keys are skipped with a warning; a
+    document that is not a JWKS at all raises `ValueError`."""
+    document = json.loads(text)
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError('expected a JSON object with a "keys" list')
+    keys: dict[str, VerificationKey] = {}
+    for index, jwk in enumerate(document["keys"]):
+        kid = jwk.get("kid") if isinstance(jwk, dict) else None
+        if not isinstance(kid, str) or not kid:
+            log.warning("JWKS key #%d skipped: it has no kid", index)
+            continue
+        found = _verification_key(jwk)
+        if isinstance(found, str):
+            log.warning("JWKS key %r skipped: %s", kid, found)
+        elif kid in keys:
+            log.warning("JWKS key %r skipped: its kid is used twice", kid)
+        else:
+            keys[kid] = found
+    return keys
+
+
+class JwksFile:
+    """The keys of a JWKS file, re-read whenever the file changes (rotation without restart).
+
+    A version of the file that cannot be read or parsed is reported once and ignored: the
+    last good keys stay in use until the next change.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        try:
+            self._stamp: tuple[int, int, int] | None = self._stat()
+            self._keys = parse_jwks(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"cannot use the JWKS file {path}: {_why(exc)}") from exc
+
+    def _stat(self) -> tuple[int, int, int]:
+        # The inode too: an atomic rename may keep the size and, within the clock's
+        # resolution, the mtime.
+        stat = os.stat(self._path)
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+    def get(self, kid: str) -> VerificationKey | None:
+        self._refresh()
+        return self._keys.get(kid)
+
+    def _refresh(self) -> None:
+        try:
+            stamp: tuple[int, int, int] | None = self._stat()
+        except OSError:
+            stamp = None
+        if stamp == self._stamp:
+            return
+        # Remembered even when this version is broken: it is reported once, not per call.
+        self._stamp = stamp
+        fields: dict[str, Any] = {"path": str(self._path)}
+        try:
+            self._keys = parse_jwks(self._path.read_text())
+        except (OSError, ValueError) as exc:
+            fields["problem"] = _why(exc)
+            log.warning("JWKS file unusable; keeping the last good keys", extra={"fields": fields})
+            return
+        fields["keys"] = len(self._keys)
+        log.info("JWKS file reloaded", extra={"fields": fields})
+
+
+def _why(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+# -- tokens --------------------------------------------------------------------------------------
+
+#: PyJWT checks the signature (and the header's alg against the one we allow); the claims
+#: are checked below, against our own clock.
+_SIGNATURE_ONLY: Any = {
+    "verify_signature": True,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_aud": False,
+    "verify_iss": False,
+    "verify_sub": False,
+    "verify_jti": False,
+}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Authenticator:
+    """Verifies bearer tokens; the composition root builds one per server.
+
+    Args:
+        secret: HS256 shared secret, at least 32 characters; empty to refuse HS256 tokens.
+        jwks_file: a JWKS file of RS256 (RSA) and ES256 (P-256 EC) public keys, selected by
+            the token's `kid` and re-read when the file changes; None for none.
+        issuer: when set, the `iss` every token must carry.
+        audience: when set, the audience every token's `aud` must include.
+        leeway: seconds of clock skew tolerated on `exp` and `nbf`.
+        clock: seconds since the epoch (`time.time`); tests pass their own.
+
+    Raises `ConfigurationError` when neither a secret nor a JWKS file is given, the secret
+    is too short, the leeway is negative or the JWKS file cannot be read at start.
+    """
+
+    def __init__(
+        self,
+        *,
+        secret: str = "",
+        jwks_file: Path | None = None,
+        issuer: str = "",
+        audience: str = "",
+        leeway: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not secret and jwks_file is None:
+            raise ConfigurationError("authentication needs a JWT secret or a JWKS file")
+        if secret and len(secret) < MIN_SECRET_LENGTH:
+            raise ConfigurationError(f"the JWT secret must have at least {MIN_SECRET_LENGTH} characters")
+        if not (_number(leeway) and leeway >= 0):
+            raise ConfigurationError(
+                f"the JWT leeway must be a non-negative number of seconds, not {leeway!r}"
+            )
+        self._secret = secret
+        self._jwks = JwksFile(jwks_file) if jwks_file is not None else None
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = float(leeway)
+        self._clock = clock
+
+    def authenticate(self, authorization: Sequence[str]) -> Identity:
+        """The caller named by the values of the `authorization` metadata (normally one)."""
+        if not authorization:
+            raise UnauthenticatedError("missing bearer token")
+        if len(authorization) > 1:
+            raise UnauthenticatedError("send one authorization header, not several")
+        scheme, _, token = authorization[0].strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise UnauthenticatedError("authorization must be 'Bearer <token>'")
+        token = token.strip()
+        if not token:
+            raise UnauthenticatedError("empty bearer token")
+        return self.verify(token)
+
+    def verify(self, token: str) -> Identity:
+        """The caller a bare JWT names, or `UnauthenticatedError` saying what is wrong."""
+        key = self._key_for(token)
+        try:
+            claims = jwt.decode(token, key.key, algorithms=[key.algorithm], options=_SIGNATURE_ONLY)
+        except jwt.InvalidSignatureError:
+            raise UnauthenticatedError("token signature is invalid") from None
+        except jwt.InvalidTokenError:
+            raise UnauthenticatedError("token is malformed") from None
+        return self._identity(claims)
+
+    def _key_for(self, token: str) -> VerificationKey:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise UnauthenticatedError("token is malformed") from None
+        alg = header.get("alg")
+        if alg == "HS256":
+            if not self._secret:
+                raise UnauthenticatedError("HS256 tokens are not accepted by this server")
+            return VerificationKey("HS256", self._secret)
+        if alg not in ("RS256", "ES256"):
+            raise UnauthenticatedError("token algorithm is not allowed")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise UnauthenticatedError("token has no key id")
+        found = self._jwks.get(kid) if self._jwks is not None else None
+        if found is None:
+            raise UnauthenticatedError("unknown key id")
+        if found.algorithm != alg:
+            raise UnauthenticatedError("token algorithm does not match its key")
+        return found
+
+    def _identity(self, claims: dict[str, Any]) -> Identity:
+        now, leeway = self._clock(), self._leeway
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        if exp is None:
+            raise UnauthenticatedError("token has no expiry")
+        if not _number(exp) or (nbf is not None and not _number(nbf)):
+            raise UnauthenticatedError("token times are malformed")
+        if exp <= now - leeway:
+            raise UnauthenticatedError("token expired")
+        if nbf is not None and nbf > now + leeway:
+            raise UnauthenticatedError("token is not valid yet")
+        if self._issuer and claims.get("iss") != self._issuer:
+            raise UnauthenticatedError("token issuer is not accepted")
+        if self._audience:
+            aud = claims.get("aud")
+            audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+            if self._audience not in audiences:
+                raise UnauthenticatedError("token audience is not accepted")
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject.strip():
+            raise UnauthenticatedError("token has no subject")
+        if len(subject) > MAX_SUBJECT_LENGTH or not subject.isprintable():
+            raise UnauthenticatedError("token subject is too long or not printable")
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise UnauthenticatedError("token roles claim must be a list of strings")
+        known = {r.value for r in Role}
+        return Identity(subject, frozenset(Role(r) for r in roles if r in known))
+
+
+def mint_token(
+    secret: str,
+    subject: str,
+    roles: Sequence[str],
+    *,
+    ttl: float = 3600.0,
+    issuer: str = "",
+    audience: str = "",
+    now: float | None = None,
+) -> str:
+    """An HS256 token for `subject` with `roles`, valid for `ttl` seconds: for tests and
+    development, never for production callers."""
+    issued = time.time() if now is None else now
+    claims: dict[str, Any] = {"sub": subject, "roles": list(roles), "iat": int(issued)}
+    claims["exp"] = int(issued + ttl)
+    if issuer:
+        claims["iss"] = issuer
+    if audience:
+        claims["aud"] = audience
+    return jwt.encode(claims, secret, algorithm="HS256")
