@@ -1,0 +1,339 @@
+"""`provisionctl`: provision, follow and inspect departments from the command line.
+
+Every command is one call (or one followed job) through `AsyncProvisioningClient`.
+Results go to stdout, as aligned text or JSON (`-o json`); errors go to stderr as one
+sentence and set the exit code (see `exitcodes`), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from rich.console import Console
+
+from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
+from provisioner_client import exitcodes, render
+from provisioner_client._base import STATUS_NAMES
+from provisioner_client.aio import AsyncProvisioningClient
+from provisioner_client.config import DEFAULT_TIMEOUT, Endpoint, resolve_endpoint, token_settings
+from provisioner_client.errors import ClientError, ConfigurationError
+from provisioner_client.live import JsonSink, LiveSink, PlainSink, ProgressSink
+from provisioner_client.spec import DepartmentSpec, SpecFields, load_spec_file
+from provisioner_client.tokens import DEFAULT_TTL, ROLES, mint_token, parse_duration
+from provisioner_client.watch import is_terminal
+
+#: Spec fields and the `provision` flags that set them, for "missing" messages.
+_FLAGS = {
+    "department_id": "--department-id",
+    "department_name": "--name",
+    "workflows": "--workflow",
+    "data_retention": "--retention",
+    "region": "--region",
+    "admin_email": "--admin-email",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Where and how a command writes."""
+
+    json: bool
+    out: TextIO
+    err: TextIO
+
+    def lines(self, lines: Sequence[str]) -> None:
+        render.write_lines(self.out, lines)
+
+    def sink(self) -> ProgressSink:
+        if self.json:
+            return JsonSink(self.out, self.err)
+        if self.out.isatty():
+            return LiveSink(Console(file=self.out))
+        return PlainSink(self.out, self.err)
+
+
+Command = Callable[[argparse.Namespace, AsyncProvisioningClient, Output], Coroutine[Any, Any, int]]
+
+
+async def _follow(
+    client: AsyncProvisioningClient, job_id: str, output: Output, after_sequence: int = 0
+) -> int:
+    """Stream a job's progress to the end; print how it ended; 0 if it COMPLETED."""
+    sink = output.sink()
+    snapshot: pb.Job | None = None
+    terminal: pb.JobEvent | None = None
+    try:
+        async for item in client.watch(job_id, after_sequence=after_sequence, on_reconnect=sink.reconnecting):
+            if isinstance(item, pb.Job):
+                snapshot = item
+                sink.snapshot(item)
+            else:
+                sink.event(item)
+                terminal = item if is_terminal(item) else terminal
+    finally:
+        sink.close()
+    if snapshot is None:  # the server always sends one first; be safe anyway
+        snapshot = await client.get_status(job_id)
+    outcome = render.Outcome.of(snapshot, terminal)
+    if not output.json:
+        output.lines(outcome.lines())
+    return exitcodes.OK if outcome.succeeded else exitcodes.FAILED
+
+
+def _spec(args: argparse.Namespace) -> DepartmentSpec:
+    found: SpecFields = load_spec_file(args.file) if args.file else {}
+    flags: dict[str, Any] = {
+        "department_id": args.department_id,
+        "department_name": args.name,
+        "workflows": [w.strip() for item in args.workflow for w in item.split(",") if w.strip()]
+        if args.workflow
+        else None,
+        "data_retention": args.retention,
+        "region": args.region,
+        "admin_email": args.admin_email,
+    }
+    merged: dict[str, Any] = {**found, **{k: v for k, v in flags.items() if v is not None}}
+    missing = [flag for name, flag in _FLAGS.items() if name not in merged]
+    if missing:
+        raise ConfigurationError(f"provision needs {', '.join(missing)} (or a spec file given with -f)")
+    return DepartmentSpec(**merged)
+
+
+async def _provision(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
+    job = await client.provision(_spec(args), request_id=args.request_id)
+    return await _started(job, args, client, output)
+
+
+async def _deprovision(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
+    job = await client.deprovision(args.department_id, request_id=args.request_id)
+    return await _started(job, args, client, output)
+
+
+async def _started(
+    job: pb.Job, args: argparse.Namespace, client: AsyncProvisioningClient, output: Output
+) -> int:
+    if args.no_wait:
+        output.lines([render.json_text(job)] if output.json else render.job_lines(job))
+        return exitcodes.OK
+    try:
+        return await _follow(client, job.job_id, output)
+    except asyncio.CancelledError:  # Ctrl-C: only the watching stops, not the job
+        render.write_lines(
+            output.err, [f"provisionctl: the job goes on; follow it with: provisionctl watch {job.job_id}"]
+        )
+        raise
+
+
+async def _watch(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
+    return await _follow(client, args.job_id, output, args.after_sequence)
+
+
+async def _status(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
+    job = await client.get_status(args.job_id)
+    output.lines([render.json_text(job)] if output.json else render.job_lines(job))
+    return exitcodes.FAILED if job.state == pb.JOB_STATE_FAILED else exitcodes.OK
+
+
+async def _list(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
+    found = [d async for d in client.list_departments(status=args.status, region=args.region)]
+    if output.json:
+        output.lines([render.json_text({"departments": [render.to_dict(d) for d in found]})])
+    else:
+        output.lines(render.department_table(found) if found else ["no departments"])
+    return exitcodes.OK
+
+
+async def _get(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
+    department = await client.get_department(args.department_id)
+    output.lines([render.json_text(department)] if output.json else render.department_lines(department))
+    return exitcodes.OK
+
+
+async def _health(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
+    health = await client.get_department_health(args.department_id)
+    output.lines([render.json_text(health)] if output.json else render.health_lines(health))
+    return exitcodes.OK if health.healthy else exitcodes.FAILED
+
+
+def _token(args: argparse.Namespace, out: TextIO) -> int:
+    token = mint_token(
+        token_settings(), roles=args.role, subject=args.subject or _default_subject(), ttl=args.ttl
+    )
+    out.write(token + "\n")
+    return exitcodes.OK
+
+
+def _default_subject() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry, as in some containers
+        return "developer"
+
+
+async def _run(command: Command, args: argparse.Namespace, output: Output) -> int:
+    timeout = args.timeout if args.timeout is not None else DEFAULT_TIMEOUT
+    async with AsyncProvisioningClient(args.server, args.token, timeout=timeout) as client:
+        return await command(args, client, output)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `provisionctl` with `argv` (default: the process's arguments); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse has already printed
+        return exc.code if isinstance(exc.code, int) else exitcodes.USAGE
+    out, err = sys.stdout, sys.stderr
+    try:
+        if args.command == "token":
+            return _token(args, out)
+        return asyncio.run(_run(args.handler, args, Output(args.output == "json", out, err)))
+    except ClientError as exc:
+        render.write_lines(err, exitcodes.describe(exc, _endpoint(args), args.timeout or DEFAULT_TIMEOUT))
+        return exitcodes.exit_code(exc)
+    except KeyboardInterrupt:
+        render.write_lines(err, ["provisionctl: interrupted"])
+        return exitcodes.INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`provisionctl list | head -1`): nothing left to say, and
+        # the interpreter's own flush of stdout at exit must not complain either.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until the process ends
+        return exitcodes.OK
+    except Exception as exc:  # noqa: BLE001 - a CLI answers in a sentence, never a traceback
+        render.write_lines(err, [f"provisionctl: error: unexpected {type(exc).__name__}: {exc}"])
+        return exitcodes.OTHER
+
+
+def _endpoint(args: argparse.Namespace) -> Endpoint | None:
+    try:
+        return resolve_endpoint(args.server)
+    except ClientError:
+        return None
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # On subcommands the defaults are suppressed, so `provisionctl -o json list` and
+    # `provisionctl list -o json` both work and neither undoes the other.
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("connection and output")
+    group.add_argument(
+        "--server", default=default, help="gRPC address (default: $PROVISIONER_SERVER or 127.0.0.1:50051)"
+    )
+    group.add_argument("--token", default=default, help="bearer token (default: $PROVISIONER_TOKEN)")
+    group.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default=argparse.SUPPRESS if suppress else "text",
+        help="output format",
+    )
+    group.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=default,
+        metavar="SECONDS",
+        help=f"deadline of each call (default {DEFAULT_TIMEOUT:g} s; watches are not limited)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, with the exit codes in the epilog."""
+    parser = argparse.ArgumentParser(
+        prog="provisionctl",
+        description="Provision, follow and inspect departments on a provisioning server.",
+        epilog=exitcodes.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_globals(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Command | None, text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=text,
+            description=textwrap.fill(text, 88),
+            epilog=exitcodes.EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _add_globals(sub, suppress=True)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    follow = (
+        "Streams live progress until the job ends, unless --no-wait; -o json prints one JSON object per line."
+    )
+    sub = command("provision", _provision, f"Provision a department from flags or a spec file. {follow}")
+    sub.add_argument(
+        "-f",
+        "--file",
+        metavar="SPEC",
+        help="YAML or JSON spec with the seed's names (departmentId, ...); - for stdin",
+    )
+    sub.add_argument("--department-id", help="lowercase slug, like hr")
+    sub.add_argument("--name", help="human-readable department name")
+    sub.add_argument(
+        "--workflow", action="append", help="email, google_drive or database (repeatable, or comma-separated)"
+    )
+    sub.add_argument("--retention", help="data retention in days, like 90d")
+    sub.add_argument("--region", help="region, like us-west")
+    sub.add_argument("--admin-email", help="the department's administrator")
+    sub.add_argument("--request-id", help="idempotency key (a UUID): repeating it returns the same job")
+    sub.add_argument("--no-wait", action="store_true", help="print the new job and return at once")
+
+    sub = command("deprovision", _deprovision, f"Tear a department down. {follow}")
+    sub.add_argument("department_id", metavar="DEPARTMENT_ID")
+    sub.add_argument("--request-id", help="idempotency key (a UUID)")
+    sub.add_argument("--no-wait", action="store_true", help="print the teardown job and return at once")
+
+    sub = command(
+        "watch", _watch, "Follow a job to its end, resuming across reconnects; exit 1 if it FAILED."
+    )
+    sub.add_argument("job_id", metavar="JOB_ID")
+    sub.add_argument("--after-sequence", type=int, default=0, metavar="N", help="skip events up to N")
+
+    sub = command("status", _status, "Show a job and its steps; exit 1 if it FAILED.")
+    sub.add_argument("job_id", metavar="JOB_ID")
+
+    sub = command("list", _list, "List departments, optionally filtered.")
+    sub.add_argument("--status", choices=STATUS_NAMES, help="only departments in this status")
+    sub.add_argument("--region", help="only departments in this region")
+
+    sub = command("get", _get, "Show one department.")
+    sub.add_argument("department_id", metavar="DEPARTMENT_ID")
+
+    sub = command("health", _health, "Check a department's components live; exit 1 if unhealthy.")
+    sub.add_argument("department_id", metavar="DEPARTMENT_ID")
+
+    sub = command(
+        "token",
+        None,
+        "Mint an HS256 development token from $PROVISIONER_JWT_SECRET and print only the token, "
+        "so `export PROVISIONER_TOKEN=$(provisionctl token --role admin)` works.",
+    )
+    sub.add_argument(
+        "--role", action="append", choices=ROLES, required=True, help="admin or viewer (repeatable)"
+    )
+    sub.add_argument("--subject", help="the token's sub claim (default: your user name)")
+    sub.add_argument(
+        "--ttl",
+        type=_positive_seconds,
+        default=DEFAULT_TTL,
+        metavar="DURATION",
+        help="lifetime: 3600, 15m, 12h, 7d (default 1h)",
+    )
+    return parser
