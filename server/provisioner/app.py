@@ -18,6 +18,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -27,7 +28,10 @@ from typing import IO
 from provisioner import logs
 from provisioner.core.errors import ConfigurationError, ProvisioningError
 from provisioner.core.states import StepName
+from provisioner.edge.auth import Authenticator
 from provisioner.edge.gateway import EnvoyProcess
+from provisioner.edge.interceptors import server_interceptors
+from provisioner.edge.ratelimit import RateLimiter, seed_from_audit
 from provisioner.edge.server import GrpcEdge
 from provisioner.engine.orchestrator import Orchestrator
 from provisioner.events.hub import EventHub
@@ -183,8 +187,25 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
         loop.add_signal_handler(sig, stop.set)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     settings = _development_secret(settings)
+    authenticator = Authenticator(
+        secret=settings.jwt_secret,
+        jwks_file=settings.jwks_file,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        leeway=settings.jwt_leeway,
+    )
+    limiter = RateLimiter(
+        provision=settings.rate_provision, deprovision=settings.rate_deprovision, read=settings.rate_read
+    )
     async with runtime(settings) as rt:
-        edge = GrpcEdge(rt.orchestrator, heartbeat_seconds=settings.heartbeat_seconds)
+        # The provision and deprovision windows survive a restart: they are rebuilt from
+        # the durable audit log before the first call is admitted.
+        await seed_from_audit(limiter, rt.store, time.time())
+        edge = GrpcEdge(
+            rt.orchestrator,
+            interceptors=server_interceptors(authenticator, limiter),
+            heartbeat_seconds=settings.heartbeat_seconds,
+        )
         try:
             port = await edge.start(str(settings.grpc_addr))
         except RuntimeError as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import os
 import shutil
@@ -30,7 +29,15 @@ from provisioner.core.errors import ConfigurationError
 from provisioner.edge.envoy import Address, write_envoy_config
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 
-_PR_SET_PDEATHSIG = 1
+# argv: server pid, envoy binary, envoy's arguments. PR_SET_PDEATHSIG (1) survives the
+# exec; if the server died before it was set, the launcher's parent is no longer it.
+_LAUNCHER = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 _READY_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
 # Loopback only: a proxy configured for the machine must not see admin calls.
@@ -115,6 +122,10 @@ class EnvoyProcess:
         _stop_stale(self.pid_path, bootstrap)
         with self.log_path.open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
+                # A tiny launcher asks Linux to SIGTERM Envoy if the server is killed
+                # outright, then becomes Envoy. (A preexec_fn would do it in the forked
+                # child, where gRPC's fork handlers can abort the process.)
+                sys.executable, "-c", _LAUNCHER, str(os.getpid()),
                 str(envoy_binary()),
                 "-c", str(bootstrap),
                 # No hot restart: without it Envoy leaves shared memory behind in /dev/shm.
@@ -126,8 +137,6 @@ class EnvoyProcess:
                 # Its own process group: a Ctrl-C in the terminal reaches the server,
                 # which then stops Envoy in order, after draining.
                 start_new_session=True,
-                # ...and if the server is killed outright, Envoy goes with it.
-                preexec_fn=_die_with_parent,
             )  # fmt: skip
         self.pid_path.write_text(f"{self._process.pid}\n")
         try:
@@ -182,13 +191,6 @@ class EnvoyProcess:
                 process.kill()
             await process.wait()
         self.pid_path.unlink(missing_ok=True)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM it when the server dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stop_stale(pid_path: Path, bootstrap: Path) -> None:

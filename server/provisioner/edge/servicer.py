@@ -86,7 +86,9 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
                 last = event.sequence
                 yield pb.WatchProgressResponse(event=convert.event(event))
         finally:
-            if pending is not None and not pending.done():
+            if pending is not None:
+                # Cancelled mid-read, or done but never looked at (the client left right
+                # after the last event): either way, collect it so nothing is left dangling.
                 pending.cancel()
                 with contextlib.suppress(BaseException):
                     await pending
