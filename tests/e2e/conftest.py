@@ -80,9 +80,11 @@ class ControlPlane:
             trust_env=False,
         )
 
-    def run(self, *args: str, role: str = "admin", timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """`provisionctl` against this control plane, with a token for `role`."""
-        env = {**self.env, "PROVISIONER_SERVER": self.grpc_target, "PROVISIONER_TOKEN": token(role)}
+    def run(
+        self, *args: str, role: str = "admin", bearer: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """`provisionctl` against this control plane, with `bearer` or a token for `role`."""
+        env = {**self.env, "PROVISIONER_SERVER": self.grpc_target, "PROVISIONER_TOKEN": bearer or token(role)}
         return subprocess.run(
             [str(BIN / "provisionctl"), *args], env=env, capture_output=True, text=True, timeout=timeout
         )

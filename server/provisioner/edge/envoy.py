@@ -341,7 +341,7 @@ def _cors_policy(origins: Sequence[str]) -> dict[str, Any]:
         "allow_origin_string_match": matchers,
         "allow_methods": "GET, POST, DELETE, OPTIONS",
         "allow_headers": "authorization, content-type, x-request-id",
-        "expose_headers": "grpc-status, grpc-message",
+        "expose_headers": "grpc-status, grpc-message, retry-after, x-request-id",
         "max_age": "600",
     }
 
