@@ -87,6 +87,23 @@ def test_provision_watch_list_health_and_deprovision_on_the_seeds_paths(plane: C
         assert gone["status"] == "DEPARTMENT_STATUS_DEPROVISIONED"
 
 
+def test_departments_page_by_json_named_query_parameters(plane: ControlPlane) -> None:
+    made = sorted(department_id() for _ in range(2))
+    with plane.http() as client:
+        for dept in made:
+            body = {"departmentId": dept, **SPEC, "region": "ap-south"}
+            assert client.post("/api/provision-department", json=body).status_code == 200
+        first = client.get("/api/departments", params={"region": "ap-south", "pageSize": "1"}).json()
+        token = first["nextPageToken"]
+        second = client.get(
+            "/api/departments", params={"region": "ap-south", "pageSize": "1", "pageToken": token}
+        ).json()
+        other_filter = client.get("/api/departments", params={"region": "us-west", "pageToken": token})
+    assert [first["departments"][0]["departmentId"], second["departments"][0]["departmentId"]] == made
+    assert second["nextPageToken"] == ""
+    assert other_filter.status_code == 400
+
+
 def test_a_resumed_watch_sees_nothing_twice_and_misses_nothing(plane: ControlPlane) -> None:
     with plane.http() as client:
         job = client.post("/api/provision-department", json={"departmentId": department_id(), **SPEC}).json()
