@@ -30,7 +30,7 @@ import pytest
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 
-from provisioner.edge.envoy import (
+from provisioner.steps.envoy_config import (
     CLUSTERS_FILE,
     ROUTES_FILE,
     render_envoy_config,

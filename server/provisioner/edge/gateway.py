@@ -26,7 +26,7 @@ from google.protobuf.descriptor import FileDescriptor
 from google.rpc import error_details_pb2, status_pb2
 
 from provisioner.core.errors import ConfigurationError
-from provisioner.edge.envoy import Address, write_envoy_config
+from provisioner.steps.envoy_config import Address, write_envoy_config
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 
 # argv: server pid, envoy binary, envoy's arguments. PR_SET_PDEATHSIG (1) survives the

@@ -9,6 +9,9 @@ removes departments by rewriting them, atomically, while Envoy keeps running.
 Run it as `envoy -c <bootstrap> --disable-hot-restart`: without the flag Envoy makes
 shared-memory files under /dev/shm for a hot restart we never do, and leaves them behind.
 
+It lives with the steps because the gateway step rewrites the dynamic files; the edge
+writes the bootstrap from it when it starts Envoy.
+
 The functions that render are pure (plain data in, plain dicts out); only the `write_*`
 functions touch the disk.
 """
