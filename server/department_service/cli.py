@@ -1,0 +1,114 @@
+"""`python -m department_service`: check the arguments, listen, announce, serve until told to stop.
+
+Exit status: 0 after a clean shutdown (SIGTERM or SIGINT), 1 if it cannot listen or write
+service.json, 2 for bad arguments. Each failure is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import NoReturn
+
+from department_service import schema
+from department_service.httpd import DepartmentHTTPServer
+from department_service.logs import emit, utc_now
+from department_service.routes import Department
+
+DEPARTMENT_ID = re.compile(r"[a-z][a-z0-9-]{0,30}[a-z0-9]")
+SERVICE_FILE = "service.json"
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, not usage plus error: the control plane shows it as the launch failure."""
+        self.exit(2, f"department_service: {message}\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse and check the command line; exits 2 with one line if anything is wrong."""
+    parser = _Parser(prog="python -m department_service", description="Serve one department's workflows.")
+    parser.add_argument("--department-id", required=True, help="lowercase slug, e.g. hr or finance-emea")
+    parser.add_argument("--dir", required=True, type=Path, help="the department directory (must exist)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", default=0, type=int, help="port to listen on (default 0: any free port)")
+    args = parser.parse_args(argv)
+    if not DEPARTMENT_ID.fullmatch(args.department_id):
+        parser.error(
+            f"invalid --department-id {args.department_id!r}: use 2-32 lowercase letters, digits and "
+            "hyphens, starting with a letter and not ending with a hyphen"
+        )
+    if not args.dir.is_dir():
+        parser.error(f"--dir {str(args.dir)!r} is not an existing directory")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port} is not between 0 and 65535")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the service until SIGTERM or SIGINT; return the exit status."""
+    args = parse_args(argv)
+    # Block the stop signals before any thread exists, so every thread inherits the mask and
+    # the main thread alone receives them, synchronously, in sigwait below: no handler runs
+    # at an arbitrary point, and a signal sent during start-up is kept until then.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    directory = args.dir.absolute()
+    department = Department(args.department_id, directory)
+    try:
+        server = DepartmentHTTPServer((args.host, args.port), department)
+    except OSError as exc:
+        print(f"department_service: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    host, port = str(server.server_address[0]), int(server.server_address[1])
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.25}, name="serve")
+    serving.start()
+    service_file = directory / SERVICE_FILE
+    status = 0
+    try:
+        # Announced only now: the socket is listening, so the control plane can connect at once.
+        _write_service_file(service_file, args.department_id, host, port)
+    except OSError as exc:
+        print(f"department_service: cannot write {service_file}: {exc}", file=sys.stderr)
+        status = 1
+    else:
+        emit(event="listening", department_id=args.department_id, host=host, port=port, pid=os.getpid())
+        problem = schema.check(department.db_path)
+        if problem:
+            emit(event="database_not_ready", department_id=args.department_id, problem=problem)
+        received = signal.sigwait(_STOP_SIGNALS)
+        emit(event="stopping", department_id=args.department_id, signal=signal.Signals(received).name)
+    finally:
+        department.draining = True
+        server.shutdown()  # stop accepting
+        server.server_close()  # close the socket, then wait for the requests in flight
+        serving.join()
+        _remove_service_file(service_file)
+    emit(event="stopped", department_id=args.department_id, exit_status=status)
+    return status
+
+
+def _write_service_file(path: Path, department_id: str, host: str, port: int) -> None:
+    """Write service.json atomically: a reader sees the old file, no file, or the whole new one."""
+    pid = os.getpid()
+    record = {"pid": pid, "host": host, "port": port, "department_id": department_id, "started_at": utc_now()}
+    tmp = path.with_name(f".{path.name}.{pid}.tmp")
+    try:
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _remove_service_file(path: Path) -> None:
+    """Remove service.json if it still describes this process, so nobody dials a dead port."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+            path.unlink()

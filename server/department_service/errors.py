@@ -1,0 +1,95 @@
+"""The service's errors, each carrying the HTTP status and a stable code for its JSON body.
+
+Handlers raise these; the HTTP edge (`httpd`) turns them into responses in one place.
+Anything else that escapes a handler is a bug: a generic 500 for the client, the
+traceback for the log.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """An error the client is told about: `status` and `code` go into the response."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(ServiceError):
+    """The request could not be understood (malformed JSON, bad query parameter)."""
+
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(ServiceError):
+    """Client authentication failed; `reason` is for the log only, never for the client."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            "client authentication failed", headers={"WWW-Authenticate": 'Basic realm="department"'}
+        )
+        self.reason = reason
+
+
+class NotFound(ServiceError):
+    """No such path, or no such deployed workflow."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    """The path exists but not for this method; `allow` lists the methods it takes."""
+
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, method: str, allow: tuple[str, ...]) -> None:
+        super().__init__(f"{method} is not allowed here", headers={"Allow": ", ".join(allow)})
+
+
+class LengthRequired(ServiceError):
+    """A body sent without Content-Length (chunked bodies are not supported)."""
+
+    status = 411
+    code = "length_required"
+
+
+class PayloadTooLarge(ServiceError):
+    """The body is over the limit; it is never read."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class InputRejected(ServiceError):
+    """The request broke the workflow action's own input rules (recorded as "rejected")."""
+
+    status = 422
+    code = "rejected"
+
+
+class WorkflowBroken(ServiceError):
+    """The deployed workflow file cannot be run (unknown action type, bad definition)."""
+
+    status = 500
+    code = "workflow_broken"
+
+
+class DatabaseUnavailable(ServiceError):
+    """The department database cannot be used right now; the client may retry."""
+
+    status = 503
+    code = "database_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
