@@ -109,7 +109,14 @@ def _spec(args: argparse.Namespace) -> DepartmentSpec:
 
 async def _provision(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
     job = await client.provision(_spec(args), request_id=args.request_id)
-    return await _started(job, args, client, output)
+    code = await _started(job, args, client, output)
+    # The server returns the department's client secret once, to the call that created the
+    # job: say so plainly, after the progress (a failed job's credentials were revoked).
+    # (`--no-wait -o json` printed the whole job, secret included, already.)
+    issued = job.issued_client
+    if issued.client_secret and code == exitcodes.OK and not (args.no_wait and output.json):
+        output.lines(render.issued_client_lines(issued, output.json))
+    return code
 
 
 async def _deprovision(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:

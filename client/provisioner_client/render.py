@@ -222,6 +222,18 @@ def health_lines(health: pb.GetDepartmentHealthResponse) -> list[str]:
     ]
 
 
+def issued_client_lines(issued: pb.OAuthClient, as_json: bool) -> list[str]:
+    """The department's OAuth client, which the server shows this once."""
+    if as_json:
+        return [json_text({"issuedClient": to_dict(issued)}, pretty=False)]
+    return [
+        "",
+        "The department's OAuth client (the secret is shown this once; store it now):",
+        f"  client id      {issued.client_id}",
+        f"  client secret  {issued.client_secret}",
+    ]
+
+
 def write_lines(stream: TextIO, lines: Iterable[str]) -> None:
     for line in lines:
         stream.write(line + "\n")

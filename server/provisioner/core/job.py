@@ -130,6 +130,12 @@ def ready_steps(steps: dict[StepName, StepRecord]) -> list[StepName]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class IssuedClient:
+    client_id: str
+    client_secret: str = field(repr=False)
+
+
 @dataclass(slots=True)
 class Job:
     """A provisioning or deprovisioning job and everything known about its steps."""
@@ -148,6 +154,10 @@ class Job:
     error: JobError | None = None
     cleanup: CleanupReport | None = None
     last_sequence: int = 0
+    #: The OAuth client issued when this provisioning job was accepted. Set only on the
+    #: copy handed to the caller that created the job, never stored: the secret is
+    #: revealed once (the vault keeps it sealed and hashed).
+    issued_client: IssuedClient | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def create(

@@ -100,6 +100,13 @@ def job(value: Job) -> pb.Job:
         error=_error(value.error),
         cleanup=_cleanup(value.cleanup),
         last_sequence=value.last_sequence,
+        issued_client=(
+            pb.OAuthClient(
+                client_id=value.issued_client.client_id, client_secret=value.issued_client.client_secret
+            )
+            if value.issued_client is not None
+            else None
+        ),
     )
 
 

@@ -13,7 +13,9 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from provisioner.core.department import AuditEntry, Department
 from provisioner.core.errors import (
@@ -25,7 +27,7 @@ from provisioner.core.errors import (
     ProvisioningError,
     ServiceDrainingError,
 )
-from provisioner.core.job import Job
+from provisioner.core.job import IssuedClient, Job
 from provisioner.core.spec import DepartmentSpec, check_department_id, validate
 from provisioner.core.states import DepartmentStatus, JobKind, State, StepName
 from provisioner.engine.config import EngineConfig
@@ -35,6 +37,15 @@ from provisioner.steps.base import Condition, Step, StepContext
 from provisioner.store.protocol import JobStore
 
 log = logging.getLogger(__name__)
+
+
+class CredentialIssuer(Protocol):
+    """Makes a department's OAuth client when a provisioning job is accepted."""
+
+    async def issue(self, department_id: str, job_id: str) -> IssuedClient: ...
+
+    async def discard(self, department_id: str, job_id: str) -> None:
+        """Forget what was issued for a job that failed (idempotent)."""
 
 
 def utcnow() -> datetime:
@@ -63,6 +74,7 @@ class Orchestrator:
         owner: str | None = None,
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
+        issuer: CredentialIssuer | None = None,
     ) -> None:
         missing = set(StepName) - set(steps)
         if missing:
@@ -74,6 +86,7 @@ class Orchestrator:
         self._steps = dict(steps)
         self._clock = clock
         self._rng = rng or random.Random()
+        self._issuer = issuer
         self._runners: dict[str, tuple[JobRunner, asyncio.Task[None]]] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._accepting = False
@@ -232,8 +245,16 @@ class Orchestrator:
         inherited: dict[StepName, dict[str, str]],
     ) -> Job:
         now = self._clock()
+        job_id = str(uuid.uuid4())
+        # Issued before the job exists, so its runner can never reach the OAuth step first;
+        # a job that then fails to be created leaves only an unused, sealed credential.
+        issued = (
+            await self._issuer.issue(spec.department_id, job_id)
+            if self._issuer is not None and kind is JobKind.PROVISION
+            else None
+        )
         job, first = Job.create(
-            job_id=str(uuid.uuid4()),
+            job_id=job_id,
             kind=kind,
             spec=spec,
             principal=principal,
@@ -246,7 +267,7 @@ class Orchestrator:
         lease = (self.owner, self._lease_until()) if self.config.run_jobs else None
         await self.store.create_job(job, first, audit, lease)
         self.hub.publish([first])
-        snapshot = job.snapshot()
+        snapshot = replace(job.snapshot(), issued_client=issued)
         if lease is not None:
             self._start_runner(job)
         return snapshot
@@ -357,6 +378,10 @@ class Orchestrator:
         job_id = runner.job.job_id
         try:
             await runner.run()
+            job = runner.job
+            if self._issuer is not None and job.kind is JobKind.PROVISION and job.state is State.FAILED:
+                # A failed job's client is void, even if the OAuth step never ran to undo it.
+                await self._issuer.discard(job.department_id, job_id)
         except asyncio.CancelledError:
             raise
         except ProvisioningError as exc:

@@ -223,7 +223,7 @@ class Condition(_message.Message):
     def __init__(self, step: _Optional[str] = ..., healthy: _Optional[bool] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., observed_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "department_id", "kind", "state", "progress", "steps", "principal", "request_id", "create_time", "update_time", "deadline_time", "finish_time", "error", "cleanup", "last_sequence")
+    __slots__ = ("job_id", "department_id", "kind", "state", "progress", "steps", "principal", "request_id", "create_time", "update_time", "deadline_time", "finish_time", "error", "cleanup", "last_sequence", "issued_client")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DEPARTMENT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +239,7 @@ class Job(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CLEANUP_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_CLIENT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     department_id: str
     kind: JobKind
@@ -254,7 +255,16 @@ class Job(_message.Message):
     error: JobError
     cleanup: CleanupReport
     last_sequence: int
-    def __init__(self, job_id: _Optional[str] = ..., department_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., principal: _Optional[str] = ..., request_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., cleanup: _Optional[_Union[CleanupReport, _Mapping]] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+    issued_client: OAuthClient
+    def __init__(self, job_id: _Optional[str] = ..., department_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., principal: _Optional[str] = ..., request_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., cleanup: _Optional[_Union[CleanupReport, _Mapping]] = ..., last_sequence: _Optional[int] = ..., issued_client: _Optional[_Union[OAuthClient, _Mapping]] = ...) -> None: ...
+
+class OAuthClient(_message.Message):
+    __slots__ = ("client_id", "client_secret")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_SECRET_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    client_secret: str
+    def __init__(self, client_id: _Optional[str] = ..., client_secret: _Optional[str] = ...) -> None: ...
 
 class Step(_message.Message):
     __slots__ = ("name", "status", "attempts", "start_time", "finish_time", "last_error", "resources")
