@@ -22,11 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,13 +32,10 @@ from pathlib import Path
 
 import grpc
 import httpx
-import jwt
 
+from _harness import Server, quantile, token
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
-
-SECRET = "bench-secret-" + "b" * 40
-BIN = Path(sys.executable).parent
 
 
 @dataclass
@@ -63,69 +56,6 @@ class Figures:
     events_lost: int
     events_duplicated: int
     server_peak_rss_mib: float
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def quantile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-class Server:
-    def __init__(self, state_dir: Path) -> None:
-        self.grpc = f"127.0.0.1:{free_port()}"
-        self.rest = f"http://127.0.0.1:{free_port()}"
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")},
-            "PROVISIONER_STATE_DIR": str(state_dir),
-            "PROVISIONER_GRPC_ADDR": self.grpc,
-            "PROVISIONER_HTTP_ADDR": self.rest.removeprefix("http://"),
-            "PROVISIONER_ENVOY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
-            "PROVISIONER_STEPS": "noop",
-            "PROVISIONER_JWT_SECRET": SECRET,
-            "PROVISIONER_RATE_LIMIT_PROVISION": "1000000/h",
-            "PROVISIONER_RATE_LIMIT_READ": "10000000/m",
-            "PROVISIONER_MAX_RUNNING_JOBS": "2000",
-            "PROVISIONER_LOG_LEVEL": "WARNING",
-        }
-        self.log = state_dir.parent / "server.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        out = self.log.with_suffix(".out")
-        with self.log.open("wb") as log, out.open("wb") as sink:
-            self.process = subprocess.Popen(
-                [str(BIN / "provisioning-server")], env=self.env, stdout=sink, stderr=log
-            )
-        deadline = time.monotonic() + 60
-        while "control plane ready" not in out.read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"bench/api.py: server did not start:\n{self.log.read_text()[-2000:]}")
-            time.sleep(0.05)
-
-    def peak_rss_mib(self) -> float:
-        assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=60)
-
-
-def token() -> str:
-    now = int(time.time())
-    return jwt.encode(
-        {"sub": "bench", "roles": ["admin"], "iat": now, "nbf": now, "exp": now + 3600}, SECRET, "HS256"
-    )
 
 
 def spec(index: int) -> pb.ProvisionRequest:
@@ -271,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-api-") as root:
-        server = Server(Path(root) / "var")
+        server = Server(Path(root) / "var", steps="noop")
         server.start()
         try:
             figures = asyncio.run(measure(server, args.jobs, args.samples, args.concurrency, args.seconds))

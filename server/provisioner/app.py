@@ -33,36 +33,100 @@ from provisioner.edge.gateway import EnvoyProcess
 from provisioner.edge.interceptors import server_interceptors
 from provisioner.edge.ratelimit import RateLimiter, seed_from_audit
 from provisioner.edge.server import GrpcEdge
-from provisioner.engine.orchestrator import Orchestrator
+from provisioner.engine.orchestrator import CredentialIssuer, Orchestrator
+from provisioner.engine.runner import cancel_and_wait
 from provisioner.events.hub import EventHub
 from provisioner.settings import Address, Settings, load_settings
 from provisioner.steps.base import Step
+from provisioner.steps.container import LocalProcessContainer
+from provisioner.steps.database import SqliteTenantDatabase
+from provisioner.steps.departments import DepartmentDirs
 from provisioner.steps.faults import FaultInjectingStep
+from provisioner.steps.gateway import Endpoint, EnvoyGateway
 from provisioner.steps.local import LocalMarkerStep
 from provisioner.steps.noop import NoopStep
+from provisioner.steps.oauth import OAuthCredentials, VaultIssuer
+from provisioner.steps.validate import ValidateSpec
+from provisioner.steps.validation import DeploymentValidation
+from provisioner.steps.vault import CredentialVault, KeySource
+from provisioner.steps.workflows import EmbeddedWorkflows
 from provisioner.store.sql import SqlJobStore
 
 log = logging.getLogger("provisioner")
 
 
-def build_steps(settings: Settings) -> dict[StepName, Step]:
+@dataclass(slots=True)
+class StepKit:
+    """The steps, plus what some backends need run beside them."""
+
     steps: dict[StepName, Step]
+    issuer: CredentialIssuer | None = None
+    container: LocalProcessContainer | None = None
+    gateway: EnvoyGateway | None = None
+
+
+def build_steps(settings: Settings) -> StepKit:
+    kit = StepKit({})
     if settings.steps == "noop":
-        steps = {name: NoopStep(name) for name in StepName}
-    else:
+        kit.steps = {name: NoopStep(name) for name in StepName}
+    elif settings.steps == "local":
         root = settings.state_dir / "resources"
         root.mkdir(parents=True, exist_ok=True)
-        steps = {name: LocalMarkerStep(name, root, settings.local_step_delay) for name in StepName}
+        kit.steps = {name: LocalMarkerStep(name, root, settings.local_step_delay) for name in StepName}
+    else:
+        kit = embedded_steps(settings)
     if settings.faults:
         log.warning(
             "FAULT INJECTION IS ON (%s): steps will fail on purpose; never use this outside tests",
-            ", ".join(f"{s}={f.mode}" for s, f in settings.faults.items()),
+            ", ".join(
+                f"{s}={f.mode}" + (f"@{f.department}" if f.department else "")
+                for s, faults in settings.faults.items()
+                for f in faults
+            ),
         )
-        steps = {
+        kit.steps = {
             n: FaultInjectingStep(s, settings.faults[n]) if n in settings.faults else s
-            for n, s in steps.items()
+            for n, s in kit.steps.items()
         }
-    return steps
+    return kit
+
+
+def embedded_steps(settings: Settings) -> StepKit:
+    """The real steps, all on this machine: see `provisioner.steps` and the README."""
+    state = settings.state_dir.absolute()
+    dirs = DepartmentDirs(state / "departments")
+    keys = (
+        KeySource(value=settings.encryption_key)
+        if settings.encryption_key
+        else KeySource(path=state / "encryption-keys.json")
+    )
+    vault = CredentialVault(state / "vault", keys)
+    container = LocalProcessContainer(dirs)
+    gateway = EnvoyGateway(
+        dirs,
+        dynamic_dir=state / "envoy" / "dynamic",
+        http_addr=Endpoint(settings.http_addr.host, settings.http_addr.port),
+        admin_addr=Endpoint(settings.envoy_admin_addr.host, settings.envoy_admin_addr.port),
+        cors_origins=settings.cors_origins,
+    )
+
+    async def holding() -> set[str]:
+        return set(await asyncio.to_thread(dirs.ids))
+
+    steps: dict[StepName, Step] = {
+        StepName.VALIDATE: ValidateSpec(
+            regions=settings.regions,
+            max_departments=settings.max_departments,
+            departments_holding_resources=holding,
+        ),
+        StepName.DATABASE: SqliteTenantDatabase(dirs),
+        StepName.OAUTH: OAuthCredentials(dirs, vault),
+        StepName.CONTAINER: container,
+        StepName.WORKFLOWS: EmbeddedWorkflows(dirs),
+        StepName.GATEWAY: gateway,
+        StepName.VALIDATION: DeploymentValidation(dirs, gateway, vault),
+    }
+    return StepKit(steps, VaultIssuer(vault), container, gateway)
 
 
 @dataclass(slots=True)
@@ -110,15 +174,20 @@ async def runtime(
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_state_dir(settings.state_dir)
     store = SqlJobStore(settings.effective_database_url)
+    kit = StepKit(dict(steps)) if steps is not None else build_steps(settings)
+    supervisor: asyncio.Task[None] | None = None
     try:
         await store.initialize()
+        if kit.gateway is not None:
+            # Envoy's route files follow the departments on disk, whatever happened before.
+            await asyncio.to_thread(kit.gateway.sync)
+        if kit.container is not None:
+            # Adopt the department services still running; restart those that died.
+            await kit.container.reconcile()
+            supervisor = asyncio.create_task(kit.container.supervise(), name="department-supervisor")
         hub = EventHub(store)
         orchestrator = Orchestrator(
-            store,
-            hub,
-            steps if steps is not None else build_steps(settings),
-            settings.engine,
-            owner=_replica_id(settings),
+            store, hub, kit.steps, settings.engine, owner=_replica_id(settings), issuer=kit.issuer
         )
         await orchestrator.start()
         try:
@@ -127,6 +196,8 @@ async def runtime(
             hub.close()
             await orchestrator.stop()
     finally:
+        if supervisor is not None:
+            await cancel_and_wait(supervisor)
         await store.close()
         lock.close()
 

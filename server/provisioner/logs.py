@@ -30,5 +30,5 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("sqlalchemy", "aiosqlite", "alembic"):
+    for noisy in ("sqlalchemy", "aiosqlite", "alembic", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

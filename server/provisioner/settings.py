@@ -19,8 +19,14 @@ from provisioner.core.states import StepName
 from provisioner.edge.ratelimit import Rate, parse_rate
 from provisioner.engine.config import EngineConfig
 from provisioner.steps.faults import Fault, parse_fault_plan
+from provisioner.steps.vault import Keyring
 
-STEP_BACKENDS = ("local", "noop")
+STEP_BACKENDS = ("embedded", "local", "noop")
+#: Regions departments may run in unless PROVISIONER_REGIONS says otherwise.
+DEFAULT_REGIONS = (
+    "us-west", "us-east", "us-central", "eu-west", "eu-central-1", "eu-north",
+    "ap-south", "ap-southeast", "ap-northeast",
+)  # fmt: skip
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 T = TypeVar("T")
@@ -42,9 +48,9 @@ class Settings:
     grpc_addr: Address = Address("127.0.0.1", 50051)
     http_addr: Address = Address("127.0.0.1", 8080)
     envoy_admin_addr: Address = Address("127.0.0.1", 9901)
-    steps: str = "local"
+    steps: str = "embedded"
     local_step_delay: float = 0.0
-    faults: Mapping[StepName, Fault] = field(default_factory=dict)
+    faults: Mapping[StepName, tuple[Fault, ...]] = field(default_factory=dict)
     engine: EngineConfig = field(default_factory=EngineConfig)
     replica_id: str = ""
     log_level: str = "INFO"
@@ -61,6 +67,11 @@ class Settings:
     rate_read: Rate = Rate(1200, 60.0)
     cors_origins: tuple[str, ...] = ()
     heartbeat_seconds: float = 15.0
+    # Department secrets: AES-256 keys, comma-separated base64, the primary first. Unset:
+    # a key file under the state dir, created with mode 0600 and rotatable in place.
+    encryption_key: str = field(default="", repr=False)
+    regions: tuple[str, ...] = DEFAULT_REGIONS
+    max_departments: int = 1000
 
     @property
     def effective_database_url(self) -> str:
@@ -127,6 +138,19 @@ def _origins(text: str) -> tuple[str, ...]:
     return origins
 
 
+def _regions(text: str) -> tuple[str, ...]:
+    regions = tuple(r.strip() for r in text.split(",") if r.strip())
+    for region in regions:
+        if not re.fullmatch(r"[a-z]{2,10}(?:-[a-z0-9]{1,12}){1,2}", region):
+            raise ValueError(f"expected regions like us-west or eu-central-1, got {region!r}")
+    return regions
+
+
+def _keys(text: str) -> str:
+    Keyring.parse(text)  # raises, naming the problem, for anything but 32-byte base64 keys
+    return text
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build settings from the environment; raise `ConfigurationError` listing every problem."""
     env = os.environ if environ is None else environ
@@ -169,6 +193,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "rate_read": read("RATE_LIMIT_READ", parse_rate, defaults.rate_read),
         "cors_origins": read("CORS_ORIGINS", _origins, defaults.cors_origins),
         "heartbeat_seconds": read("WATCH_HEARTBEAT", _seconds, defaults.heartbeat_seconds),
+        "encryption_key": read("ENCRYPTION_KEY", _keys, ""),
+        "regions": read("REGIONS", _regions, defaults.regions),
+        "max_departments": read("MAX_DEPARTMENTS", _count, defaults.max_departments),
     }
     if values["jwt_secret"] and len(str(values["jwt_secret"])) < 32:
         problems.append("PROVISIONER_JWT_SECRET: use at least 32 characters (HS256 needs 256 bits)")

@@ -7,6 +7,7 @@ state directory of its own; tests talk to it over REST (httpx), gRPC, grpcurl an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -101,6 +102,9 @@ def control_plane(root: Path, **settings: str) -> ControlPlane:
         "PROVISIONER_ENVOY_ADMIN_ADDR": f"127.0.0.1:{admin_port}",
         "PROVISIONER_JWT_SECRET": SECRET,
         "PROVISIONER_CLAIM_INTERVAL": "0.2",
+        # Tests provision far more than a person would; the limit has its own test.
+        "PROVISIONER_RATE_LIMIT_PROVISION": "1000/h",
+        "PROVISIONER_RATE_LIMIT_DEPROVISION": "1000/h",
         **settings,
     }
     return ControlPlane(
@@ -118,6 +122,8 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """One control plane shared by a module's tests; steps slowed to watch them happen."""
     running = control_plane(
         tmp_path_factory.mktemp("plane"),
+        # The edge is under test here: marker steps, slowed down to watch them happen.
+        PROVISIONER_STEPS="local",
         PROVISIONER_LOCAL_STEP_DELAY="0.15",
         PROVISIONER_CORS_ORIGINS="http://console.example",
         PROVISIONER_WATCH_HEARTBEAT="1",
@@ -125,3 +131,28 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     running.start()
     yield running
     assert running.stop() == 0, running.log.read_text()[-3000:]
+    stop_department_services(running.state_dir)
+
+
+def department_services(state_dir: Path) -> dict[str, int]:
+    """The department service processes of a state dir, by department: the real world."""
+    found = {}
+    marker = str(state_dir.absolute() / "departments").encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and b"department_service" in command and any(marker in part for part in command):
+            found[command[command.index(b"--department-id") + 1].decode()] = int(proc.name)
+    return found
+
+
+def stop_department_services(state_dir: Path) -> None:
+    """Department services outlive the control plane by design; tests clean up after it."""
+    for pid in department_services(state_dir).values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

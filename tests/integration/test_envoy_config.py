@@ -30,6 +30,7 @@ import pytest
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 
+from provisioner.settings import Address
 from provisioner.steps.envoy_config import (
     CLUSTERS_FILE,
     ROUTES_FILE,
@@ -38,7 +39,6 @@ from provisioner.steps.envoy_config import (
     write_dynamic_config,
     write_envoy_config,
 )
-from provisioner.settings import Address
 
 pytestmark = pytest.mark.slow
 

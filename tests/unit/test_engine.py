@@ -203,7 +203,7 @@ async def test_provisioning_is_idempotent(build: Build) -> None:
 async def test_after_a_failure_the_same_spec_starts_a_new_job_that_adopts(
     build: Build, store: InMemoryJobStore, tmp_path: Path
 ) -> None:
-    failed, _ = await run(build("validation=fail-compensate,validation=fail"))
+    failed, _ = await run(build("container=fail-compensate,validation=fail"))
     assert failed.state is State.FAILED
     retry_orchestrator = build(owner="r2")
     await retry_orchestrator.start()

@@ -63,19 +63,22 @@ def test_inconsistent_timeouts_are_refused() -> None:
 
 
 def test_fault_plans_parse_every_documented_mode() -> None:
-    plan = parse_fault_plan("container=fail, gateway=transient:2,workflows=hang,database=fail-compensate")
+    plan = parse_fault_plan(
+        "container=fail, gateway=transient:2,workflows=hang,database=fail-compensate,container=hang@hr"
+    )
     assert plan == {
-        StepName.CONTAINER: Fault("fail"),
-        StepName.GATEWAY: Fault("transient", 2),
-        StepName.WORKFLOWS: Fault("hang"),
-        StepName.DATABASE: Fault("fail-compensate"),
+        StepName.CONTAINER: (Fault("fail"), Fault("hang", department="hr")),
+        StepName.GATEWAY: (Fault("transient", 2),),
+        StepName.WORKFLOWS: (Fault("hang"),),
+        StepName.DATABASE: (Fault("fail-compensate"),),
     }
 
 
 @pytest.mark.parametrize(
     ("text", "complaint"),
     [("nope=fail", "unknown step"), ("gateway", "step=mode"), ("gateway=explode", "unknown mode"),
-     ("gateway=transient:0", "positive count"), ("gateway=transient:x", "positive count")],
+     ("gateway=transient:0", "positive count"), ("gateway=transient:x", "positive count"),
+     ("gateway=fail@../x", "department id")],
 )  # fmt: skip
 def test_bad_fault_plans_say_what_is_wrong(text: str, complaint: str) -> None:
     with pytest.raises(ConfigurationError, match=complaint):

@@ -108,3 +108,12 @@ def test_ids_that_are_not_departments_never_become_paths(vault: CredentialVault)
         with pytest.raises(StepError):
             vault.issue(hostile, "job")
     assert not vault.root.exists()
+
+
+def test_a_failed_jobs_credential_is_discarded_without_touching_a_rivals(vault: CredentialVault) -> None:
+    vault.issue("hr", "winner")
+    vault.issue("hr", "loser")
+    vault.discard("hr", "loser")
+    assert vault.activate("hr", "winner").job_id == "winner"
+    vault.discard("hr", "winner")  # a job that failed after activation: nothing to discard
+    assert vault.active("hr") is not None

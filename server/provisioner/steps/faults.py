@@ -3,15 +3,20 @@
 Modes: `fail` (fatal error on every attempt), `transient:N` (a retryable error on the
 first N attempts per department), `hang` (never returns, so the step timeout fires),
 `fail-compensate` (compensation always fails, leaving the resource behind).
+
+`step=mode@department` limits a fault to one department, so one server can run a
+whole matrix of faults side by side; a department's own fault wins over a general one.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from provisioner.core.errors import ConfigurationError, StepError, TransientStepError
+from provisioner.core.spec import check_department_id
 from provisioner.core.states import StepName
 from provisioner.steps.base import Condition, Step, StepContext
 
@@ -22,11 +27,12 @@ MODES = ("fail", "transient:N", "hang", "fail-compensate")
 class Fault:
     mode: str
     times: int = 0
+    department: str | None = None
 
 
-def parse_fault_plan(text: str) -> dict[StepName, Fault]:
-    """Parse `step=mode,...`; raise `ConfigurationError` naming what is wrong."""
-    plan: dict[StepName, Fault] = {}
+def parse_fault_plan(text: str) -> dict[StepName, tuple[Fault, ...]]:
+    """Parse `step=mode[@department],...`; raise `ConfigurationError` naming what is wrong."""
+    plan: dict[StepName, tuple[Fault, ...]] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         step_text, sep, mode = item.partition("=")
         try:
@@ -36,7 +42,9 @@ def parse_fault_plan(text: str) -> dict[StepName, Fault]:
                 f"PROVISIONER_FAULT_INJECTION: unknown step {step_text.strip()!r} "
                 f"(steps: {', '.join(StepName)})"
             ) from None
-        mode = mode.strip()
+        mode, at, department = (part.strip() for part in mode.partition("@"))
+        if at and check_department_id(department):
+            raise ConfigurationError(f"PROVISIONER_FAULT_INJECTION: {item!r}: not a department id after @")
         if not sep or not mode:
             raise ConfigurationError(f"PROVISIONER_FAULT_INJECTION: {item!r} needs step=mode")
         if mode.startswith("transient:"):
@@ -45,41 +53,51 @@ def parse_fault_plan(text: str) -> dict[StepName, Fault]:
                 raise ConfigurationError(
                     f"PROVISIONER_FAULT_INJECTION: {item!r}: transient needs a positive count"
                 )
-            plan[step] = Fault("transient", int(count))
+            fault = Fault("transient", int(count), department or None)
         elif mode in ("fail", "hang", "fail-compensate"):
-            plan[step] = Fault(mode)
+            fault = Fault(mode, 0, department or None)
         else:
             raise ConfigurationError(
                 f"PROVISIONER_FAULT_INJECTION: unknown mode {mode!r} (modes: {', '.join(MODES)})"
             )
+        plan[step] = (*plan.get(step, ()), fault)
     return plan
 
 
 class FaultInjectingStep:
     """Wraps a real step and misbehaves as told, then (where the mode allows) delegates."""
 
-    def __init__(self, inner: Step, fault: Fault) -> None:
+    def __init__(self, inner: Step, faults: Fault | Sequence[Fault]) -> None:
         self.name = inner.name
         self._inner = inner
-        self._fault = fault
+        self._faults = (faults,) if isinstance(faults, Fault) else tuple(faults)
         self._failures: Counter[str] = Counter()
 
+    def _fault(self, department_id: str) -> Fault | None:
+        own = [f for f in self._faults if f.department == department_id]
+        general = [f for f in self._faults if f.department is None]
+        return next(iter(own or general), None)
+
     async def apply(self, ctx: StepContext) -> dict[str, str]:
-        mode = self._fault.mode
+        fault = self._fault(ctx.department_id)
+        if fault is None:
+            return await self._inner.apply(ctx)
+        mode = fault.mode
         if mode == "fail":
             raise StepError(f"injected fault: {self.name} failed")
         if mode == "hang":
             await asyncio.Event().wait()
-        if mode == "transient" and self._failures[ctx.department_id] < self._fault.times:
+        if mode == "transient" and self._failures[ctx.department_id] < fault.times:
             self._failures[ctx.department_id] += 1
             raise TransientStepError(
                 f"injected fault: {self.name} transient failure "
-                f"{self._failures[ctx.department_id]} of {self._fault.times}"
+                f"{self._failures[ctx.department_id]} of {fault.times}"
             )
         return await self._inner.apply(ctx)
 
     async def compensate(self, ctx: StepContext) -> None:
-        if self._fault.mode == "fail-compensate":
+        fault = self._fault(ctx.department_id)
+        if fault is not None and fault.mode == "fail-compensate":
             raise TransientStepError(f"injected fault: {self.name} compensation failed")
         await self._inner.compensate(ctx)
 

@@ -15,6 +15,7 @@ while every key still opens what it sealed, and `reseal_all` moves old values ov
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -204,7 +205,12 @@ class CredentialVault:
         return self.root / department_id
 
     def issue(self, department_id: str, job_id: str) -> tuple[str, str]:
-        """A new client id and secret for the job; returns them (the only plaintext copy)."""
+        """A new client id and secret for the job; returns them (the only plaintext copy).
+
+        Other jobs' unused credentials stay: a request that loses the race to create the
+        department's job must not void the winner's. They go when a credential is
+        activated, when the department is revoked, or when their job fails (`discard`).
+        """
         client_id = f"{department_id}.{secrets.token_hex(8)}"
         secret = secrets.token_urlsafe(32)
         record = {
@@ -216,6 +222,13 @@ class CredentialVault:
         }
         write_private(self._dir(department_id) / f"issued-{job_id}.json", json.dumps(record, indent=2))
         return client_id, secret
+
+    def discard(self, department_id: str, job_id: str) -> None:
+        """Forget the credential issued to a job that will never use it."""
+        folder = self._dir(department_id)
+        (folder / f"issued-{job_id}.json").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
     def activate(self, department_id: str, job_id: str) -> Credential:
         """Make the job's issued credential the department's active one (idempotent)."""
@@ -251,6 +264,8 @@ class CredentialVault:
             if path.exists():
                 path.unlink()
                 found = True
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # gone unless other secrets of the department remain
         return found
 
     def secret(self, department_id: str, name: str) -> str:
@@ -265,7 +280,10 @@ class CredentialVault:
         return self.keys.keyring().open(record["sealed"], context).decode()
 
     def forget(self, department_id: str, name: str) -> None:
-        (self._dir(department_id) / f"{name}.secret.json").unlink(missing_ok=True)
+        folder = self._dir(department_id)
+        (folder / f"{name}.secret.json").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
     def reseal_all(self) -> int:
         """Seal every stored value again with the primary key; returns how many moved."""

@@ -1,0 +1,102 @@
+"""Where a department lives on the embedded default, and how to talk to what runs there.
+
+Each department has one directory, `<state dir>/departments/<id>/`, shared by the steps:
+
+    data.db            its database (database step)
+    credentials.json   its client id and the SHA-256 of its secret (oauth step)
+    container.json     the desired process and its port (container step)
+    service.json       the running process, written by the department service itself
+    service.log        the service's log
+    workflows/*.json   deployed workflow definitions (workflows step)
+    route.json         present while Envoy routes to the department (gateway step)
+
+Each step removes only its own files; the directory goes when it is empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from provisioner.core.errors import StepError, TransientStepError
+from provisioner.core.spec import check_department_id
+
+
+class DepartmentDirs:
+    """The department directories under one root; ids are checked before becoming paths."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.absolute()
+
+    def path(self, department_id: str) -> Path:
+        if check_department_id(department_id):
+            raise StepError(f"not a department id: {department_id!r}")
+        return self.root / department_id
+
+    def ensure(self, department_id: str) -> Path:
+        path = self.path(department_id)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+
+    def tidy(self, department_id: str) -> None:
+        """Remove the department's directory if no step has anything left in it."""
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.path(department_id).rmdir()
+
+    def ids(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not check_department_id(p.name))
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None when the file does not exist (or is half-made)."""
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
+    """Replace `path` atomically: readers see the old file or the new, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            os.fchmod(file.fileno(), mode)
+            json.dump(data, file, indent=2, sort_keys=True)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def remove(*paths: Path) -> bool:
+    """Delete files that exist; True if any did."""
+    found = False
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            found = True
+    return found
+
+
+def http_client(timeout: float = 5.0) -> httpx.AsyncClient:
+    # Loopback only: a proxy configured for the machine must never see these calls.
+    return httpx.AsyncClient(timeout=timeout, trust_env=False)
+
+
+async def get(url: str, **kwargs: Any) -> httpx.Response:
+    """GET `url`; connection trouble is a retryable step error."""
+    async with http_client() as client:
+        try:
+            return await client.get(url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise TransientStepError(f"cannot reach {url}: {type(exc).__name__}") from exc

@@ -1,0 +1,83 @@
+"""The OAuth step: the department's client id and secret become its active credentials.
+
+The secret was made when the Provision call was accepted (`VaultIssuer`), returned once
+to that caller, and sealed in the vault. This step activates it and gives the department
+service what it needs to check callers: the client id and the secret's SHA-256, never
+the secret. Compensation revokes: both the vault's records and the service's copy go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from provisioner.core.job import IssuedClient
+from provisioner.core.states import StepName
+from provisioner.steps.base import Condition, StepContext, settle
+from provisioner.steps.departments import DepartmentDirs, read_json, remove, write_json
+from provisioner.steps.vault import CredentialVault, secret_digest
+
+CREDENTIALS_FILE = "credentials.json"
+
+
+class VaultIssuer:
+    """Issues a department's client when a provisioning job is accepted (see the engine)."""
+
+    def __init__(self, vault: CredentialVault) -> None:
+        self._vault = vault
+
+    async def issue(self, department_id: str, job_id: str) -> IssuedClient:
+        client_id, secret = await asyncio.to_thread(self._vault.issue, department_id, job_id)
+        return IssuedClient(client_id, secret)
+
+    async def discard(self, department_id: str, job_id: str) -> None:
+        await asyncio.to_thread(self._vault.discard, department_id, job_id)
+
+
+class OAuthCredentials:
+    name = StepName.OAUTH
+
+    def __init__(self, dirs: DepartmentDirs, vault: CredentialVault) -> None:
+        self._dirs = dirs
+        self._vault = vault
+
+    async def apply(self, ctx: StepContext) -> dict[str, str]:
+        return await settle(asyncio.to_thread(self._activate, ctx))
+
+    def _activate(self, ctx: StepContext) -> dict[str, str]:
+        credential = self._vault.activate(ctx.department_id, ctx.job_id)
+        published = {
+            "client_id": credential.client_id,
+            "secret_sha256": credential.secret_sha256,
+            "revoked": False,
+        }
+        write_json(self._dirs.ensure(ctx.department_id) / CREDENTIALS_FILE, published)
+        return {"client_id": credential.client_id}
+
+    async def compensate(self, ctx: StepContext) -> None:
+        await settle(asyncio.to_thread(self._revoke, ctx))
+
+    def _revoke(self, ctx: StepContext) -> None:
+        # The service's copy first: from this moment no caller gets in.
+        remove(self._dirs.path(ctx.department_id) / CREDENTIALS_FILE)
+        self._vault.revoke(ctx.department_id)
+        self._dirs.tidy(ctx.department_id)
+
+    async def check(self, ctx: StepContext) -> Condition:
+        return await asyncio.to_thread(self._check, ctx)
+
+    def _check(self, ctx: StepContext) -> Condition:
+        credential = self._vault.active(ctx.department_id)
+        if credential is None:
+            return Condition(self.name, False, "REVOKED", "the department has no active client")
+        try:
+            client_id, secret = self._vault.reveal(ctx.department_id)
+        except Exception as exc:  # noqa: BLE001 - a health check reports, it does not raise
+            return Condition(self.name, False, "UNREADABLE", str(exc))
+        published = read_json(self._dirs.path(ctx.department_id) / CREDENTIALS_FILE) or {}
+        if secret_digest(secret) != credential.secret_sha256 or client_id != credential.client_id:
+            return Condition(self.name, False, "CORRUPT", "the sealed secret does not match its hash")
+        if published.get("secret_sha256") != credential.secret_sha256 or published.get("revoked"):
+            return Condition(
+                self.name, False, "NOT_PUBLISHED", "the department service has other credentials"
+            )
+        return Condition(self.name, True, "ACTIVE", f"client {client_id}")

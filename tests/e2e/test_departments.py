@@ -1,0 +1,203 @@
+"""Real departments on the embedded default, checked in the real world, not in job records.
+
+A department is real when its service answers through Envoy at `/departments/<id>/`,
+its workflows run with its own client credentials and write to its own database, and
+it is gone when deprovisioned: no directory, no process, no route, no credential.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
+from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
+from tests.e2e.conftest import (
+    ControlPlane,
+    control_plane,
+    department_services,
+    stop_department_services,
+    token,
+)
+
+pytestmark = pytest.mark.slow
+
+METADATA = (("authorization", f"Bearer {token()}"),)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    running = control_plane(tmp_path_factory.mktemp("real"))
+    running.start()
+    yield running
+    try:
+        assert running.stop() == 0, running.log.read_text()[-3000:]
+    finally:
+        stop_department_services(running.state_dir)
+
+
+def request(
+    department_id: str, workflows: tuple[str, ...] = ("email", "google_drive", "database")
+) -> pb.ProvisionRequest:
+    return pb.ProvisionRequest(
+        department_id=department_id,
+        department_name="Research & Development",
+        workflows=list(workflows),
+        data_retention="90d",
+        region="eu-west",
+        admin_email="rnd@example.com",
+    )
+
+
+def provision(plane: ControlPlane, department_id: str) -> tuple[pb.Job, pb.Job]:
+    """(the Provision response, the job once finished)."""
+    with grpc.insecure_channel(plane.grpc_target) as channel:
+        stub = pb_grpc.ProvisioningServiceStub(channel)
+        created = stub.Provision(request(department_id), metadata=METADATA, timeout=10)
+        return created, finish(stub, created.job_id)
+
+
+def finish(stub: pb_grpc.ProvisioningServiceStub, job_id: str) -> pb.Job:
+    for _ in stub.WatchProgress(pb.WatchProgressRequest(job_id=job_id), metadata=METADATA, timeout=60):
+        pass
+    return stub.GetStatus(pb.GetStatusRequest(job_id=job_id), metadata=METADATA, timeout=10)
+
+
+def deprovision(plane: ControlPlane, department_id: str) -> pb.Job:
+    with grpc.insecure_channel(plane.grpc_target) as channel:
+        stub = pb_grpc.ProvisioningServiceStub(channel)
+        job = stub.Deprovision(
+            pb.DeprovisionRequest(department_id=department_id), metadata=METADATA, timeout=10
+        )
+        return finish(stub, job.job_id)
+
+
+def through_envoy(plane: ControlPlane, department_id: str, path: str, **kwargs: object) -> httpx.Response:
+    with httpx.Client(base_url=plane.rest_url, trust_env=False, timeout=10) as client:
+        return client.request(
+            str(kwargs.pop("method", "GET")),
+            f"/departments/{department_id}/{path}",
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+def executions(plane: ControlPlane, department_id: str) -> list[tuple[str, str]]:
+    database = plane.state_dir / "departments" / department_id / "data.db"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+        return connection.execute("SELECT workflow, status FROM workflow_executions").fetchall()
+
+
+def traces(plane: ControlPlane, department_id: str) -> dict[str, object]:
+    """Everything of the department that exists in the real world, by kind."""
+    directory = plane.state_dir / "departments" / department_id
+    vault = plane.state_dir / "vault" / department_id
+    found: dict[str, object] = {}
+    if directory.exists():
+        found["files"] = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+    if vault.exists():
+        found["secrets"] = sorted(p.name for p in vault.iterdir())
+    if department_id in department_services(plane.state_dir):
+        found["process"] = department_services(plane.state_dir)[department_id]
+    routes = (plane.state_dir / "envoy" / "dynamic" / "routes.json").read_text()
+    if f"/departments/{department_id}/" in routes:
+        found["envoy_route"] = True
+    status = through_envoy(plane, department_id, "healthz").status_code
+    if status != 404:
+        found["envoy_answers"] = status
+    return found
+
+
+def test_a_provisioned_department_serves_runs_its_workflows_and_vanishes_when_deprovisioned(
+    real: ControlPlane,
+) -> None:
+    dept = f"rnd-{uuid.uuid4().hex[:6]}"
+    created, job = provision(real, dept)
+    assert job.state == pb.JOB_STATE_COMPLETED, job.error
+    client_id, secret = created.issued_client.client_id, created.issued_client.client_secret
+    assert client_id.startswith(f"{dept}.") and len(secret) >= 43
+    # The secret is returned once: not by a status read, not in any file or log line.
+    assert not job.issued_client.client_secret
+    on_disk = [p for p in real.state_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert on_disk == []
+    assert secret not in real.log.read_text()
+
+    health = through_envoy(real, dept, "healthz")
+    assert health.status_code == 200
+    assert health.json()["status"] == "SERVING"
+    for workflow, payload in (
+        ("email", {"name": "quarterly report"}),
+        ("google_drive", {"name": "budget.xlsx"}),
+        ("database", {"name": "row", "amount": 3}),
+    ):
+        ran = through_envoy(
+            real, dept, f"workflows/{workflow}", method="POST", json=payload, auth=(client_id, secret)
+        )
+        assert ran.status_code == 200, ran.text
+    wrong = through_envoy(
+        real, dept, "workflows/email", method="POST", json={"name": "x"}, auth=(client_id, "guess")
+    )
+    assert wrong.status_code == 401
+    recorded = executions(real, dept)
+    # The validation step's own smoke test, then ours, each in the department's database.
+    assert ("database", "succeeded") in recorded
+    assert {w for w, s in recorded if s == "succeeded"} == {"email", "google_drive", "database"}
+
+    with grpc.insecure_channel(real.grpc_target) as channel:
+        stub = pb_grpc.ProvisioningServiceStub(channel)
+        report = stub.GetDepartmentHealth(
+            pb.GetDepartmentHealthRequest(department_id=dept), metadata=METADATA, timeout=10
+        )
+    assert report.healthy, report
+    assert {c.step for c in report.conditions} == {
+        "validate", "database", "oauth", "container", "workflows", "gateway", "validation"
+    }  # fmt: skip
+
+    teardown = deprovision(real, dept)
+    assert teardown.state == pb.JOB_STATE_COMPLETED, teardown.error
+    assert traces(real, dept) == {}
+    revoked = through_envoy(
+        real, dept, "workflows/email", method="POST", json={"name": "x"}, auth=(client_id, secret)
+    )
+    assert revoked.status_code == 404
+
+
+def test_a_service_that_dies_is_restarted_and_a_restarted_control_plane_adopts_the_rest(
+    tmp_path: Path,
+) -> None:
+    plane = control_plane(tmp_path)
+    plane.start()
+    try:
+        _, first = provision(plane, "keeper")
+        _, second = provision(plane, "survivor")
+        assert first.state == second.state == pb.JOB_STATE_COMPLETED
+        before = department_services(plane.state_dir)
+
+        # A control-plane restart adopts the running services: same processes.
+        assert plane.stop() == 0
+        assert department_services(plane.state_dir) == before
+        plane.start()
+        assert department_services(plane.state_dir) == before
+
+        # A service that dies is started again, on the same port: Envoy's route holds.
+        os.kill(before["keeper"], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while department_services(plane.state_dir).get("keeper") in (None, before["keeper"]):
+            assert time.monotonic() < deadline, "the dead service was not restarted"
+            time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while through_envoy(plane, "keeper", "healthz").status_code != 200:
+            assert time.monotonic() < deadline, "the restarted service does not answer through Envoy"
+            time.sleep(0.1)
+        assert department_services(plane.state_dir)["survivor"] == before["survivor"]
+    finally:
+        plane.stop()
+        stop_department_services(plane.state_dir)
