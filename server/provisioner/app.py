@@ -91,16 +91,21 @@ def build_steps(settings: Settings) -> StepKit:
     return kit
 
 
-def embedded_steps(settings: Settings) -> StepKit:
-    """The real steps, all on this machine: see `provisioner.steps` and the README."""
+def vault_of(settings: Settings) -> CredentialVault:
     state = settings.state_dir.absolute()
-    dirs = DepartmentDirs(state / "departments")
     keys = (
         KeySource(value=settings.encryption_key)
         if settings.encryption_key
         else KeySource(path=state / "encryption-keys.json")
     )
-    vault = CredentialVault(state / "vault", keys)
+    return CredentialVault(state / "vault", keys)
+
+
+def embedded_steps(settings: Settings) -> StepKit:
+    """The real steps, all on this machine: see `provisioner.steps` and the README."""
+    state = settings.state_dir.absolute()
+    dirs = DepartmentDirs(state / "departments")
+    vault = vault_of(settings)
     container = LocalProcessContainer(dirs)
     gateway = EnvoyGateway(
         dirs,
@@ -321,6 +326,35 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
     log.info("stopped")
 
 
+def rotate_key(settings: Settings) -> str:
+    """Move every sealed secret to a new key, without stopping a running server.
+
+    A running server re-reads the key file when it changes, so from the moment the new
+    key is added it seals with it; the old keys are dropped only once nothing stored is
+    sealed with them any more.
+    """
+    vault = vault_of(settings)
+    if vault.keys.rotatable:
+        new = vault.keys.add_primary()
+        resealed = 0
+        # Again until nothing old is left: a server may have sealed with an old key just
+        # before it noticed the new one.
+        for _ in range(10):
+            if not vault.sealed_key_ids() - {new}:
+                break
+            resealed += vault.reseal_all()
+        else:
+            raise ConfigurationError("secrets kept appearing sealed with old keys; old keys are kept")
+        dropped = vault.keys.keep_only_primary()
+        return f"new primary key {new}; resealed {resealed} secrets; dropped keys {', '.join(dropped) or '-'}"
+    resealed = vault.reseal_all()
+    primary = vault.keys.keyring().primary
+    return (
+        f"resealed {resealed} secrets with key {primary}; "
+        "other keys may now be removed from PROVISIONER_ENCRYPTION_KEY"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="provisioning-server",
@@ -329,6 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-envoy", action="store_true", help="serve gRPC only, without the Envoy REST gateway"
     )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser(
+        "rotate-key",
+        help="seal every department secret with a new key (safe while the server runs)",
+        description="With a key file: add a new primary key, reseal every stored secret with it, then "
+        "drop the old keys. With PROVISIONER_ENCRYPTION_KEY: reseal with its first key; drop the "
+        "others from the variable afterwards.",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -336,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"provisioning-server: {exc.message}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    if args.command == "rotate-key":
+        try:
+            print(rotate_key(settings))
+        except ProvisioningError as exc:
+            print(f"provisioning-server rotate-key: {exc.message}", file=sys.stderr)
+            return 1
+        return 0
     try:
         asyncio.run(serve(settings, with_envoy=not args.no_envoy))
     except (ConfigurationError, ProvisioningError) as exc:

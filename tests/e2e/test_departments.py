@@ -7,9 +7,11 @@ it is gone when deprovisioned: no directory, no process, no route, no credential
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ import pytest
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
 from tests.e2e.conftest import (
+    BIN,
     ControlPlane,
     control_plane,
     department_services,
@@ -201,3 +204,40 @@ def test_a_service_that_dies_is_restarted_and_a_restarted_control_plane_adopts_t
     finally:
         plane.stop()
         stop_department_services(plane.state_dir)
+
+
+def test_keys_rotate_while_the_server_runs_and_every_secret_still_works(real: ControlPlane) -> None:
+    dept = f"keys-{uuid.uuid4().hex[:6]}"
+    created, job = provision(real, dept)
+    assert job.state == pb.JOB_STATE_COMPLETED
+    keyfile = real.state_dir / "encryption-keys.json"
+    old = {k["id"] for k in json.loads(keyfile.read_text())["keys"]}
+
+    rotated = subprocess.run(
+        [str(BIN / "provisioning-server"), "rotate-key"],
+        env=real.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert rotated.returncode == 0, rotated.stderr
+    new = {k["id"] for k in json.loads(keyfile.read_text())["keys"]}
+    assert len(new) == 1 and not new & old
+    sealed = "".join(p.read_text() for p in (real.state_dir / "vault").rglob("*.json"))
+    assert not any(f".{key}." in sealed for key in old)
+
+    # The running server reads the new key: health decrypts, and the department still
+    # takes its client's calls; a department provisioned now is sealed with the new key.
+    with grpc.insecure_channel(real.grpc_target) as channel:
+        stub = pb_grpc.ProvisioningServiceStub(channel)
+        report = stub.GetDepartmentHealth(
+            pb.GetDepartmentHealthRequest(department_id=dept), metadata=METADATA, timeout=10
+        )
+    assert report.healthy, report
+    auth = (created.issued_client.client_id, created.issued_client.client_secret)
+    assert (
+        through_envoy(real, dept, "workflows/database", method="POST", json={"n": 1}, auth=auth).status_code
+        == 200
+    )
+    _, later = provision(real, f"after-{uuid.uuid4().hex[:6]}")
+    assert later.state == pb.JOB_STATE_COMPLETED
