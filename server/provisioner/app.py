@@ -131,6 +131,7 @@ def embedded_steps(settings: Settings) -> StepKit:
         StepName.GATEWAY: gateway,
         StepName.VALIDATION: DeploymentValidation(dirs, gateway, vault),
     }
+    container.on_moved = gateway.sync
     return StepKit(steps, VaultIssuer(vault), container, gateway)
 
 

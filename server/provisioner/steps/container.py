@@ -18,11 +18,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.core.errors import StepError, TransientStepError
@@ -39,20 +42,79 @@ _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 5.0
 
 
+#: Department services listen below Linux's ephemeral range (32768-60999 by default), so
+#: no outgoing connection of the machine can take a kept port while its service is down.
+PORTS = range(20000, 30000)
+
+
 def free_port(host: str) -> int:
+    for port in random.sample(PORTS, 200):
+        if _port_free(host, port):
+            return port
+    raise TransientStepError(f"no free port for a department service in {PORTS.start}-{PORTS.stop - 1}")
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a department's service is wanted: `container.json`, kept across restarts."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def read(cls, directory: Path) -> Placement | None:
+        data = read_json(directory / CONTAINER_FILE)
+        return None if data is None else cls(str(data["host"]), int(data["port"]))
+
+    def write(self, directory: Path) -> None:
+        write_json(directory / CONTAINER_FILE, {"host": self.host, "port": self.port, "desired": "running"})
+
+    def url(self, path: str = "") -> str:
+        return f"http://{self.host}:{self.port}/{path.lstrip('/')}"
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _port_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        # As the service binds: connections in TIME_WAIT do not make a port taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _reap(pid: int) -> int | None:
+    """The exit status of `pid` if it is our child and has ended (collecting it), else None.
+
+    Services this process started are its children until they end; one that ends must be
+    collected, or it lingers as a zombie. Services adopted after a restart are not ours:
+    init collects those.
+    """
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status) if done else None
 
 
 def alive(pid: int, directory: Path) -> bool:
     """Whether `pid` is the department service of `directory` (not a reused pid)."""
     try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, IndexError):
         return False
-    return state != "Z" and b"department_service" in command and str(directory).encode() in command
+    if state in ("Z", "X"):
+        return False
+    if not command:
+        # Still exiting: its memory is gone, its sockets may not be yet.
+        return True
+    parts = command.split(b"\0")
+    return b"department_service" in parts and str(directory).encode() in parts
 
 
 class LocalProcessContainer:
@@ -64,13 +126,10 @@ class LocalProcessContainer:
         self._dirs = dirs
         self._host = host
         self._python = python
+        #: Called after a service had to move to another port, so routes can follow it.
+        self.on_moved: Callable[[], None] | None = None
         # The step and the supervisor never act on one department at the same time.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-
-    def address(self, department_id: str) -> tuple[str, int] | None:
-        """Where the department's service listens, from its desired state."""
-        desired = read_json(self._dirs.path(department_id) / CONTAINER_FILE)
-        return None if desired is None else (str(desired["host"]), int(desired["port"]))
 
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         async with self._locks[ctx.department_id]:
@@ -78,10 +137,10 @@ class LocalProcessContainer:
 
     async def _ensure_running(self, department_id: str) -> dict[str, str]:
         directory = self._dirs.ensure(department_id)
-        desired = read_json(directory / CONTAINER_FILE)
+        desired = Placement.read(directory)
         if desired is None:
-            desired = {"host": self._host, "port": free_port(self._host), "desired": "running"}
-            write_json(directory / CONTAINER_FILE, desired)
+            desired = Placement(self._host, free_port(self._host))
+            desired.write(directory)
         running = read_json(directory / SERVICE_FILE)
         if running is not None and alive(int(running["pid"]), directory) and await self._healthy(desired):
             return self._resources(running, desired)
@@ -91,41 +150,58 @@ class LocalProcessContainer:
         return self._resources({"pid": pid}, desired)
 
     @staticmethod
-    def _resources(running: dict[str, object], desired: dict[str, object]) -> dict[str, str]:
-        return {"pid": str(running["pid"]), "address": f"{desired['host']}:{desired['port']}"}
+    def _resources(running: dict[str, object], desired: Placement) -> dict[str, str]:
+        return {"pid": str(running["pid"]), "address": str(desired)}
 
-    async def _launch(self, department_id: str, directory: Path, desired: dict[str, object]) -> int:
+    async def _launch(self, department_id: str, directory: Path, desired: Placement) -> int:
         remove(directory / SERVICE_FILE)
-        with (directory / LOG_FILE).open("ab") as log_file:
-            process = await asyncio.create_subprocess_exec(
-                self._python, "-m", "department_service",
-                "--department-id", department_id, "--dir", str(directory),
-                "--host", str(desired["host"]), "--port", str(desired["port"]),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                # Its own session: a Ctrl-C or crash of the control plane leaves it running,
-                # to be adopted when the control plane comes back.
-                start_new_session=True,
-            )  # fmt: skip
+        pid = await asyncio.to_thread(self._spawn, department_id, directory, desired)
         deadline = time.monotonic() + _START_TIMEOUT
         while True:
             running = read_json(directory / SERVICE_FILE)
-            if running is not None and running.get("pid") == process.pid and await self._healthy(desired):
+            if running is not None and running.get("pid") == pid and await self._healthy(desired):
                 log.info("department service started", extra={"fields": {"department": department_id}})
-                return process.pid
-            if process.returncode is not None:
+                return pid
+            status = _reap(pid)
+            if status is not None:
+                if not _port_free(desired.host, desired.port):
+                    # Someone else took the kept port while the service was down: move to a
+                    # new one (routes follow container.json) and let the retry use it.
+                    Placement(desired.host, free_port(desired.host)).write(directory)
+                    if self.on_moved is not None:
+                        await asyncio.to_thread(self.on_moved)
                 raise TransientStepError(
-                    f"the department service exited with status {process.returncode} while starting; "
+                    f"the department service exited with status {status} while starting; "
                     f"see {directory / LOG_FILE}"
                 )
             if time.monotonic() > deadline:
-                await self._stop(process.pid, directory)
+                await self._stop(pid, directory)
                 raise TransientStepError(f"the department service was not healthy after {_START_TIMEOUT:g} s")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(process.wait(), 0.05)
+            await asyncio.sleep(0.02)
 
-    async def _healthy(self, desired: dict[str, object]) -> bool:
+    def _spawn(self, department_id: str, directory: Path, desired: Placement) -> int:
+        append = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        return os.posix_spawn(
+            self._python,
+            [
+                self._python, "-m", "department_service",
+                "--department-id", department_id, "--dir", str(directory),
+                "--host", desired.host, "--port", str(desired.port),
+            ],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, str(directory / LOG_FILE), append, 0o600),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            # Its own session, and no handle of ours that must outlive it: a Ctrl-C or a
+            # crash of the control plane leaves it running, to be adopted on the way back.
+            setsid=True,
+        )  # fmt: skip
+
+    async def _healthy(self, desired: Placement) -> bool:
         try:
-            reply = await get(f"http://{desired['host']}:{desired['port']}/healthz")
+            reply = await get(desired.url("healthz"))
         except TransientStepError:
             return False
         return reply.status_code == 200
@@ -141,6 +217,7 @@ class LocalProcessContainer:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             await asyncio.sleep(0.02)
+        _reap(pid)
 
     async def compensate(self, ctx: StepContext) -> None:
         async with self._locks[ctx.department_id]:
@@ -157,7 +234,7 @@ class LocalProcessContainer:
 
     async def check(self, ctx: StepContext) -> Condition:
         directory = self._dirs.path(ctx.department_id)
-        desired = read_json(directory / CONTAINER_FILE)
+        desired = Placement.read(directory)
         running = read_json(directory / SERVICE_FILE)
         if desired is None:
             return Condition(self.name, False, "NOT_DEPLOYED", "no department service is wanted")
@@ -165,21 +242,24 @@ class LocalProcessContainer:
             return Condition(self.name, False, "NOT_RUNNING", "the department service is not running")
         if not await self._healthy(desired):
             return Condition(self.name, False, "UNHEALTHY", "the department service does not answer /healthz")
-        return Condition(self.name, True, "SERVING", f"pid {running['pid']} on port {desired['port']}")
+        return Condition(self.name, True, "SERVING", f"pid {running['pid']} on {desired}")
 
     async def reconcile(self) -> list[str]:
         """Start every wanted service that is not running; returns the departments started."""
         started = []
         for department_id in self._dirs.ids():
             directory = self._dirs.path(department_id)
-            desired = read_json(directory / CONTAINER_FILE)
+            desired = Placement.read(directory)
             if desired is None:
                 continue
             async with self._locks[department_id]:
                 running = read_json(directory / SERVICE_FILE)
+                if running is not None:
+                    _reap(int(running["pid"]))
                 if running is not None and alive(int(running["pid"]), directory):
                     continue
-                if read_json(directory / CONTAINER_FILE) is None:
+                desired = Placement.read(directory)
+                if desired is None:
                     continue  # removed while we waited for the lock
                 try:
                     await settle(self._launch(department_id, directory, desired))

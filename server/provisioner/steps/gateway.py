@@ -18,7 +18,7 @@ from pathlib import Path
 from provisioner.core.errors import StepError, TransientStepError
 from provisioner.core.states import StepName
 from provisioner.steps.base import Condition, StepContext, settle
-from provisioner.steps.container import CONTAINER_FILE
+from provisioner.steps.container import Placement
 from provisioner.steps.departments import DepartmentDirs, get, read_json, remove, write_json
 from provisioner.steps.envoy_config import write_dynamic_config
 
@@ -59,19 +59,19 @@ class EnvoyGateway:
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         await self._require_envoy()
         directory = self._dirs.path(ctx.department_id)
-        desired = read_json(directory / CONTAINER_FILE)
+        desired = Placement.read(directory)
         if desired is None:
             raise StepError("the department has no service to route to")
         async with self._lock:
-            await settle(asyncio.to_thread(self._route, directory, desired))
+            await settle(asyncio.to_thread(self._route, directory))
         await self._converge(ctx.department_id, lambda status: status == 200, "answer through")
         return {
             "route": f"/departments/{ctx.department_id}/",
-            "upstream": f"{desired['host']}:{desired['port']}",
+            "upstream": str(desired),
         }
 
-    def _route(self, directory: Path, desired: dict[str, object]) -> None:
-        write_json(directory / ROUTE_FILE, {"host": desired["host"], "port": desired["port"]}, mode=0o644)
+    def _route(self, directory: Path) -> None:
+        write_json(directory / ROUTE_FILE, {"routed": True}, mode=0o644)
         self.sync()
 
     async def compensate(self, ctx: StepContext) -> None:
@@ -88,12 +88,17 @@ class EnvoyGateway:
         return routed
 
     def sync(self) -> None:
-        """Write Envoy's files from every department that has a route."""
+        """Write Envoy's files from every department that has a route.
+
+        The upstream is read from the container's desired state each time, so a route
+        follows its service when the service had to move to another port.
+        """
         routes = {}
         for department_id in self._dirs.ids():
-            route = read_json(self._dirs.path(department_id) / ROUTE_FILE)
-            if route is not None:
-                routes[department_id] = Endpoint(str(route["host"]), int(route["port"]))
+            directory = self._dirs.path(department_id)
+            desired = Placement.read(directory)
+            if read_json(directory / ROUTE_FILE) is not None and desired is not None:
+                routes[department_id] = Endpoint(desired.host, desired.port)
         write_dynamic_config(self._dynamic_dir, routes, cors_origins=self._cors_origins)
 
     async def check(self, ctx: StepContext) -> Condition:

@@ -19,8 +19,8 @@ from provisioner.core.errors import StepError
 from provisioner.core.spec import DepartmentSpec
 from provisioner.core.states import StepName
 from provisioner.steps.base import Condition, StepContext, settle
-from provisioner.steps.container import CONTAINER_FILE
-from provisioner.steps.departments import DepartmentDirs, get, read_json, remove, write_json
+from provisioner.steps.container import Placement
+from provisioner.steps.departments import DepartmentDirs, get, remove, write_json
 
 WORKFLOWS_DIR = "workflows"
 KINDS = ("email", "google_drive", "database")
@@ -91,11 +91,11 @@ class EmbeddedWorkflows:
         self._dirs.tidy(ctx.department_id)
 
     async def check(self, ctx: StepContext) -> Condition:
-        desired = read_json(self._dirs.path(ctx.department_id) / CONTAINER_FILE)
+        desired = Placement.read(self._dirs.path(ctx.department_id))
         if desired is None:
             return Condition(self.name, False, "NO_SERVICE", "no department service to run the workflows")
         try:
-            reply = await get(f"http://{desired['host']}:{desired['port']}/healthz")
+            reply = await get(desired.url("healthz"))
             states = reply.json().get("workflows", {})
         except (StepError, ValueError) as exc:
             return Condition(self.name, False, "UNREACHABLE", str(exc))
