@@ -40,8 +40,8 @@ from provisioner.settings import Address, Settings, load_settings
 from provisioner.steps.base import Step
 from provisioner.steps.container import LocalProcessContainer
 from provisioner.steps.database import SqliteTenantDatabase
-from provisioner.steps.departments import DepartmentDirs
-from provisioner.steps.faults import FaultInjectingStep
+from provisioner.steps.departments import DepartmentDirs, sweep_interrupted_writes
+from provisioner.steps.faults import FaultInjectingStep, SlowedStep
 from provisioner.steps.gateway import Endpoint, EnvoyGateway
 from provisioner.steps.local import LocalMarkerStep
 from provisioner.steps.noop import NoopStep
@@ -63,6 +63,8 @@ class StepKit:
     issuer: CredentialIssuer | None = None
     container: LocalProcessContainer | None = None
     gateway: EnvoyGateway | None = None
+    #: Directories whose atomic writes a crash may have cut short.
+    state_roots: tuple[Path, ...] = ()
 
 
 def build_steps(settings: Settings) -> StepKit:
@@ -72,9 +74,11 @@ def build_steps(settings: Settings) -> StepKit:
     elif settings.steps == "local":
         root = settings.state_dir / "resources"
         root.mkdir(parents=True, exist_ok=True)
-        kit.steps = {name: LocalMarkerStep(name, root, settings.local_step_delay) for name in StepName}
+        kit.steps = {name: LocalMarkerStep(name, root, settings.step_delay) for name in StepName}
     else:
         kit = embedded_steps(settings)
+        if settings.step_delay:
+            kit.steps = {n: SlowedStep(s, settings.step_delay) for n, s in kit.steps.items()}
     if settings.faults:
         log.warning(
             "FAULT INJECTION IS ON (%s): steps will fail on purpose; never use this outside tests",
@@ -132,7 +136,8 @@ def embedded_steps(settings: Settings) -> StepKit:
         StepName.VALIDATION: DeploymentValidation(dirs, gateway, vault),
     }
     container.on_moved = gateway.sync
-    return StepKit(steps, VaultIssuer(vault), container, gateway)
+    roots = (dirs.root, vault.root, state / "envoy" / "dynamic")
+    return StepKit(steps, VaultIssuer(vault), container, gateway, roots)
 
 
 @dataclass(slots=True)
@@ -184,6 +189,9 @@ async def runtime(
     supervisor: asyncio.Task[None] | None = None
     try:
         await store.initialize()
+        swept = await asyncio.to_thread(sweep_interrupted_writes, *kit.state_roots)
+        if swept:
+            log.warning("removed %d files of writes an earlier crash interrupted", len(swept))
         if kit.gateway is not None:
             # Envoy's route files follow the departments on disk, whatever happened before.
             await asyncio.to_thread(kit.gateway.sync)

@@ -49,7 +49,7 @@ class Settings:
     http_addr: Address = Address("127.0.0.1", 8080)
     envoy_admin_addr: Address = Address("127.0.0.1", 9901)
     steps: str = "embedded"
-    local_step_delay: float = 0.0
+    step_delay: float = 0.0
     faults: Mapping[StepName, tuple[Fault, ...]] = field(default_factory=dict)
     engine: EngineConfig = field(default_factory=EngineConfig)
     replica_id: str = ""
@@ -180,7 +180,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "http_addr": read("HTTP_ADDR", _address, defaults.http_addr),
         "envoy_admin_addr": read("ENVOY_ADMIN_ADDR", _address, defaults.envoy_admin_addr),
         "steps": read("STEPS", _choice(STEP_BACKENDS), defaults.steps),
-        "local_step_delay": read("LOCAL_STEP_DELAY", _seconds, 0.0),
+        "step_delay": read("STEP_DELAY", _seconds, 0.0),
         "replica_id": read("REPLICA_ID", str, ""),
         "log_level": read("LOG_LEVEL", lambda t: _choice(LOG_LEVELS)(t.upper()), defaults.log_level),
         "jwt_secret": read("JWT_SECRET", str, ""),

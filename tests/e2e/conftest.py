@@ -124,7 +124,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         tmp_path_factory.mktemp("plane"),
         # The edge is under test here: marker steps, slowed down to watch them happen.
         PROVISIONER_STEPS="local",
-        PROVISIONER_LOCAL_STEP_DELAY="0.15",
+        PROVISIONER_STEP_DELAY="0.15",
         PROVISIONER_CORS_ORIGINS="http://console.example",
         PROVISIONER_WATCH_HEARTBEAT="1",
     )
@@ -136,7 +136,12 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 
 def department_services(state_dir: Path) -> dict[str, int]:
     """The department service processes of a state dir, by department: the real world."""
-    found = {}
+    return dict(department_processes(state_dir))
+
+
+def department_processes(state_dir: Path) -> list[tuple[str, int]]:
+    """Every department service process of a state dir, duplicates included."""
+    found = []
     marker = str(state_dir.absolute() / "departments").encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -147,7 +152,7 @@ def department_services(state_dir: Path) -> dict[str, int]:
         except (OSError, IndexError):
             continue
         if state != "Z" and b"department_service" in command and any(marker in part for part in command):
-            found[command[command.index(b"--department-id") + 1].decode()] = int(proc.name)
+            found.append((command[command.index(b"--department-id") + 1].decode(), int(proc.name)))
     return found
 
 

@@ -106,7 +106,7 @@ def test_envoy_does_not_outlive_a_killed_server_and_a_restart_takes_over(tmp_pat
 
 
 def test_draining_ends_watches_resumably_and_jobs_finish_after_a_restart(tmp_path: Path) -> None:
-    plane = control_plane(tmp_path, PROVISIONER_STEPS="local", PROVISIONER_LOCAL_STEP_DELAY="0.5")
+    plane = control_plane(tmp_path, PROVISIONER_STEPS="local", PROVISIONER_STEP_DELAY="0.5")
     plane.start("--no-envoy")
     metadata = (("authorization", f"Bearer {token()}"),)
     request = pb.ProvisionRequest(

@@ -82,7 +82,7 @@ async def world(tmp_path: Path, store_url: str) -> AsyncIterator[tuple[Server, O
         "PROVISIONER_DATABASE_URL": store_url,
         "PROVISIONER_STEPS": "local",
         "PROVISIONER_GRPC_ADDR": "127.0.0.1:0",
-        "PROVISIONER_LOCAL_STEP_DELAY": str(STEP_DELAY),
+        "PROVISIONER_STEP_DELAY": str(STEP_DELAY),
         "PROVISIONER_CLAIM_INTERVAL": "0.1",
         "PROVISIONER_LEASE_SECONDS": "3",
         "PROVISIONER_STEP_TIMEOUT": "10",

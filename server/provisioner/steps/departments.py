@@ -78,6 +78,21 @@ def write_json(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
         raise
 
 
+def sweep_interrupted_writes(*roots: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes a crash cut short (`.<name>.*.tmp`).
+
+    Run at start, before anything writes: no write can be in flight then, and a
+    half-written copy of a secret or a route must not outlive the crash that made it.
+    """
+    swept = []
+    for root in roots:
+        if root.exists():
+            for path in root.rglob(".*.tmp"):
+                path.unlink(missing_ok=True)
+                swept.append(path)
+    return swept
+
+
 def remove(*paths: Path) -> bool:
     """Delete files that exist; True if any did."""
     found = False

@@ -103,3 +103,25 @@ class FaultInjectingStep:
 
     async def check(self, ctx: StepContext) -> Condition:
         return await self._inner.check(ctx)
+
+
+class SlowedStep:
+    """Test-only (`PROVISIONER_STEP_DELAY`): waits after each side effect of the real step,
+    so a test can kill the server while the step is in flight."""
+
+    def __init__(self, inner: Step, delay: float) -> None:
+        self.name = inner.name
+        self._inner = inner
+        self._delay = delay
+
+    async def apply(self, ctx: StepContext) -> dict[str, str]:
+        made = await self._inner.apply(ctx)
+        await asyncio.sleep(self._delay)
+        return made
+
+    async def compensate(self, ctx: StepContext) -> None:
+        await self._inner.compensate(ctx)
+        await asyncio.sleep(self._delay)
+
+    async def check(self, ctx: StepContext) -> Condition:
+        return await self._inner.check(ctx)

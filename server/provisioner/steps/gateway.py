@@ -63,15 +63,15 @@ class EnvoyGateway:
         if desired is None:
             raise StepError("the department has no service to route to")
         async with self._lock:
-            await settle(asyncio.to_thread(self._route, directory))
+            await settle(asyncio.to_thread(self._route, directory, desired))
         await self._converge(ctx.department_id, lambda status: status == 200, "answer through")
         return {
             "route": f"/departments/{ctx.department_id}/",
             "upstream": str(desired),
         }
 
-    def _route(self, directory: Path) -> None:
-        write_json(directory / ROUTE_FILE, {"routed": True}, mode=0o644)
+    def _route(self, directory: Path, upstream: Placement) -> None:
+        write_json(directory / ROUTE_FILE, {"host": upstream.host, "port": upstream.port}, mode=0o644)
         self.sync()
 
     async def compensate(self, ctx: StepContext) -> None:
@@ -90,15 +90,17 @@ class EnvoyGateway:
     def sync(self) -> None:
         """Write Envoy's files from every department that has a route.
 
-        The upstream is read from the container's desired state each time, so a route
-        follows its service when the service had to move to another port.
+        The upstream is the container's desired place when there is one, so a route
+        follows its service when the service had to move to another port; else the place
+        recorded when the route was made (a route whose removal failed stays as it was).
         """
         routes = {}
         for department_id in self._dirs.ids():
             directory = self._dirs.path(department_id)
-            desired = Placement.read(directory)
-            if read_json(directory / ROUTE_FILE) is not None and desired is not None:
-                routes[department_id] = Endpoint(desired.host, desired.port)
+            route = read_json(directory / ROUTE_FILE)
+            if route is not None:
+                upstream = Placement.read(directory) or Placement(str(route["host"]), int(route["port"]))
+                routes[department_id] = Endpoint(upstream.host, upstream.port)
         write_dynamic_config(self._dynamic_dir, routes, cors_origins=self._cors_origins)
 
     async def check(self, ctx: StepContext) -> Condition:

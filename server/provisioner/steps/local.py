@@ -22,7 +22,7 @@ from provisioner.steps.base import Condition, StepContext, settle
 class LocalMarkerStep:
     """Creates (or adopts) one marker file per department; compensation deletes it.
 
-    `delay` (test-only, `PROVISIONER_LOCAL_STEP_DELAY`) is spent after each side effect,
+    `delay` (test-only, `PROVISIONER_STEP_DELAY`) is spent after each side effect,
     so a test can kill the server while a step is in flight.
     """
 
