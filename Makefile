@@ -8,7 +8,7 @@ BUF := .tools/node_modules/.bin/buf
 # Node tools, pinned: buf (lint, breaking) and swagger2openapi (OpenAPI 3 from Swagger 2).
 TOOLS := .tools/.installed-buf-1.75.0-s2o-7.0.8
 
-.PHONY: run test lint typecheck bench protos system clean
+.PHONY: run test lint typecheck bench report protos system clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -48,6 +48,17 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/provision.py
+
+# The proving suites (crash, faults, load, hostile input, auth, rate limit, secrets),
+# then their figures as one table.
+SUITES := tests/e2e/test_crash_real.py tests/e2e/test_rollback_matrix.py tests/e2e/test_load.py \
+	tests/e2e/test_hostile_input.py tests/e2e/test_auth_attacks.py tests/e2e/test_auth_and_limits.py \
+	tests/e2e/test_secrets.py
+
+report: $(STAMP) system
+	rm -f var/report.jsonl
+	PROVISIONER_REPORT_FILE=$(CURDIR)/var/report.jsonl $(BIN)/pytest -q $(SUITES); \
+	status=$$?; $(BIN)/python scripts/report.py var/report.jsonl; exit $$status
 
 clean:
 	rm -rf $(VENV) .tools var .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import SECRET, ControlPlane, control_plane, token
+from tests.e2e.report import record
 from tests.e2e.test_rest import SPEC
 
 pytestmark = pytest.mark.slow
@@ -36,29 +37,39 @@ def test_bad_or_missing_tokens_get_401_and_missing_roles_403(plane: ControlPlane
 
 
 def test_the_provision_limit_is_exact_says_when_to_retry_and_survives_a_restart(tmp_path: Path) -> None:
-    plane = control_plane(tmp_path, PROVISIONER_RATE_LIMIT_PROVISION="2/h", PROVISIONER_STEPS="noop")
+    limit = 5
+    plane = control_plane(tmp_path, PROVISIONER_RATE_LIMIT_PROVISION=f"{limit}/h", PROVISIONER_STEPS="noop")
     plane.start()
     try:
         with client(plane, token(subject="alice")) as alice:
-            for _ in range(2):
-                body = {"departmentId": f"d{uuid.uuid4().hex[:8]}", **SPEC}
-                assert alice.post("/api/provision-department", json=body).status_code == 200
-            over = alice.post("/api/provision-department", json={"departmentId": "one-too-many", **SPEC})
-            assert over.status_code == 429
-            assert 3000 < int(over.headers["retry-after"]) <= 3600
-            assert any(d["@type"].endswith("RetryInfo") for d in over.json()["details"])
+            codes = [
+                alice.post(
+                    "/api/provision-department", json={"departmentId": f"d{uuid.uuid4().hex[:8]}", **SPEC}
+                )
+                for _ in range(limit + 3)
+            ]
             # Reads have their own budget; other principals their own windows.
-            assert alice.get("/api/departments").status_code == 200
+            reads = alice.get("/api/departments").status_code
         with client(plane, token(subject="bob")) as bob:
-            assert (
-                bob.post("/api/provision-department", json={"departmentId": "bobs", **SPEC}).status_code
-                == 200
-            )
+            others = bob.post("/api/provision-department", json={"departmentId": "bobs", **SPEC}).status_code
         assert plane.stop() == 0
-
         plane.start()
         with client(plane, token(subject="alice")) as alice:
-            again = alice.post("/api/provision-department", json={"departmentId": "after-restart", **SPEC})
-            assert again.status_code == 429
+            after_restart = alice.post("/api/provision-department", json={"departmentId": "later", **SPEC})
     finally:
         plane.stop()
+
+    allowed = sum(reply.status_code == 200 for reply in codes)
+    refused = [reply for reply in codes if reply.status_code == 429]
+    record(
+        "rate_limit",
+        limit=limit,
+        allowed=allowed,
+        refused=len(refused),
+        others_unaffected=others == 200,
+        held_across_restart=after_restart.status_code == 429,
+    )
+    assert [reply.status_code for reply in codes] == [200] * limit + [429] * 3
+    assert all(3000 < int(reply.headers["retry-after"]) <= 3600 for reply in refused)
+    assert all(any(d["@type"].endswith("RetryInfo") for d in r.json()["details"]) for r in refused)
+    assert (reads, others, after_restart.status_code) == (200, 200, 429)

@@ -22,6 +22,7 @@ import pytest
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
 from tests.e2e.conftest import ControlPlane, control_plane, department_processes, stop_department_services
+from tests.e2e.report import record
 from tests.e2e.test_departments import METADATA, request, through_envoy, traces
 
 pytestmark = pytest.mark.slow
@@ -163,6 +164,20 @@ def test_a_kill_during_a_teardown_still_removes_everything(crashes: Crashes) -> 
 def test_nothing_exists_but_the_departments_that_were_provisioned(crashes: Crashes) -> None:
     state = crashes.plane.state_dir
     living = {f"crash-{step}" for step in STEPS}
+    found = (
+        [p.name for p in (state / "departments").iterdir()]
+        + [p.name for p in (state / "vault").iterdir()]
+        + [d for d, _ in department_processes(state)]
+    )
+    expected = {f"crash-{step}": pb.JOB_STATE_COMPLETED for step in STEPS}
+    expected |= {ROLLED_BACK: pb.JOB_STATE_FAILED, TORN_DOWN: pb.JOB_STATE_COMPLETED}
+    record(
+        "crash",
+        crashes_injected=crashes.kills,
+        jobs_recovered=sum(crashes.jobs[name].state == state_ for name, state_ in expected.items()),
+        jobs=len(expected),
+        orphans_found=sum(name not in living for name in found),
+    )
     assert crashes.kills == 9
     assert {p.name for p in (state / "departments").iterdir()} == living
     assert {p.name for p in (state / "vault").iterdir()} == living

@@ -19,6 +19,7 @@ import pytest
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
 from tests.e2e.conftest import control_plane, token
+from tests.e2e.report import record
 
 pytestmark = pytest.mark.slow
 
@@ -88,11 +89,22 @@ async def test_a_thousand_watchers_each_get_every_event_of_their_job_exactly_onc
         assert plane.stop() == 0
 
     failures = Counter(f.failure for f in followed if f.failure is not None)
-    assert not failures, failures
     lost = sum(len(set(range(1, f.last_sequence + 1)) - set(f.sequences)) for f in followed)
     duplicated = sum(len(f.sequences) - len(set(f.sequences)) for f in followed)
     out_of_order = sum(f.sequences != sorted(f.sequences) for f in followed)
     delivered = sum(len(f.sequences) for f in followed)
+    record(
+        "load",
+        watchers=JOBS,
+        events_delivered=delivered,
+        lost=lost,
+        duplicated=duplicated,
+        out_of_order=out_of_order,
+        failed_calls=sum(failures.values()),
+        seconds=round(elapsed, 1),
+        server_peak_rss_mib=round(rss),
+    )
+    assert not failures, failures
     assert (lost, duplicated, out_of_order) == (0, 0, 0)
     assert all(f.state == pb.JOB_STATE_COMPLETED for f in followed)
     assert rss < MEMORY_BOUND_MIB, f"server peak RSS {rss:.0f} MiB"

@@ -16,6 +16,7 @@ import pytest
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
 from tests.e2e.conftest import ControlPlane, control_plane, stop_department_services
+from tests.e2e.report import record
 from tests.e2e.test_departments import METADATA, finish, request, through_envoy, traces
 
 pytestmark = pytest.mark.slow
@@ -135,3 +136,20 @@ def test_a_failed_undoing_leaves_exactly_what_the_job_reports(
         assert left["files"], left
     else:
         assert "files" not in left, left
+
+
+def test_the_matrix_in_figures(outcomes: tuple[ControlPlane, dict[str, pb.Job]]) -> None:
+    plane, jobs = outcomes
+    clean = 0
+    for step in STEPS:
+        clean += jobs[dept(step, "fail")].state == pb.JOB_STATE_FAILED and not traces(
+            plane, dept(step, "fail")
+        )
+        clean += jobs[dept(step, "hang")].state == pb.JOB_STATE_FAILED and not traces(
+            plane, dept(step, "hang")
+        )
+        clean += jobs[dept(step, "transient")].state == pb.JOB_STATE_COMPLETED
+        reported = jobs["teardown"] if step == "validation" else jobs[dept(step, "fail-compensate")]
+        clean += [r.step for r in reported.cleanup.remaining] == [step]
+    record("faults", faults_injected=len(STEPS) * len(MODES), handled_as_specified=clean)
+    assert clean == len(STEPS) * len(MODES)

@@ -15,6 +15,7 @@ import pytest
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
 from tests.e2e.conftest import SECRET, control_plane, stop_department_services, token
+from tests.e2e.report import record
 from tests.e2e.test_departments import request
 
 pytestmark = pytest.mark.slow
@@ -96,6 +97,7 @@ def test_secrets_appear_nowhere_but_the_one_response_that_hands_them_over(tmp_pa
                             *((str(p.relative_to(tmp_path)), p.read_text(errors="replace")) for p in written)]
     }  # fmt: skip
     leaks = {where: which for where, which in found.items() if which}
+    record("secrets", places_scanned=len(found), secrets_looked_for=len(secrets), secrets_found=len(leaks))
     assert leaks == {}
     assert len(secrets) >= 6  # the signing secret, a token, 3 client secrets, a key
     # What was scanned: the server's and Envoy's logs, and both live departments' logs.
