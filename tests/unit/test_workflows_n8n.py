@@ -1,0 +1,531 @@
+"""The n8n adapter of the workflows step, without n8n: the conversion of our templates,
+the error mapping, and the step's logic against an in-memory n8n behind
+`httpx.MockTransport` that keeps the rules of the real one that matter here (read-only
+fields refused, one active workflow per webhook path, no deleting an active workflow).
+The real n8n is in tests/integration/test_workflows_n8n.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from provisioner.core.errors import ConfigurationError, StepError, TransientStepError
+from provisioner.core.spec import WORKFLOW_KINDS
+from provisioner.steps.base import StepContext
+from provisioner.steps.workflows_n8n import N8nWorkflows, department_tag, to_n8n, webhook_path, workflow_name
+from provisioner.steps.workflows_n8n import adapter as adapter_module
+from provisioner.steps.workflows_n8n.client import N8nApi, N8nConflict, error_for
+from provisioner.steps.workflows_n8n.convert import constant, js_string, template_expression
+
+from .factories import spec
+
+KEY = "n8n_api_test-key-0123456789"
+URL = "http://n8n.test:5678"
+ALL = ("email", "google_drive", "database")
+
+
+class FakeN8n:
+    """The slice of n8n's public API the adapter uses, in memory."""
+
+    def __init__(self, page_size: int = 2) -> None:
+        self.workflows: dict[str, dict[str, Any]] = {}
+        self.tags: dict[str, str] = {}  # id -> name
+        self.calls: list[str] = []
+        self.page_size = page_size
+        self.inactive_reads = 0  # reads that still show a just-activated workflow inactive
+        self.unpublishing = 0  # deletes refused as if n8n were still unpublishing in the background
+        self._ids = (f"id{n:04d}" for n in itertools.count(1))
+
+    def add(self, body: dict[str, Any], *, active: bool = False, tags: tuple[str, ...] = ()) -> str:
+        workflow_id = next(self._ids)
+        version = next(self._ids)
+        self.workflows[workflow_id] = {
+            **json.loads(json.dumps(body)),
+            "id": workflow_id,
+            "active": active,
+            "isArchived": False,
+            "versionId": version,
+            "activeVersionId": version if active else None,
+            "createdAt": f"2026-01-01T00:00:{len(self.workflows):02d}Z",
+            "tags": [{"id": self.tag(name), "name": name} for name in tags],
+        }
+        return workflow_id
+
+    def tag(self, name: str) -> str:
+        found = next((i for i, n in self.tags.items() if n == name), None)
+        if found is None:
+            found = next(self._ids)
+            self.tags[found] = name
+        return found
+
+    def of(self, department_id: str) -> list[dict[str, Any]]:
+        prefix = f"dept-{department_id}-"
+        return [w for w in self.workflows.values() if w["name"].startswith(prefix)]
+
+    def writes(self) -> list[str]:
+        return [call for call in self.calls if not call.startswith("GET")]
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/api/v1")
+        self.calls.append(f"{request.method} {path}")
+        if request.headers.get("x-n8n-api-key") != KEY:
+            return httpx.Response(401, json={"message": "Unauthorized"})
+        body: Any = json.loads(request.content) if request.content else None
+        match (request.method, path.strip("/").split("/")):
+            case ("GET", ["workflows"]):
+                return self._page(self._filtered(request.url.params), request.url.params)
+            case ("POST", ["workflows"]):
+                if set(body) - {"name", "nodes", "connections", "settings"}:
+                    return httpx.Response(
+                        400, json={"message": "request/body must NOT have additional properties"}
+                    )
+                return httpx.Response(200, json=self.workflows[self.add(body)])
+            case ("GET", ["tags"]):
+                items = [{"id": i, "name": n} for i, n in self.tags.items()]
+                return self._page(items, request.url.params)
+            case ("POST", ["tags"]):
+                if body["name"] in self.tags.values():
+                    return httpx.Response(409, json={"message": "Tag already exists"})
+                return httpx.Response(201, json={"id": self.tag(body["name"]), "name": body["name"]})
+            case ("DELETE", ["tags", tag_id]):
+                if self.tags.pop(tag_id, None) is None:
+                    return httpx.Response(404, json={"message": "Not Found"})
+                for workflow in self.workflows.values():
+                    workflow["tags"] = [t for t in workflow["tags"] if t["id"] != tag_id]
+                return httpx.Response(200, json={"id": tag_id})
+        return self._one(request.method, path.strip("/").split("/"), body)
+
+    def _one(self, method: str, parts: list[str], body: Any) -> httpx.Response:
+        workflow = self.workflows.get(parts[1]) if len(parts) > 1 else None
+        if workflow is None:
+            return httpx.Response(404, json={"message": "Not Found"})
+        match (method, parts[2:]):
+            case ("GET", []):
+                if self.inactive_reads > 0:
+                    self.inactive_reads -= 1
+                    return httpx.Response(200, json={**workflow, "active": False, "activeVersionId": None})
+            case ("PUT", []):
+                workflow.update(json.loads(json.dumps(body)), versionId=next(self._ids))
+                if workflow["active"]:
+                    workflow["activeVersionId"] = workflow["versionId"]
+            case ("PUT", ["tags"]):
+                workflow["tags"] = [{"id": t["id"], "name": self.tags[t["id"]]} for t in body]
+                return httpx.Response(200, json=workflow["tags"])
+            case ("POST", ["activate"]):
+                path = workflow["nodes"][0]["parameters"]["path"]
+                held = any(
+                    w["active"] and w["nodes"][0]["parameters"]["path"] == path
+                    for w in self.workflows.values()
+                )
+                if held and not workflow["active"]:
+                    return httpx.Response(
+                        409, json={"message": "There is a conflict with one of the webhooks."}
+                    )
+                workflow.update(active=True, activeVersionId=workflow["versionId"])
+                if self.inactive_reads > 0:
+                    self.inactive_reads -= 1
+                    return httpx.Response(200, json={**workflow, "active": False, "activeVersionId": None})
+            case ("POST", ["deactivate"]):
+                workflow.update(active=False, activeVersionId=None)
+            case ("DELETE", []):
+                if self.unpublishing > 0:
+                    self.unpublishing -= 1
+                    return httpx.Response(409, json={"message": "Workflow is still being unpublished."})
+                if workflow["active"]:
+                    return httpx.Response(409, json={"message": "Workflow is active; deactivate it first"})
+                del self.workflows[workflow["id"]]
+            case _:
+                return httpx.Response(405, json={"message": "Method Not Allowed"})
+        return httpx.Response(200, json=workflow)
+
+    def _filtered(self, params: httpx.QueryParams) -> list[dict[str, Any]]:
+        found = list(self.workflows.values())
+        if "name" in params:  # n8n matches a substring (SQL LIKE %name%)
+            found = [w for w in found if params["name"] in w["name"]]
+        if "tags" in params:
+            found = [w for w in found if params["tags"] in {t["name"] for t in w["tags"]}]
+        return sorted(found, key=lambda w: w["id"])
+
+    def _page(self, items: list[dict[str, Any]], params: httpx.QueryParams) -> httpx.Response:
+        start = int(params.get("cursor", "0"))
+        end = start + self.page_size
+        return httpx.Response(
+            200, json={"data": items[start:end], "nextCursor": str(end) if end < len(items) else None}
+        )
+
+
+@pytest.fixture
+def n8n() -> FakeN8n:
+    return FakeN8n()
+
+
+@pytest.fixture
+async def step(n8n: FakeN8n) -> AsyncIterator[N8nWorkflows]:
+    adapter = N8nWorkflows(URL, KEY, activation_timeout=1.0, transport=httpx.MockTransport(n8n.handler))
+    yield adapter
+    await adapter.close()
+
+
+def ctx(department_id: str = "hr", workflows: tuple[str, ...] = ALL, **overrides: object) -> StepContext:
+    return StepContext("job-1", spec(department_id, workflows=workflows, **overrides), attempt=1)
+
+
+# -- conversion ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", WORKFLOW_KINDS)
+def test_every_kind_becomes_a_webhook_workflow_at_the_department_path(kind: str) -> None:
+    workflow = to_n8n(kind, spec("hr"))
+    assert workflow["name"] == workflow_name("hr", kind) == f"dept-hr-{kind}"
+    assert set(workflow) == {"name", "nodes", "connections", "settings"}  # what the API accepts
+    trigger, action = workflow["nodes"]
+    assert trigger["type"] == "n8n-nodes-base.webhook"
+    assert trigger["parameters"]["httpMethod"] == "POST"
+    assert trigger["parameters"]["path"] == webhook_path("hr", kind) == f"hr/{kind}"
+    assert trigger["parameters"]["responseMode"] == "lastNode"
+    assert action["type"] == "n8n-nodes-base.set"
+    assert "credentials" not in action
+    assert workflow["connections"] == {
+        trigger["name"]: {"main": [[{"node": action["name"], "type": "main", "index": 0}]]}
+    }
+    assert workflow["settings"]["saveDataSuccessExecution"] == "all"
+    assert len({node["id"] for node in workflow["nodes"]}) == 2
+    json.dumps(workflow)  # plain JSON
+
+
+def test_the_conversion_is_deterministic_and_per_department() -> None:
+    assert to_n8n("email", spec("hr")) == to_n8n("email", spec("hr"))
+    ours, theirs = to_n8n("email", spec("hr")), to_n8n("email", spec("sales"))
+    assert {n["id"] for n in ours["nodes"]}.isdisjoint({n["id"] for n in theirs["nodes"]})
+    assert ours["nodes"][0]["webhookId"] != theirs["nodes"][0]["webhookId"]
+    assert department_tag("hr") == "department:hr"
+
+
+def fields(workflow: dict[str, Any]) -> dict[str, str]:
+    return {f["name"]: f["value"] for f in workflow["nodes"][1]["parameters"]["assignments"]["assignments"]}
+
+
+def test_each_kind_shapes_its_result_from_the_spec_and_the_request() -> None:
+    email = fields(to_n8n("email", spec("hr", admin_email="boss@example.com")))
+    assert email["to"] == "boss@example.com"
+    assert email["subject"] == '={{ "New event for hr: " + String($json.body["name"] ?? "") }}'
+    drive = fields(to_n8n("google_drive", spec("hr", department_name="Human Resources")))
+    assert drive["folder"] == "Human Resources (hr)"
+    assert drive["name"].startswith("={{")
+    record = fields(to_n8n("database", spec("hr")))
+    assert record["record"] == "={{ $json.body }}"
+    assert record["department_id"] == "hr"
+
+
+def test_a_value_that_looks_like_an_expression_stays_text() -> None:
+    drive = fields(to_n8n("google_drive", spec("hr", department_name="={{ $env.SECRET }} x")))
+    folder = drive["folder"]
+    assert folder.startswith("={{ ") and folder.endswith(" }}")
+    inner = folder.removeprefix("={{ ").removesuffix(" }}")
+    assert "{" not in inner and "}" not in inner  # nothing can close the expression early
+    assert json.loads(inner) == "={{ $env.SECRET }} x (hr)"
+    assert constant("plain {{ text }}") == "plain {{ text }}"  # not an expression to n8n
+    assert json.loads(js_string('a "b" \\ \u2028 {}')) == 'a "b" \\ \u2028 {}'
+
+
+@pytest.mark.parametrize("template", ["{0}", "{}", "{a.b}", "{a[0]}", "{a!r}", "{a:>9}", "{unclosed"])
+def test_only_plain_field_placeholders_are_allowed(template: str) -> None:
+    with pytest.raises(StepError):
+        template_expression(template)
+
+
+def test_literal_braces_and_fields_in_a_template() -> None:
+    assert (
+        template_expression("{{x}} {name}") == '={{ "\\u007bx\\u007d " + String($json.body["name"] ?? "") }}'
+    )
+    assert template_expression("") == '={{ "" }}'
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_is_fatal_and_never_echoed(status: int) -> None:
+    error = error_for(httpx.Response(status, json={"message": f"bad key {KEY}"}), "listing")
+    assert type(error) is StepError
+    assert error.message.startswith("n8n rejected the API key")
+    assert KEY not in error.message
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+def test_rate_limits_and_server_errors_are_retryable(status: int) -> None:
+    response = httpx.Response(status, headers={"Retry-After": "7"}, json={"message": "busy"})
+    error = error_for(response, "listing")
+    assert isinstance(error, TransientStepError)
+    assert error.retry_after == (7.0 if status == 429 else None)
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 422])
+def test_other_client_errors_are_fatal_with_n8ns_message_on_one_line(status: int) -> None:
+    message = "There is a conflict\n  with one of the webhooks. " + "x" * 500
+    error = error_for(httpx.Response(status, json={"message": message}), "activating dept-hr-email")
+    assert isinstance(error, StepError) and not isinstance(error, TransientStepError)
+    assert isinstance(error, N8nConflict) == (status == 409)  # the adapter may wait one out
+    assert "There is a conflict with one of the webhooks." in error.message
+    assert f"HTTP {status} while activating dept-hr-email" in error.message
+    assert "\n" not in error.message and len(error.message) < 300
+
+
+@pytest.mark.parametrize("failure", [httpx.ConnectError("refused"), httpx.ReadTimeout("slow")])
+async def test_an_unreachable_n8n_is_retryable_and_chained(failure: httpx.HTTPError) -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise failure
+
+    api = N8nApi(URL, KEY, transport=httpx.MockTransport(fail))
+    try:
+        with pytest.raises(TransientStepError, match="cannot reach n8n") as caught:
+            await api.call("GET", "/workflows", doing="listing")
+        assert caught.value.__cause__ is failure
+    finally:
+        await api.close()
+
+
+async def test_the_key_goes_in_its_header_only() -> None:
+    seen: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(502, text=f"proxy says {KEY}")
+
+    api = N8nApi(URL + "/", KEY, transport=httpx.MockTransport(record))
+    try:
+        with pytest.raises(TransientStepError) as caught:
+            await api.call("GET", "/workflows", doing="listing")
+    finally:
+        await api.close()
+    assert KEY not in caught.value.message and KEY not in repr(api)
+    assert seen[0].headers["X-N8N-API-KEY"] == KEY
+    assert str(seen[0].url) == f"{URL}/api/v1/workflows"
+
+
+async def test_an_answer_that_is_not_json_is_retryable() -> None:
+    api = N8nApi(URL, KEY, transport=httpx.MockTransport(lambda _: httpx.Response(200, text="<html>")))
+    try:
+        with pytest.raises(TransientStepError, match="not JSON"):
+            await api.call("GET", "/workflows", doing="listing")
+    finally:
+        await api.close()
+
+
+async def test_a_listing_whose_cursor_never_ends_fails() -> None:
+    stuck = httpx.MockTransport(lambda _: httpx.Response(200, json={"data": [], "nextCursor": "same"}))
+    api = N8nApi(URL, KEY, transport=stuck)
+    try:
+        with pytest.raises(StepError, match="never ended"):
+            await api.pages("/workflows", doing="listing")
+    finally:
+        await api.close()
+
+
+@pytest.mark.parametrize("url", ["n8n.test:5678", "ftp://n8n.test", "http://", "http://n8n.test/?x=1"])
+def test_a_malformed_url_is_a_configuration_error(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="PROVISIONER_N8N_URL"):
+        N8nWorkflows(url, KEY)
+
+
+def test_an_empty_key_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="PROVISIONER_N8N_API_KEY"):
+        N8nWorkflows(URL, " ")
+
+
+# -- the step against the fake n8n --------------------------------------------------------
+
+
+async def test_apply_deploys_each_kind_tagged_and_active(step: N8nWorkflows, n8n: FakeN8n) -> None:
+    resources = await step.apply(ctx("hr"))
+    deployed = sorted(n8n.of("hr"), key=lambda w: w["name"])
+    assert [w["name"] for w in deployed] == ["dept-hr-database", "dept-hr-email", "dept-hr-google_drive"]
+    assert all(
+        w["active"] and w["tags"] == [{"id": n8n.tag("department:hr"), "name": "department:hr"}]
+        for w in deployed
+    )
+    assert resources == {
+        "workflows": "database,email,google_drive",
+        "n8n_ids": ",".join(w["id"] for w in deployed),
+        "webhooks": "/webhook/hr/database,/webhook/hr/email,/webhook/hr/google_drive",
+    }
+    assert (await step.check(ctx("hr"))).reason == "ACTIVE"
+
+
+async def test_a_second_apply_changes_nothing(step: N8nWorkflows, n8n: FakeN8n) -> None:
+    first = await step.apply(ctx("hr"))
+    n8n.calls.clear()
+    assert await step.apply(ctx("hr")) == first
+    assert n8n.writes() == []
+    assert len(n8n.of("hr")) == 3
+
+
+async def test_a_changed_spec_updates_in_place_and_removes_what_it_no_longer_asks_for(
+    step: N8nWorkflows, n8n: FakeN8n
+) -> None:
+    first = await step.apply(ctx("hr"))
+    email_id = first["n8n_ids"].split(",")[1]
+    changed = await step.apply(ctx("hr", workflows=("email",), admin_email="new@example.com"))
+    assert changed["n8n_ids"] == email_id
+    (email,) = n8n.of("hr")
+    assert email["active"] and fields(email)["to"] == "new@example.com"
+    assert (await step.check(ctx("hr", workflows=("email",)))).healthy
+
+
+async def test_apply_adopts_an_untagged_workflow_left_by_a_crash(step: N8nWorkflows, n8n: FakeN8n) -> None:
+    orphan = n8n.add(to_n8n("email", spec("hr")))
+    resources = await step.apply(ctx("hr", workflows=("email",)))
+    assert resources["n8n_ids"] == orphan
+    assert n8n.workflows[orphan]["active"]
+    assert [t["name"] for t in n8n.workflows[orphan]["tags"]] == ["department:hr"]
+
+
+async def test_apply_keeps_the_running_one_of_duplicates_and_others_tags(
+    step: N8nWorkflows, n8n: FakeN8n
+) -> None:
+    body = to_n8n("email", spec("hr", workflows=("email",)))
+    older = n8n.add(body)
+    running = n8n.add(body, active=True, tags=("billing",))
+    stray = n8n.add({**body, "name": "dept-hr-legacy"}, tags=("department:hr",))
+    resources = await step.apply(ctx("hr", workflows=("email",)))
+    assert resources["n8n_ids"] == running
+    assert set(n8n.workflows) == {running}
+    assert {t["name"] for t in n8n.workflows[running]["tags"]} == {"billing", "department:hr"}
+    assert older not in n8n.workflows and stray not in n8n.workflows
+
+
+async def test_apply_leaves_other_departments_alone(step: N8nWorkflows, n8n: FakeN8n) -> None:
+    await step.apply(ctx("hr-eu"))
+    await step.apply(ctx("hr", workflows=("email",)))
+    await step.compensate(ctx("hr"))
+    assert len(n8n.of("hr-eu")) == 3 and all(w["active"] for w in n8n.of("hr-eu"))
+
+
+async def test_a_webhook_path_held_by_a_foreign_workflow_is_fatal(
+    step: N8nWorkflows, n8n: FakeN8n, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapter_module, "SETTLE_TIMEOUT", 0.05)
+    monkeypatch.setattr(adapter_module, "POLL_INTERVAL", 0.01)
+    n8n.add({**to_n8n("email", spec("hr")), "name": "someone else's"}, active=True)
+    with pytest.raises(StepError, match="conflict with one of the webhooks") as caught:
+        await step.apply(ctx("hr", workflows=("email",)))
+    assert not isinstance(caught.value, TransientStepError)
+
+
+async def test_apply_waits_for_a_background_activation(
+    step: N8nWorkflows, n8n: FakeN8n, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapter_module, "POLL_INTERVAL", 0.01)
+    n8n.inactive_reads = 2
+    await step.apply(ctx("hr", workflows=("email",)))
+    assert n8n.calls.count(f"GET /workflows/{n8n.of('hr')[0]['id']}") == 2
+
+
+async def test_an_activation_that_never_lands_is_retryable(
+    step: N8nWorkflows, n8n: FakeN8n, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapter_module, "POLL_INTERVAL", 0.05)
+    n8n.inactive_reads = 10**6
+    with pytest.raises(TransientStepError, match="not active 1 s after activation"):
+        await step.apply(ctx("hr", workflows=("email",)))
+
+
+async def test_compensate_deactivates_then_deletes_everything_and_the_tag(
+    step: N8nWorkflows, n8n: FakeN8n
+) -> None:
+    await step.apply(ctx("hr"))
+    n8n.calls.clear()
+    await step.compensate(ctx("hr"))
+    assert n8n.of("hr") == [] and "department:hr" not in n8n.tags.values()
+    for workflow_id in re.findall(r"DELETE /workflows/(\w+)", " ".join(n8n.calls)):
+        calls = n8n.calls
+        assert calls.index(f"POST /workflows/{workflow_id}/deactivate") < calls.index(
+            f"DELETE /workflows/{workflow_id}"
+        )
+    await step.compensate(ctx("hr"))  # nothing left: still fine
+    assert (await step.check(ctx("hr"))).reason == "MISSING"
+
+
+async def test_check_reports_inactive_missing_unreachable_and_rejected(
+    step: N8nWorkflows, n8n: FakeN8n
+) -> None:
+    await step.apply(ctx("hr"))
+    email = next(w for w in n8n.of("hr") if w["name"] == "dept-hr-email")
+    email["active"] = False
+    inactive = await step.check(ctx("hr"))
+    assert (inactive.healthy, inactive.reason, inactive.message) == (
+        False,
+        "INACTIVE",
+        "not active in n8n: email",
+    )
+    del n8n.workflows[email["id"]]
+    assert (await step.check(ctx("hr"))).reason == "MISSING"
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    for transport, reason in [(down, "UNREACHABLE"), (n8n.handler, "REJECTED")]:
+        other = N8nWorkflows(URL, "wrong-key", transport=httpx.MockTransport(transport))
+        try:
+            condition = await other.check(ctx("hr"))
+        finally:
+            await other.close()
+        assert (condition.healthy, condition.reason) == (False, reason)
+        assert "wrong-key" not in condition.message
+
+
+async def test_a_cancelled_apply_lets_its_request_in_flight_finish(n8n: FakeN8n) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/workflows"):
+            entered.set()
+            await release.wait()
+        return n8n.handler(request)
+
+    adapter = N8nWorkflows(URL, KEY, transport=httpx.MockTransport(slow))
+    try:
+        applying = asyncio.create_task(adapter.apply(ctx("hr", workflows=("email",))))
+        await entered.wait()
+        applying.cancel()
+        await asyncio.sleep(0)
+        assert not applying.done()  # held until the creation it started has landed
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await applying
+        assert len(n8n.of("hr")) == 1  # so the rollback that follows finds it
+        await adapter.compensate(ctx("hr"))
+        assert n8n.of("hr") == []
+    finally:
+        await adapter.close()
+
+
+async def test_compensate_waits_while_n8n_finishes_unpublishing(
+    step: N8nWorkflows, n8n: FakeN8n, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapter_module, "POLL_INTERVAL", 0.01)
+    await step.apply(ctx("hr", workflows=("email",)))
+    n8n.unpublishing = 3
+    await step.compensate(ctx("hr"))
+    assert n8n.of("hr") == []
+
+
+async def test_a_delete_refused_for_too_long_is_retryable(
+    step: N8nWorkflows, n8n: FakeN8n, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapter_module, "SETTLE_TIMEOUT", 0.05)
+    monkeypatch.setattr(adapter_module, "POLL_INTERVAL", 0.01)
+    await step.apply(ctx("hr", workflows=("email",)))
+    n8n.unpublishing = 10**6
+    with pytest.raises(TransientStepError, match="still being unpublished") as caught:
+        await step.compensate(ctx("hr"))
+    assert isinstance(caught.value.__cause__, StepError)
+    assert not n8n.of("hr")[0]["active"]  # deactivated: the retry will delete it
