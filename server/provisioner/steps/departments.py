@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import httpx
 
 from provisioner.core.errors import StepError, TransientStepError
 from provisioner.core.spec import check_department_id
+from provisioner.steps.files import write_atomically
 
 
 class DepartmentDirs:
@@ -65,17 +64,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:
-    """Replace `path` atomically: readers see the old file or the new, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            os.fchmod(file.fileno(), mode)
-            json.dump(data, file, indent=2, sort_keys=True)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Replace `path` with `data` as JSON, atomically."""
+    write_atomically(path, json.dumps(data, indent=2, sort_keys=True), mode)
 
 
 def sweep_interrupted_writes(*roots: Path) -> list[Path]:

@@ -21,13 +21,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from provisioner.core.spec import check_department_id
+from provisioner.steps.files import write_atomically
 
 SERVICE = "provisioning.v1.ProvisioningService"
 ROUTE_CONFIG_NAME = "provisioning_routes"
@@ -39,6 +38,8 @@ _TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 _CORS = "envoy.filters.http.cors"
 _ROUTER = "envoy.filters.http.router"
 _TYPE = "type.googleapis.com/"
+# Envoy may run as another user; nothing in these files is secret.
+_PUBLIC = 0o644
 
 
 class Address(Protocol):
@@ -262,7 +263,7 @@ def write_envoy_config(
     if not (dynamic_dir / ROUTES_FILE).exists() or not (dynamic_dir / CLUSTERS_FILE).exists():
         write_dynamic_config(dynamic_dir, {}, cors_origins=cors_origins)
     path = path.absolute()
-    _write_atomically(path, json.dumps(config, indent=2) + "\n")
+    write_atomically(path, json.dumps(config, indent=2) + "\n", _PUBLIC)
     return path
 
 
@@ -281,8 +282,8 @@ def write_dynamic_config(
     routes = render_route_config(departments, cors_origins)
     clusters = render_department_clusters(departments)
     dynamic_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(dynamic_dir / CLUSTERS_FILE, _discovery_response(clusters))
-    _write_atomically(dynamic_dir / ROUTES_FILE, _discovery_response([routes]))
+    write_atomically(dynamic_dir / CLUSTERS_FILE, _discovery_response(clusters), _PUBLIC)
+    write_atomically(dynamic_dir / ROUTES_FILE, _discovery_response([routes]), _PUBLIC)
 
 
 def _discovery_response(resources: list[dict[str, Any]]) -> str:
@@ -290,23 +291,6 @@ def _discovery_response(resources: list[dict[str, Any]]) -> str:
     # A version derived from the content: /config_dump then shows which state is live.
     version = hashlib.sha256(body.encode()).hexdigest()[:16]
     return json.dumps({"version_info": version, "resources": resources}, indent=2) + "\n"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    # The temporary file must be in the same directory: rename is atomic only within
-    # one file system, and the watched directory sees the rename as the change.
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            # mkstemp makes the file private; Envoy may run as another user. No secrets here.
-            os.fchmod(file.fileno(), 0o644)
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _checked(departments: Mapping[str, Address]) -> Mapping[str, Address]:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import secrets
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from provisioner.core.errors import ConfigurationError, StepError
 from provisioner.core.spec import check_department_id
+from provisioner.steps.files import write_atomically
 
 _FORMAT = "v1"
 
@@ -157,22 +157,7 @@ class KeySource:
         assert self.path is not None
         now = datetime.now(UTC).isoformat()
         body = {"keys": [{"id": key_id(k), "key": _b64(k), "created": now} for k in keys]}
-        write_private(self.path, json.dumps(body, indent=2) + "\n")
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically, readable by this user only."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        write_atomically(self.path, json.dumps(body, indent=2) + "\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +205,7 @@ class CredentialVault:
             "job_id": job_id,
             "issued_at": datetime.now(UTC).isoformat(),
         }
-        write_private(self._dir(department_id) / f"issued-{job_id}.json", json.dumps(record, indent=2))
+        write_atomically(self._dir(department_id) / f"issued-{job_id}.json", json.dumps(record, indent=2))
         return client_id, secret
 
     def discard(self, department_id: str, job_id: str) -> None:
@@ -239,7 +224,7 @@ class CredentialVault:
         issued = self._read(folder / f"issued-{job_id}.json")
         if issued is None:
             raise StepError(f"no credentials were issued for job {job_id}; provision again for new ones")
-        write_private(folder / "active.json", json.dumps(issued, indent=2))
+        write_atomically(folder / "active.json", json.dumps(issued, indent=2))
         for other in folder.glob("issued-*.json"):
             other.unlink(missing_ok=True)
         return self._credential(issued)
@@ -275,7 +260,7 @@ class CredentialVault:
         record = self._read(path)
         if record is None:
             value = secrets.token_urlsafe(32)
-            write_private(path, json.dumps({"sealed": self.keys.keyring().seal(value.encode(), context)}))
+            write_atomically(path, json.dumps({"sealed": self.keys.keyring().seal(value.encode(), context)}))
             return value
         return self.keys.keyring().open(record["sealed"], context).decode()
 
@@ -295,7 +280,7 @@ class CredentialVault:
                 continue
             context = self._context(department_id, purpose)
             record[field] = keyring.seal(keyring.open(record[field], context), context)
-            write_private(path, json.dumps(record, indent=2))
+            write_atomically(path, json.dumps(record, indent=2))
             moved += 1
         return moved
 
