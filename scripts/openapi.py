@@ -58,8 +58,15 @@ def string_schema(rules: rules_pb2.StringRules) -> dict[str, Any]:
     allowed = getattr(rules, "in")  # `in` is a Python keyword
     if allowed:
         schema["enum"] = list(allowed)
+    refused: list[dict[str, Any]] = []
     if rules.not_in:
-        schema["not"] = {"enum": list(rules.not_in)}
+        refused.append({"enum": list(rules.not_in)})
+    if rules.not_contains:
+        # Escape only what ECMA-262 (the dialect of OpenAPI patterns) treats as special.
+        literal = re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\1", rules.not_contains)
+        refused.append({"pattern": literal})
+    if refused:
+        schema["not"] = refused[0] if len(refused) == 1 else {"anyOf": refused}
     if rules.description:
         schema["x-rule"] = rules.description
     if rules.ignore_empty and schema:
@@ -97,6 +104,18 @@ def field_schema(field: FieldDescriptor) -> dict[str, Any]:
 def required(field: FieldDescriptor) -> bool:
     behaviors = field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
     return field_behavior_pb2.REQUIRED in behaviors
+
+
+def integer_strings(node: Any) -> None:
+    """proto3 JSON writes 64-bit integers as strings: say which strings those are."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and node.get("format") in ("int64", "uint64"):
+            node["pattern"] = "^-?[0-9]+$" if node["format"] == "int64" else "^[0-9]+$"
+        for value in node.values():
+            integer_strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            integer_strings(item)
 
 
 def constrain(schema: dict[str, Any], message: Descriptor) -> None:
@@ -194,6 +213,7 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
         "gRPC-JSON transcoder in front of provisioning.v1.ProvisioningService.",
     }
     document.pop("servers", None)
+    integer_strings(document)
     return document
 
 

@@ -418,3 +418,22 @@ async def test_cancelled_and_expired_streams_are_logged_as_such(
         lines = await access_log(caplog, 3)
         watches = [line["code"] for line in lines if line["method"].endswith("/WatchProgress")]
         assert sorted(watches) == ["CANCELLED", "DEADLINE_EXCEEDED"]
+
+
+async def test_undecodable_bytes_and_unknown_enum_numbers_are_invalid_arguments(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    metadata = bearer(VIEWER)
+    raw = api.channel.unary_unary(f"/{SERVICE.full_name}/GetStatus")
+    # Field 1 (job_id) holding bytes that are not UTF-8: not a GetStatusRequest at all.
+    garbled = await refused(raw(b"\x0a\x02\xff\xfe", metadata=metadata))
+    assert garbled.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "DecodeError" not in (garbled.details() or "")
+    violation = details(garbled)["BadRequest"].field_violations[0]  # type: ignore[attr-defined]
+    assert violation.field == "request"
+    unknown = await refused(
+        api.stub.ListDepartments(pb.ListDepartmentsRequest(status=999), metadata=metadata)
+    )
+    assert unknown.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "status" in (unknown.details() or "")
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -14,3 +14,6 @@ principal: ContextVar[str] = ContextVar("principal", default="anonymous")
 #: The request id of the RPC in progress (the caller's `x-request-id`, or one we made up);
 #: empty outside an RPC.
 request_id: ContextVar[str] = ContextVar("request_id", default="")
+
+#: The full gRPC method name of the RPC in progress; empty outside an RPC.
+method: ContextVar[str] = ContextVar("method", default="")

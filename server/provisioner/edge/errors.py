@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -129,8 +130,40 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException)
 
 
 def _method(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    details = getattr(context, "_rpc_event", None)
-    return str(getattr(getattr(details, "call_details", None), "method", b"?"))
+    return caller.method.get() or "?"
+
+
+class UndecodableRequest:
+    """What a handler receives instead of a request whose bytes did not decode."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, but answering `UndecodableRequest` instead of raising.
+
+    Left to grpc, a request that is not valid protobuf (or has bad UTF-8 in a string)
+    ends UNKNOWN with the parser's internals in the message; the handler decorators below
+    refuse it as INVALID_ARGUMENT like any other bad request.
+    """
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return UndecodableRequest(exc)
+
+    return decode
+
+
+def _decoded(request: Any) -> None:
+    if isinstance(request, UndecodableRequest):
+        raise e.InvalidSpecError(
+            [e.FieldViolation("request", "is not a valid protobuf message for this method")]
+        )
 
 
 Request = TypeVar("Request")
@@ -147,6 +180,7 @@ def unary(
     @functools.wraps(handler)
     async def wrapped(self: Self, request: Request, context: Context) -> Response:
         try:
+            _decoded(request)
             return await handler(self, request, context)
         except grpc.aio.AbortError:
             raise
@@ -164,6 +198,7 @@ def streaming(
     @functools.wraps(handler)
     async def wrapped(self: Self, request: Request, context: Context) -> AsyncIterator[Response]:
         try:
+            _decoded(request)
             async for item in handler(self, request, context):
                 yield item
         except grpc.aio.AbortError:

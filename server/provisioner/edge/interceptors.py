@@ -139,6 +139,7 @@ class _Call:
 
     def begin(self, context: Context) -> None:
         caller.request_id.set(self.request_id)
+        caller.method.set(self.method)
         # Now, while the call is alive: grpc may release it before the done callbacks run.
         self.peer = context.peer()
         context.add_done_callback(self.finish)  # type: ignore[arg-type]  # the stub wants its own class
@@ -229,12 +230,17 @@ class _Call:
 
 
 def _observed(handler: Handler, call: _Call) -> Handler:
+    # The outermost handler's deserializer is the one grpc uses: bytes that are not the
+    # request message reach the handler as `UndecodableRequest`, refused as INVALID_ARGUMENT.
+    tolerant = errors.tolerant(handler.request_deserializer)
     if handler.response_streaming:
-        return _rebuilt(handler, call.stream(handler.unary_stream or handler.stream_stream))  # type: ignore[arg-type]
-    return _rebuilt(handler, call.unary(handler.unary_unary or handler.stream_unary))  # type: ignore[arg-type]
+        behavior = call.stream(handler.unary_stream or handler.stream_stream)  # type: ignore[arg-type]
+    else:
+        behavior = call.unary(handler.unary_unary or handler.stream_unary)  # type: ignore[arg-type]
+    return _rebuilt(handler, behavior, tolerant)
 
 
-def _rebuilt(handler: Handler, behavior: Behavior) -> Handler:
+def _rebuilt(handler: Handler, behavior: Behavior, deserializer: Any = None) -> Handler:
     """`handler` with another behavior, same shape and (de)serializers."""
     make = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -244,7 +250,7 @@ def _rebuilt(handler: Handler, behavior: Behavior) -> Handler:
     }[(handler.request_streaming, handler.response_streaming)]
     return make(
         behavior,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=deserializer or handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
 

@@ -24,7 +24,14 @@ from provisioner_api.provisioning.v1 import rules_pb2
 
 def violations(request: Message) -> list[FieldViolation]:
     """Every declared rule `request` breaks, in field order; empty when it is valid."""
-    found: list[FieldViolation] = []
+    found: list[FieldViolation] = [
+        # proto3 enums are open: a number the contract does not name decodes fine.
+        FieldViolation(field.name, f"must be one of {', '.join(field.enum_type.values_by_name)}")
+        for field in request.DESCRIPTOR.fields
+        if field.enum_type is not None
+        and not field.is_repeated
+        and getattr(request, field.name) not in field.enum_type.values_by_number
+    ]
     for field, rules in _declared_rules(request):
         kind = rules.WhichOneof("type")
         value = getattr(request, field.name)

@@ -111,10 +111,12 @@ def render_envoy_config(
         "http_filters": [*(cors if cors_origins else []), transcoder, router],
         # gRPC status travels in trailers; the transcoder needs them to map errors.
         "http_protocol_options": {"enable_trailers": True},
-        # Edge hardening: `/departments/a/../b/` must not reach department b's route.
+        # Edge hardening: `/departments/a/../b/` must not reach department b's route, and
+        # an escaped slash (`%2F`, which no id contains) is refused outright: unescaped, it
+        # would redirect `/api/departments/x%2F..%2F..%2Fdeprovision%2Fhr` elsewhere.
         "normalize_path": True,
         "merge_slashes": True,
-        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "use_remote_address": True,
         "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
         # Every reply Envoy makes itself (no route, unknown method, upstream down) is
