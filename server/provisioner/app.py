@@ -298,6 +298,7 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
                 f"cannot listen on PROVISIONER_GRPC_ADDR={settings.grpc_addr}: {exc}"
             ) from exc
         envoy: EnvoyProcess | None = None
+        envoy_keeper: asyncio.Task[None] | None = None
         try:
             if with_envoy:
                 envoy = EnvoyProcess(
@@ -308,6 +309,7 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
                     cors_origins=settings.cors_origins,
                 )
                 await envoy.start()
+                envoy_keeper = asyncio.create_task(envoy.supervise(), name="envoy-supervisor")
             await edge.serving()
             log.info(
                 "control plane ready",
@@ -330,6 +332,8 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
             rt.orchestrator.refuse_new_work()
             rt.hub.close()
             await edge.stop(DRAIN_GRACE_SECONDS)
+            if envoy_keeper is not None:
+                await cancel_and_wait(envoy_keeper)
             if envoy is not None:
                 await envoy.stop()
     log.info("stopped")

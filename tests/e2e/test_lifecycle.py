@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
@@ -146,3 +147,50 @@ def test_draining_ends_watches_resumably_and_jobs_finish_after_a_restart(tmp_pat
     assert sequences == list(range(1, len(sequences) + 1))
     assert events[-1].state == pb.JOB_STATE_COMPLETED
     assert plane.stop() == 0
+
+
+def test_envoy_is_restarted_and_rest_watchers_resume_where_they_were(tmp_path: Path) -> None:
+    plane = control_plane(tmp_path, PROVISIONER_STEPS="local", PROVISIONER_STEP_DELAY="0.4")
+    plane.start()
+    try:
+        with plane.http() as client:
+            spec = {
+                "departmentId": "resumed", "departmentName": "Resumed", "workflows": ["email"],
+                "dataRetention": "30d", "region": "eu-west", "adminEmail": "ops@example.com",
+            }  # fmt: skip
+            job = client.post("/api/provision-department", json=spec).json()
+            first_envoy = envoy_pid(plane)
+            seen: list[int] = []
+            finished = False
+            reconnects = 0
+            deadline = time.monotonic() + 60
+            while not finished:
+                assert time.monotonic() < deadline, f"never finished; saw {seen}"
+                params = {"afterSequence": str(seen[-1])} if seen else None
+                try:
+                    with client.stream(
+                        "GET", f"/api/provision-status/{job['jobId']}/watch", params=params, timeout=30
+                    ) as reply:
+                        if reply.status_code != 200:
+                            raise httpx.TransportError(f"status {reply.status_code}")
+                        for line in reply.iter_lines():
+                            if not line.startswith("data: "):
+                                continue
+                            event = json.loads(line.removeprefix("data: ")).get("event")
+                            if event is None:
+                                continue
+                            seen.append(int(event["sequence"]))
+                            finished = event["type"] == "JOB_EVENT_TYPE_JOB_FINISHED"
+                            if len(seen) == 3 and not reconnects:
+                                os.kill(envoy_pid(plane), signal.SIGKILL)
+                except httpx.HTTPError:
+                    pass
+                if not finished:
+                    reconnects += 1
+                    time.sleep(0.1)
+        assert reconnects >= 1
+        assert seen == list(range(1, len(seen) + 1))
+        assert envoy_pid(plane) != first_envoy
+        assert "envoy exited" in plane.log.read_text()
+    finally:
+        assert plane.stop() == 0

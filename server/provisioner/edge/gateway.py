@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import shutil
 import signal
@@ -38,6 +39,8 @@ if os.getppid() != int(sys.argv[1]):
     sys.exit(1)
 os.execv(sys.argv[2], sys.argv[2:])
 """
+log = logging.getLogger(__name__)
+
 _READY_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
 # Loopback only: a proxy configured for the machine must not see admin calls.
@@ -176,6 +179,30 @@ class EnvoyProcess:
         with contextlib.suppress(OSError):
             return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
         return "(no log)"
+
+    async def supervise(self) -> None:
+        """Start Envoy again whenever it dies, until cancelled (run as a task after `start`).
+
+        REST clients see their connections drop and reconnect; a watcher resumes from the
+        last event it saw. Restarts that keep failing back off, up to 30 s apart.
+        """
+        backoff = 0.5
+        while True:
+            process = self._process
+            if process is None:
+                return
+            status = await process.wait()
+            log.warning("envoy exited with status %s; starting it again", status)
+            while True:
+                try:
+                    await self.start()
+                except ConfigurationError as exc:
+                    log.error("envoy did not come back (%s); retrying in %g s", exc.message, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                backoff = 0.5
+                break
 
     async def stop(self) -> None:
         """Terminate Envoy and wait for it; kill it if it will not go."""
