@@ -52,6 +52,7 @@ bench: $(STAMP)
 # The proving suites (crash, faults, load, hostile input, auth, rate limit, secrets),
 # then their figures as one table.
 SUITES := tests/e2e/test_crash_real.py tests/e2e/test_rollback_matrix.py tests/e2e/test_load.py \
+	tests/integration/test_store_outage.py tests/e2e/test_lifecycle.py \
 	tests/e2e/test_hostile_input.py tests/e2e/test_auth_attacks.py tests/e2e/test_auth_and_limits.py \
 	tests/e2e/test_secrets.py
 

@@ -18,6 +18,7 @@ import pytest
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
 from tests.e2e.conftest import BIN, ControlPlane, control_plane, token
+from tests.e2e.report import record
 
 pytestmark = pytest.mark.slow
 
@@ -188,6 +189,12 @@ def test_envoy_is_restarted_and_rest_watchers_resume_where_they_were(tmp_path: P
                 if not finished:
                     reconnects += 1
                     time.sleep(0.1)
+        record(
+            "envoy_restart",
+            reconnects=reconnects,
+            events=len(seen),
+            lost_or_repeated=len(seen) - len(set(seen)) + len(set(range(1, max(seen) + 1)) - set(seen)),
+        )
         assert reconnects >= 1
         assert seen == list(range(1, len(seen) + 1))
         assert envoy_pid(plane) != first_envoy
