@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from provisioner import logs
+from provisioner.compose import StepKit, build_steps, rotate_key
 from provisioner.core.errors import ConfigurationError, ProvisioningError
 from provisioner.core.states import StepName
 from provisioner.edge.auth import Authenticator
@@ -33,111 +34,15 @@ from provisioner.edge.gateway import EnvoyProcess
 from provisioner.edge.interceptors import server_interceptors
 from provisioner.edge.ratelimit import RateLimiter, seed_from_audit
 from provisioner.edge.server import GrpcEdge
-from provisioner.engine.orchestrator import CredentialIssuer, Orchestrator
+from provisioner.engine.orchestrator import Orchestrator
 from provisioner.engine.runner import cancel_and_wait
 from provisioner.events.hub import EventHub
 from provisioner.settings import Address, Settings, load_settings
 from provisioner.steps.base import Step
-from provisioner.steps.container import LocalProcessContainer
-from provisioner.steps.database import SqliteTenantDatabase
-from provisioner.steps.departments import DepartmentDirs, sweep_interrupted_writes
-from provisioner.steps.faults import FaultInjectingStep, SlowedStep
-from provisioner.steps.gateway import Endpoint, EnvoyGateway
-from provisioner.steps.local import LocalMarkerStep
-from provisioner.steps.noop import NoopStep
-from provisioner.steps.oauth import OAuthCredentials, VaultIssuer
-from provisioner.steps.validate import ValidateSpec
-from provisioner.steps.validation import DeploymentValidation
-from provisioner.steps.vault import CredentialVault, KeySource
-from provisioner.steps.workflows import EmbeddedWorkflows
+from provisioner.steps.departments import sweep_interrupted_writes
 from provisioner.store.sql import SqlJobStore
 
 log = logging.getLogger("provisioner")
-
-
-@dataclass(slots=True)
-class StepKit:
-    """The steps, plus what some backends need run beside them."""
-
-    steps: dict[StepName, Step]
-    issuer: CredentialIssuer | None = None
-    container: LocalProcessContainer | None = None
-    gateway: EnvoyGateway | None = None
-    #: Directories whose atomic writes a crash may have cut short.
-    state_roots: tuple[Path, ...] = ()
-
-
-def build_steps(settings: Settings) -> StepKit:
-    kit = StepKit({})
-    if settings.steps == "noop":
-        kit.steps = {name: NoopStep(name) for name in StepName}
-    elif settings.steps == "local":
-        root = settings.state_dir / "resources"
-        root.mkdir(parents=True, exist_ok=True)
-        kit.steps = {name: LocalMarkerStep(name, root, settings.step_delay) for name in StepName}
-    else:
-        kit = embedded_steps(settings)
-        if settings.step_delay:
-            kit.steps = {n: SlowedStep(s, settings.step_delay) for n, s in kit.steps.items()}
-    if settings.faults:
-        log.warning(
-            "FAULT INJECTION IS ON (%s): steps will fail on purpose; never use this outside tests",
-            ", ".join(
-                f"{s}={f.mode}" + (f"@{f.department}" if f.department else "")
-                for s, faults in settings.faults.items()
-                for f in faults
-            ),
-        )
-        kit.steps = {
-            n: FaultInjectingStep(s, settings.faults[n]) if n in settings.faults else s
-            for n, s in kit.steps.items()
-        }
-    return kit
-
-
-def vault_of(settings: Settings) -> CredentialVault:
-    state = settings.state_dir.absolute()
-    keys = (
-        KeySource(value=settings.encryption_key)
-        if settings.encryption_key
-        else KeySource(path=state / "encryption-keys.json")
-    )
-    return CredentialVault(state / "vault", keys)
-
-
-def embedded_steps(settings: Settings) -> StepKit:
-    """The real steps, all on this machine: see `provisioner.steps` and the README."""
-    state = settings.state_dir.absolute()
-    dirs = DepartmentDirs(state / "departments")
-    vault = vault_of(settings)
-    container = LocalProcessContainer(dirs)
-    gateway = EnvoyGateway(
-        dirs,
-        dynamic_dir=state / "envoy" / "dynamic",
-        http_addr=Endpoint(settings.http_addr.host, settings.http_addr.port),
-        admin_addr=Endpoint(settings.envoy_admin_addr.host, settings.envoy_admin_addr.port),
-        cors_origins=settings.cors_origins,
-    )
-
-    async def holding() -> set[str]:
-        return set(await asyncio.to_thread(dirs.ids))
-
-    steps: dict[StepName, Step] = {
-        StepName.VALIDATE: ValidateSpec(
-            regions=settings.regions,
-            max_departments=settings.max_departments,
-            departments_holding_resources=holding,
-        ),
-        StepName.DATABASE: SqliteTenantDatabase(dirs),
-        StepName.OAUTH: OAuthCredentials(dirs, vault),
-        StepName.CONTAINER: container,
-        StepName.WORKFLOWS: EmbeddedWorkflows(dirs),
-        StepName.GATEWAY: gateway,
-        StepName.VALIDATION: DeploymentValidation(dirs, gateway, vault),
-    }
-    container.on_moved = gateway.sync
-    roots = (dirs.root, vault.root, state / "envoy" / "dynamic")
-    return StepKit(steps, VaultIssuer(vault), container, gateway, roots)
 
 
 @dataclass(slots=True)
@@ -337,35 +242,6 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
             if envoy is not None:
                 await envoy.stop()
     log.info("stopped")
-
-
-def rotate_key(settings: Settings) -> str:
-    """Move every sealed secret to a new key, without stopping a running server.
-
-    A running server re-reads the key file when it changes, so from the moment the new
-    key is added it seals with it; the old keys are dropped only once nothing stored is
-    sealed with them any more.
-    """
-    vault = vault_of(settings)
-    if vault.keys.rotatable:
-        new = vault.keys.add_primary()
-        resealed = 0
-        # Again until nothing old is left: a server may have sealed with an old key just
-        # before it noticed the new one.
-        for _ in range(10):
-            if not vault.sealed_key_ids() - {new}:
-                break
-            resealed += vault.reseal_all()
-        else:
-            raise ConfigurationError("secrets kept appearing sealed with old keys; old keys are kept")
-        dropped = vault.keys.keep_only_primary()
-        return f"new primary key {new}; resealed {resealed} secrets; dropped keys {', '.join(dropped) or '-'}"
-    resealed = vault.reseal_all()
-    primary = vault.keys.keyring().primary
-    return (
-        f"resealed {resealed} secrets with key {primary}; "
-        "other keys may now be removed from PROVISIONER_ENCRYPTION_KEY"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
