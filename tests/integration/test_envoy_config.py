@@ -240,17 +240,28 @@ def test_envoy_is_ready_and_answers_in_json_where_nothing_is_routed(edge: Edge) 
 
     nope = edge.get("/nope")
     assert nope.status == 404
-    assert nope.json() == {"status": 404, "reason": "direct_response", "message": "no route for this path"}
+    # Envoy's own replies have the API's error shape: a google.rpc.Status.
+    assert nope.json() == {
+        "code": 5,
+        "message": "direct_response: no route for this path",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "domain": "envoy",
+                "reason": "direct_response",
+            }
+        ],
+    }
 
     # Under /api/ the transcoder refuses what no RPC binds, still in JSON.
     unknown = edge.get("/api/nope")
     assert unknown.status == 404
-    assert unknown.json()["status"] == 404
+    assert unknown.json()["code"] == 5
 
     # A bound method is transcoded and sent to the gRPC cluster, where nothing listens.
     down = edge.get("/api/departments")
     assert down.status == 503
-    assert down.json()["status"] == 503
+    assert down.json()["code"] == 14
 
 
 def test_a_department_route_comes_and_goes_without_restarting_envoy(
@@ -276,7 +287,7 @@ def test_a_department_route_comes_and_goes_without_restarting_envoy(
     write_dynamic_config(edge.dynamic_dir, {})
     gone = _eventually(lambda: edge.get("/departments/hr/healthz"), lambda r: r.status == 404)
     assert gone.status == 404
-    assert gone.json()["reason"] == "direct_response"
+    assert gone.json()["details"][0]["reason"] == "direct_response"
     assert (edge.process.pid, edge.process.poll()) == (pid, None)
 
 

@@ -121,15 +121,7 @@ def render_envoy_config(
         "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
         # Every reply Envoy makes itself (no route, unknown method, upstream down) is
         # JSON, like the API's own errors, instead of Envoy's text/plain.
-        "local_reply_config": {
-            "body_format": {
-                "json_format": {
-                    "status": "%RESPONSE_CODE%",
-                    "reason": "%RESPONSE_CODE_DETAILS%",
-                    "message": "%LOCAL_REPLY_BODY%",
-                }
-            }
-        },
+        "local_reply_config": _local_replies(),
     }
     return {
         "node": {"id": "provisioning-edge", "cluster": "provisioning"},
@@ -172,6 +164,47 @@ def render_envoy_config(
                 }
             ]
         },
+    }
+
+
+#: The gRPC code (google.rpc.Code) of each HTTP status Envoy may answer with itself.
+_LOCAL_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 408: 4, 413: 11, 429: 8, 431: 11, 502: 14,
+                503: 14, 504: 4}  # fmt: skip
+
+
+def _local_replies() -> dict[str, Any]:
+    """Every reply Envoy makes itself (no route, unknown method or query parameter, body
+    that is not JSON, upstream down) has the body of the API's own errors, a
+    `google.rpc.Status`: the gRPC code its HTTP status stands for, Envoy's text, and an
+    `ErrorInfo` saying why (domain `envoy`)."""
+
+    def status(code: int) -> dict[str, Any]:
+        info = {
+            "@type": _TYPE + "google.rpc.ErrorInfo",
+            "domain": "envoy",
+            "reason": "%RESPONSE_CODE_DETAILS%",
+        }
+        # Envoy's own text can be empty: the reason leads, so a message always says something.
+        message = "%RESPONSE_CODE_DETAILS%: %LOCAL_REPLY_BODY%"
+        return {"json_format": {"code": code, "message": message, "details": [info]}}
+
+    def when(http: int) -> dict[str, Any]:
+        return {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": http, "runtime_key": f"edge.local_{http}"},
+                }
+            }
+        }
+
+    return {
+        "mappers": [
+            {"filter": when(http), "body_format_override": status(code)}
+            for http, code in _LOCAL_CODES.items()
+        ],
+        # Anything else Envoy answers by itself: UNKNOWN.
+        "body_format": status(2),
     }
 
 
