@@ -330,3 +330,22 @@ async def test_a_stopped_engine_leaves_jobs_resumable_and_a_restart_finishes_the
     creates = [line for line in ledger(tmp_path) if line.startswith("create")]
     assert len(creates) == len(StepName)  # the interrupted step adopted its resource
     assert finished.steps[StepName.CONTAINER].attempts == 2
+
+
+async def test_a_finished_job_is_read_once_from_the_store_then_from_memory(
+    build: Build, store: InMemoryJobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    orchestrator = build()
+    finished, _ = await run(orchestrator)  # its last read, of the finished job, was the store's
+    reads: list[str] = []
+    original = store.get_job
+
+    async def counted(job_id: str) -> Job | None:
+        reads.append(job_id)
+        return await original(job_id)
+
+    monkeypatch.setattr(store, "get_job", counted)
+    first = await orchestrator.get_job(finished.job_id)
+    again = await orchestrator.get_job(finished.job_id)
+    assert first.state is again.state is State.COMPLETED
+    assert reads == []

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,10 @@ from provisioner.steps.base import Condition, Step, StepContext
 from provisioner.store.protocol import JobStore
 
 log = logging.getLogger(__name__)
+
+
+#: Finished jobs kept in memory for status reads (they are immutable), most recent last.
+FINISHED_JOBS_CACHED = 10_000
 
 
 class CredentialIssuer(Protocol):
@@ -87,6 +92,7 @@ class Orchestrator:
         self._clock = clock
         self._rng = rng or random.Random()
         self._issuer = issuer
+        self._finished: OrderedDict[str, Job] = OrderedDict()
         self._runners: dict[str, tuple[JobRunner, asyncio.Task[None]]] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._accepting = False
@@ -312,9 +318,18 @@ class Orchestrator:
     # -- reads ---------------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> Job:
+        finished = self._finished.get(job_id)
+        if finished is not None:
+            self._finished.move_to_end(job_id)
+            return finished
         job = await self.store.get_job(job_id)
         if job is None:
             raise NotFoundError(f"job {job_id} not found")
+        if job.is_finished:
+            # A finished job never changes again: later reads need not touch the store.
+            self._finished[job_id] = job
+            if len(self._finished) > FINISHED_JOBS_CACHED:
+                self._finished.popitem(last=False)
         return job
 
     async def get_department(self, department_id: str) -> Department:
