@@ -16,7 +16,7 @@ from grpc_status import rpc_status
 
 from provisioner.core.retry import RetryPolicy
 from provisioner.core.states import StepName
-from provisioner.edge.servicer import ProvisioningServicer
+from provisioner.edge.server import GrpcEdge
 from provisioner.engine.config import EngineConfig
 from provisioner.engine.orchestrator import Orchestrator
 from provisioner.events.hub import EventHub
@@ -56,15 +56,12 @@ async def serve(tmp_path: Path, delay: float = 0.0, heartbeat: float = 15.0) -> 
     steps = {n: LocalMarkerStep(n, tmp_path, delay) for n in StepName}
     orchestrator = Orchestrator(store, EventHub(store), steps, CONFIG)
     await orchestrator.start()
-    server = grpc.aio.server()
-    pb_grpc.add_ProvisioningServiceServicer_to_server(
-        ProvisioningServicer(orchestrator, heartbeat_seconds=heartbeat), server
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    edge = GrpcEdge(orchestrator, heartbeat_seconds=heartbeat)
+    port = await edge.start("127.0.0.1:0")
+    await edge.serving()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield Api(pb_grpc.ProvisioningServiceStub(channel), orchestrator, tmp_path)
-    await server.stop(None)
+    await edge.stop(None)
     orchestrator.hub.close()
     await orchestrator.stop()
 

@@ -21,14 +21,13 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from provisioner.core.states import StepName
 from provisioner.edge.auth import Authenticator, mint_token
 from provisioner.edge.interceptors import server_interceptors
 from provisioner.edge.ratelimit import Rate, RateLimiter, seed_from_audit
-from provisioner.edge.servicer import ProvisioningServicer
+from provisioner.edge.server import GrpcEdge
 from provisioner.engine.orchestrator import Orchestrator
 from provisioner.events.hub import EventHub
 from provisioner.logs import JsonFormatter
@@ -101,20 +100,18 @@ async def serve(
     steps = {n: LocalMarkerStep(n, tmp_path, delay) for n in StepName}
     orchestrator = Orchestrator(store, EventHub(store), steps, CONFIG)
     await orchestrator.start()
-    server = grpc.aio.server(
-        interceptors=server_interceptors(Authenticator(secret=SECRET, clock=clock), limits, clock=clock)
+    # The server provisioning-server runs, with the interceptors under test.
+    edge = GrpcEdge(
+        orchestrator,
+        interceptors=server_interceptors(Authenticator(secret=SECRET, clock=clock), limits, clock=clock),
     )
-    pb_grpc.add_ProvisioningServiceServicer_to_server(ProvisioningServicer(orchestrator), server)
-    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
-    names = (SERVICE.full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-    reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    port = await edge.start("127.0.0.1:0")
+    await edge.serving()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             yield Api(channel, pb_grpc.ProvisioningServiceStub(channel), limits, clock)
     finally:
-        await server.stop(None)
+        await edge.stop(None)
         orchestrator.hub.close()
         await orchestrator.stop()
 

@@ -69,6 +69,6 @@ class GrpcEdge:
         """Say NOT_SERVING to health checkers; every later `set` is ignored."""
         await self.health.enter_graceful_shutdown()
 
-    async def stop(self, grace: float) -> None:
-        """Let unary calls finish for up to `grace` seconds, then cancel what is left."""
+    async def stop(self, grace: float | None) -> None:
+        """Let calls finish for up to `grace` seconds (None: none at all), then cancel the rest."""
         await self.server.stop(grace)
