@@ -16,7 +16,14 @@ The shapes follow Railway's own documentation and client, as found with the sear
 - .../api/manage-projects: `project(id) { services { edges { node { id name } } } }`.
 - .../api/manage-services: `serviceCreate(input: {projectId, name, source: {image}})
   { id name }`, `serviceInstanceDeployV2(serviceId, environmentId)` ("returns the
-  deployment ID"), `serviceDelete(id)` ("deletes the service and all its deployments").
+  deployment ID"), `serviceDelete(id)` ("deletes the service and all its deployments"),
+  `serviceInstanceUpdate(serviceId, environmentId, input: {healthcheckPath, ...})`
+  returning a Boolean.
+- .../api/manage-domains: `domains(projectId, environmentId, serviceId) { serviceDomains
+  { id domain suffix targetPort } customDomains {...} }` and `serviceDomainCreate(input:
+  {serviceId, environmentId, targetPort?}) { id domain }`. A service has no domain until
+  one is made (docs.railway.com/networking/domains/working-with-domains). The docs do not
+  say what deleting a service does to its domains; here they go with it.
 - .../api/manage-variables: `variableCollectionUpsert(input: {projectId, environmentId,
   serviceId, variables, replace?, skipDeploys?})` returning a Boolean; without
   `skipDeploys` a change triggers a redeploy.
@@ -98,12 +105,44 @@ class FakeDeployment:
     created: int = 0
 
 
+#: The fields of `ServiceInstanceUpdateInput` and `ServiceDomainCreateInput` in the guides.
+INSTANCE_SETTINGS = frozenset(
+    {
+        "buildCommand",
+        "cronSchedule",
+        "dockerfilePath",
+        "healthcheckPath",
+        "healthcheckTimeout",
+        "numReplicas",
+        "region",
+        "restartPolicyMaxRetries",
+        "restartPolicyType",
+        "rootDirectory",
+        "sleepApplication",
+        "startCommand",
+        "watchPatterns",
+    }
+)
+DOMAIN_SETTINGS = frozenset({"serviceId", "environmentId", "targetPort"})
+DOMAIN_SUFFIX = "up.railway.app"
+
+
+@dataclass(frozen=True)
+class FakeDomain:
+    id: str
+    domain: str
+
+
 @dataclass
 class FakeService:
     id: str
     name: str
     image: str
     variables: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Per environment: the instance settings set with serviceInstanceUpdate.
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Per environment: the Railway-provided domains.
+    domains: dict[str, list[FakeDomain]] = field(default_factory=dict)
 
 
 class FakeRailway:
@@ -254,6 +293,9 @@ class FakeRailway:
             ("query", "deployment"): self._deployment,
             ("query", "deployments"): self._deployments,
             ("mutation", "serviceDelete"): self._service_delete,
+            ("mutation", "serviceInstanceUpdate"): self._instance_update,
+            ("query", "domains"): self._domains,
+            ("mutation", "serviceDomainCreate"): self._service_domain_create,
         }
         resolver = resolvers.get((kind, root))
         if resolver is None:
@@ -327,6 +369,33 @@ class FakeRailway:
             del self.deployments[deployment_id]
         return True
 
+    def _instance_update(self, args: dict[str, Any]) -> Any:
+        service = self._require_service(_required(args, "serviceId"))
+        environment_id = self._require_environment(_required(args, "environmentId"))
+        spec = _required(args, "input")
+        _known_fields(spec, INSTANCE_SETTINGS, "ServiceInstanceUpdateInput")
+        service.settings.setdefault(environment_id, {}).update(spec)
+        return True
+
+    def _domains(self, args: dict[str, Any]) -> Any:
+        self._require_project(_required(args, "projectId"))
+        environment_id = self._require_environment(_required(args, "environmentId"))
+        service = self._require_service(_required(args, "serviceId"))
+        found = [
+            {"id": d.id, "domain": d.domain, "suffix": DOMAIN_SUFFIX, "targetPort": None}
+            for d in service.domains.get(environment_id, [])
+        ]
+        return {"serviceDomains": found, "customDomains": []}
+
+    def _service_domain_create(self, args: dict[str, Any]) -> Any:
+        spec = _required(args, "input")
+        _known_fields(spec, DOMAIN_SETTINGS, "ServiceDomainCreateInput")
+        service = self._require_service(_required(spec, "serviceId"))
+        environment_id = self._require_environment(_required(spec, "environmentId"))
+        made = FakeDomain(str(uuid.uuid4()), f"{service.name}-{uuid.uuid4().hex[:6]}.{DOMAIN_SUFFIX}")
+        service.domains.setdefault(environment_id, []).append(made)
+        return {"id": made.id, "domain": made.domain}
+
     # State.
 
     def _new_deployment(self, service_id: str, environment_id: str) -> FakeDeployment:
@@ -379,6 +448,16 @@ def _required(values: Any, name: str) -> Any:
     if not isinstance(values, dict) or values.get(name) is None:
         raise GraphQLFailure(f'Field "{name}" of required type was not provided.', "BAD_USER_INPUT")
     return values[name]
+
+
+def _known_fields(values: Any, known: frozenset[str], type_name: str) -> None:
+    if not isinstance(values, dict):
+        raise GraphQLFailure(f'Expected an object of type "{type_name}".', "BAD_USER_INPUT")
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise GraphQLFailure(
+            f'Field "{unknown[0]}" is not defined by type "{type_name}".', "GRAPHQL_VALIDATION_FAILED", 400
+        )
 
 
 def _errors(message: str, code: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ so these tests exercise the adapter's real HTTP client, headers, JSON and error 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -20,7 +21,7 @@ from provisioner.core.states import StepName
 from provisioner.steps.base import StepContext
 from provisioner.steps.container_railway import RailwayContainer
 
-from .fake_railway import FakeRailway, Fault
+from .fake_railway import FakeDomain, FakeRailway, Fault
 
 TOKEN = "rw-token-4b1d5e0c-never-in-logs"
 PROJECT = "project-1"
@@ -80,20 +81,35 @@ async def test_apply_creates_the_service_sets_variables_and_waits_for_success(
     assert service is not None
     assert service.image == IMAGE
     assert service.variables[ENVIRONMENT] == department_variables("sales")
+    assert service.settings[ENVIRONMENT] == {"healthcheckPath": "/healthz"}
+    [domain] = service.domains[ENVIRONMENT]
     assert resources == {
         "service_id": service.id,
         "service_name": "dept-sales",
         "deployment_id": resources["deployment_id"],
+        "domain": domain.domain,
     }
+    assert domain.domain.endswith(".up.railway.app")
     # Our own deployment succeeded; the one Railway started on creation was superseded.
     assert railway.deployments[resources["deployment_id"]].status == "SUCCESS"
     assert [d.status for d in railway.deployments.values()] == ["REMOVED", "SUCCESS"]
-    assert railway.operations()[:4] == [
+    assert railway.operations()[:7] == [
         "project",
         "serviceCreate",
+        "serviceInstanceUpdate",
+        "domains",
+        "serviceDomainCreate",
         "variableCollectionUpsert",
         "serviceInstanceDeployV2",
     ]
+    update = next(c for c in railway.calls if c.operation == "serviceInstanceUpdate")
+    assert update.variables == {
+        "serviceId": service.id,
+        "environmentId": ENVIRONMENT,
+        "input": {"healthcheckPath": "/healthz"},
+    }
+    create = next(c for c in railway.calls if c.operation == "serviceDomainCreate")
+    assert create.variables == {"input": {"serviceId": service.id, "environmentId": ENVIRONMENT}}
     assert railway.operations().count("deployment") >= 3  # QUEUED -> BUILDING -> DEPLOYING -> SUCCESS
     upsert = next(c for c in railway.calls if c.operation == "variableCollectionUpsert")
     assert upsert.variables["input"]["skipDeploys"] is True  # one deployment, the one we watch
@@ -112,6 +128,28 @@ async def test_apply_twice_adopts_the_service(railway: FakeRailway, container: R
     assert second["deployment_id"] != first["deployment_id"]
     assert railway.deployments[first["deployment_id"]].status == "REMOVED"
     assert railway.deployments[second["deployment_id"]].status == "SUCCESS"
+    # The domain is made once and kept; the health check path is set again, unchanged.
+    assert railway.operations().count("serviceDomainCreate") == 1
+    assert railway.operations().count("serviceInstanceUpdate") == 2
+    assert second["domain"] == first["domain"]
+    service = railway.service_named("dept-sales")
+    assert service is not None
+    assert [d.domain for d in service.domains[ENVIRONMENT]] == [first["domain"]]
+    assert service.settings[ENVIRONMENT] == {"healthcheckPath": "/healthz"}
+
+
+async def test_apply_adopts_a_domain_made_before(railway: FakeRailway, container: RailwayContainer) -> None:
+    await container.apply(ctx())
+    service = railway.service_named("dept-sales")
+    assert service is not None
+    # Say someone generated a second domain by hand: apply keeps the first, makes none.
+    kept = service.domains[ENVIRONMENT][0].domain
+    service.domains[ENVIRONMENT].append(FakeDomain("domain-2", "by-hand.up.railway.app"))
+
+    resources = await container.apply(ctx())
+
+    assert resources["domain"] == kept
+    assert railway.operations().count("serviceDomainCreate") == 1
 
 
 async def test_departments_get_their_own_services(railway: FakeRailway, container: RailwayContainer) -> None:
@@ -119,6 +157,7 @@ async def test_departments_get_their_own_services(railway: FakeRailway, containe
     legal = await container.apply(ctx("legal"))
 
     assert sales["service_id"] != legal["service_id"]
+    assert sales["domain"] != legal["domain"]
     assert {s.name for s in railway.services.values()} == {"dept-sales", "dept-legal"}
     await container.compensate(ctx("sales"))
     assert {s.name for s in railway.services.values()} == {"dept-legal"}
@@ -176,11 +215,12 @@ async def test_compensate_deletes_the_service_and_is_idempotent(
     await container.apply(ctx())
 
     await container.compensate(ctx())
-    assert railway.services == {}
+    assert railway.services == {}  # with its domains, which the fake keeps on the service
     assert railway.deployments == {}
     await container.compensate(ctx())
 
     assert railway.operations().count("serviceDelete") == 1
+    assert "serviceDomainDelete" not in railway.operations()
 
 
 async def test_compensate_removes_a_service_whose_deployment_failed(
@@ -215,6 +255,35 @@ async def test_check_reports_a_successful_deployment_as_running(
     assert condition.healthy
     assert condition.reason == "RUNNING"
     assert resources["deployment_id"] in condition.message
+    assert f"at {resources['domain']}" in condition.message
+
+
+async def test_check_says_when_a_running_service_has_no_domain(
+    railway: FakeRailway, container: RailwayContainer
+) -> None:
+    await container.apply(ctx())
+    service = railway.service_named("dept-sales")
+    assert service is not None
+    service.domains.clear()  # removed in the dashboard
+
+    condition = await container.check(ctx())
+
+    assert condition.healthy
+    assert "no public domain" in condition.message
+
+
+async def test_check_reads_domains_only_for_a_running_deployment(
+    railway: FakeRailway, container: RailwayContainer
+) -> None:
+    railway.deploy_outcome = "FAILED"
+    with pytest.raises(StepError):
+        await container.apply(ctx())
+    before = railway.operations().count("domains")
+
+    condition = await container.check(ctx())
+
+    assert condition.reason == "FAILED"
+    assert railway.operations().count("domains") == before
 
 
 async def test_check_reports_a_missing_service_as_not_deployed(container: RailwayContainer) -> None:
@@ -315,6 +384,76 @@ async def test_api_failures_map_to_step_errors(
     assert raised.value.retry_after == retry_after
     if fault.status != 200:
         assert isinstance(raised.value.__cause__, httpx.HTTPStatusError)
+
+
+NEW_OPERATIONS = ["serviceInstanceUpdate", "domains", "serviceDomainCreate"]
+
+
+@pytest.mark.parametrize("operation", NEW_OPERATIONS)
+@pytest.mark.parametrize(
+    ("fault", "kind", "text"),
+    [
+        pytest.param(Fault(status=429, retry_after="5"), TransientStepError, "rate limit", id="http-429"),
+        pytest.param(Fault(status=502), TransientStepError, "HTTP 502", id="http-502"),
+        pytest.param(
+            Fault(graphql_error="Not Authorized"), StepError, "Railway rejected the token", id="auth"
+        ),
+        pytest.param(Fault(graphql_error="Problem processing request"), StepError, "Problem", id="other"),
+    ],
+)
+async def test_failures_of_the_health_check_and_domain_operations_fail_apply(
+    railway: FakeRailway,
+    container: RailwayContainer,
+    operation: str,
+    fault: Fault,
+    kind: type[StepError],
+    text: str,
+) -> None:
+    railway.inject(dataclasses.replace(fault, operation=operation))
+
+    with pytest.raises(StepError) as raised:
+        await container.apply(ctx())
+
+    assert type(raised.value) is kind
+    assert text in raised.value.message
+    assert operation in raised.value.message
+    assert TOKEN not in raised.value.message
+    # Nothing was deployed past the failure; a retry converges (one domain, set path).
+    assert "serviceInstanceDeployV2" not in railway.operations()
+    await container.apply(ctx())
+    service = railway.service_named("dept-sales")
+    assert service is not None
+    assert len(service.domains[ENVIRONMENT]) == 1
+    assert service.settings[ENVIRONMENT] == {"healthcheckPath": "/healthz"}
+
+
+async def test_a_domain_the_fake_cannot_list_makes_check_unreachable(
+    railway: FakeRailway, container: RailwayContainer
+) -> None:
+    await container.apply(ctx())
+    railway.inject(Fault(status=500, operation="domains"))
+
+    condition = await container.check(ctx())
+
+    assert not condition.healthy
+    assert condition.reason == "UNREACHABLE"
+    assert "domains" in condition.message
+
+
+async def test_the_fake_refuses_fields_the_guides_do_not_list(railway: FakeRailway) -> None:
+    async with httpx.AsyncClient() as client:
+        reply = await client.post(
+            railway.url,
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            json={
+                "query": "mutation serviceDomainCreate($input: ServiceDomainCreateInput!) "
+                "{ serviceDomainCreate(input: $input) { id domain } }",
+                "variables": {"input": {"serviceId": "x", "environmentId": ENVIRONMENT, "name": "n"}},
+            },
+        )
+
+    assert reply.status_code == 400
+    assert "name" in reply.json()["errors"][0]["message"]
 
 
 async def test_a_wrong_token_is_rejected_without_being_echoed(railway: FakeRailway) -> None:

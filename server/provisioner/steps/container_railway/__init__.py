@@ -20,8 +20,17 @@ fake_railway.py` plays them back. What only a real account can confirm:
   department ids, and compensation deletes the service in all environments.
 - Rate limits reported inside GraphQL `errors` are recognised by their wording ("rate
   limit", "too many requests", "too quickly") or an `extensions.code` of RATE_LIMITED.
-- SUCCESS means Railway started the container; no health check path is configured and no
-  public domain is made, so the gateway and validation steps still need an address.
+- Each service gets the health check path `/healthz` (`serviceInstanceUpdate`,
+  manage-services), so SUCCESS means it answered HTTP 200 there (deployments/healthchecks;
+  Railway does not probe it afterwards), and one Railway-provided domain
+  (`serviceDomainCreate` when `domains` lists none, manage-domains; services get none on
+  their own, networking/domains/working-with-domains). Whether an instance update made
+  through the API applies to the next deployment at once, rather than being staged as
+  the dashboard's changes are, is not documented; apply deploys right after it.
+- Compensation sends only `serviceDelete`. manage-services says it deletes "the service
+  and all its deployments"; no page says what becomes of its domains, nor asks for
+  `serviceDomainDelete` first. The domains belong to the service, so they are taken to
+  go with it; a real account should confirm that the host is released.
 """
 
 from provisioner.steps.container_railway.adapter import RailwayContainer, service_name

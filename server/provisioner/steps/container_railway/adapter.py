@@ -1,14 +1,16 @@
 """`RailwayContainer`: the production `container` step, a Railway service per department.
 
 `apply` adopts the project's service named `dept-<department id>` or creates it from the
-configured Docker image, sets its variables in the environment, starts a deployment and
-waits until that deployment (not an older one) succeeds. Every apply deploys, so a
-re-run after a crash, or after a variable changed (a rotated database password), ends
-with a deployment that carries the current variables; Railway replaces the running
-deployment only once the new one is up.
+configured Docker image, sets its health check path to `/healthz`, gives it a
+Railway-provided public domain unless it has one, sets its variables in the environment,
+starts a deployment and waits until that deployment (not an older one) succeeds. With
+the health check path set, SUCCESS means `/healthz` answered HTTP 200 (docs
+`deployments/healthchecks`). Every apply deploys, so a re-run after a crash, or after a
+variable changed (a rotated database password), ends with a deployment that carries the
+current variables; Railway replaces the running deployment only once the new one is up.
 
 `compensate` deletes every service of that name (with its deployments and variables);
-`check` reports the service's latest deployment in the environment.
+`check` reports the service's latest deployment in the environment and its domain.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 SUCCESS = "SUCCESS"
 #: Deployment statuses that will never become SUCCESS (docs: manage-deployments).
 FAILED_STATUSES = frozenset({"FAILED", "CRASHED", "REMOVED", "SKIPPED"})
+#: The path Railway probes before a deployment goes live; department services serve it.
+HEALTHCHECK_PATH = "/healthz"
 
 
 def service_name(department_id: str) -> str:
@@ -105,6 +109,10 @@ class RailwayContainer:
                     "railway service created",
                     extra={"fields": {"department": ctx.department_id, "service": name}},
                 )
+            await settle(
+                ops.set_healthcheck_path(self._api, service_id, self._environment_id, HEALTHCHECK_PATH)
+            )
+            domain = await self._ensure_domain(service_id, ctx.department_id)
             variables = dict(self._variables(ctx.department_id)) if self._variables is not None else {}
             if variables:
                 await settle(
@@ -118,7 +126,24 @@ class RailwayContainer:
             "railway service deployed",
             extra={"fields": {"department": ctx.department_id, "service": name, "deployment": deployment_id}},
         )
-        return {"service_id": service_id, "service_name": name, "deployment_id": deployment_id}
+        return {
+            "service_id": service_id,
+            "service_name": name,
+            "deployment_id": deployment_id,
+            "domain": domain,
+        }
+
+    async def _ensure_domain(self, service_id: str, department_id: str) -> str:
+        """The service's Railway-provided domain in the environment, generated if it has none."""
+        found = await ops.service_domains(self._api, self._project_id, self._environment_id, service_id)
+        if found:
+            return found[0]
+        domain = await settle(ops.create_service_domain(self._api, service_id, self._environment_id))
+        log.info(
+            "railway service domain created",
+            extra={"fields": {"department": department_id, "domain": domain}},
+        )
+        return domain
 
     async def _wait_for(self, deployment_id: str, name: str) -> None:
         """Poll the deployment until it succeeds (return), fails or outlasts the deploy timeout."""
@@ -171,12 +196,18 @@ class RailwayContainer:
             if not found:
                 return Condition(self.name, False, "NOT_DEPLOYED", f"Railway has no service {name}")
             latest = await ops.latest_deployment(self._api, self._project_id, self._environment_id, found[0])
+            domains = (
+                await ops.service_domains(self._api, self._project_id, self._environment_id, found[0])
+                if latest is not None and latest.status == SUCCESS
+                else []
+            )
         except StepError as exc:
             return Condition(self.name, False, "UNREACHABLE", exc.message)
         if latest is None:
             return Condition(self.name, False, "NOT_DEPLOYED", f"{name} has no deployment in the environment")
         if latest.status == SUCCESS:
-            return Condition(self.name, True, "RUNNING", f"{name}: deployment {latest.id} succeeded")
+            where = f"at {domains[0]}" if domains else "with no public domain"
+            return Condition(self.name, True, "RUNNING", f"{name}: deployment {latest.id} succeeded, {where}")
         return Condition(
             self.name, False, latest.status, f"{name}: deployment {latest.id} is {latest.status}"
         )

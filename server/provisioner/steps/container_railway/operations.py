@@ -2,9 +2,10 @@
 
 Each document is the one shown in Railway's API guides (docs.railway.com/integrations/api/):
 `manage-projects` (a project's services), `manage-services` (serviceCreate from a Docker
-image, serviceInstanceDeployV2, serviceDelete), `manage-variables`
-(variableCollectionUpsert) and `manage-deployments` (deployment, deployments, statuses).
-Every argument travels in `variables`, never spliced into a document.
+image, serviceInstanceUpdate, serviceInstanceDeployV2, serviceDelete), `manage-domains`
+(domains, serviceDomainCreate), `manage-variables` (variableCollectionUpsert) and
+`manage-deployments` (deployment, deployments, statuses). Every argument travels in
+`variables`, never spliced into a document.
 """
 
 from __future__ import annotations
@@ -33,6 +34,30 @@ SERVICE_CREATE = """mutation serviceCreate($input: ServiceCreateInput!) {
   serviceCreate(input: $input) {
     id
     name
+  }
+}"""
+
+SERVICE_INSTANCE_UPDATE = """mutation serviceInstanceUpdate(
+  $serviceId: String!
+  $environmentId: String!
+  $input: ServiceInstanceUpdateInput!
+) {
+  serviceInstanceUpdate(serviceId: $serviceId, environmentId: $environmentId, input: $input)
+}"""
+
+DOMAINS = """query domains($projectId: String!, $environmentId: String!, $serviceId: String!) {
+  domains(projectId: $projectId, environmentId: $environmentId, serviceId: $serviceId) {
+    serviceDomains {
+      id
+      domain
+    }
+  }
+}"""
+
+SERVICE_DOMAIN_CREATE = """mutation serviceDomainCreate($input: ServiceDomainCreateInput!) {
+  serviceDomainCreate(input: $input) {
+    id
+    domain
   }
 }"""
 
@@ -115,6 +140,38 @@ async def create_service(api: RailwayApi, project_id: str, name: str, image: str
     return str(_field(data, "serviceCreate", "id"))
 
 
+async def set_healthcheck_path(api: RailwayApi, service_id: str, environment_id: str, path: str) -> None:
+    """Make Railway wait for HTTP 200 on `path` before a deployment of the service goes live."""
+    await api.execute(
+        SERVICE_INSTANCE_UPDATE,
+        {"serviceId": service_id, "environmentId": environment_id, "input": {"healthcheckPath": path}},
+    )
+
+
+async def service_domains(
+    api: RailwayApi, project_id: str, environment_id: str, service_id: str
+) -> list[str]:
+    """The Railway-provided domains (hosts, no scheme) of the service in the environment."""
+    data = await api.execute(
+        DOMAINS, {"projectId": project_id, "environmentId": environment_id, "serviceId": service_id}
+    )
+    found = _field(data, "domains", "serviceDomains")
+    if not isinstance(found, list):
+        raise StepError("Railway answered in an unexpected shape (domains.serviceDomains is not a list)")
+    return [str(item["domain"]) for item in found if isinstance(item, dict) and item.get("domain")]
+
+
+async def create_service_domain(api: RailwayApi, service_id: str, environment_id: str) -> str:
+    """Generate a Railway-provided domain for the service in the environment; returns its host."""
+    data = await api.execute(
+        SERVICE_DOMAIN_CREATE, {"input": {"serviceId": service_id, "environmentId": environment_id}}
+    )
+    domain = _field(data, "serviceDomainCreate", "domain")
+    if not isinstance(domain, str) or not domain:
+        raise StepError("Railway created a service domain without giving its name")
+    return domain
+
+
 async def upsert_variables(
     api: RailwayApi, project_id: str, environment_id: str, service_id: str, variables: Mapping[str, str]
 ) -> None:
@@ -164,5 +221,9 @@ async def latest_deployment(
 
 
 async def delete_service(api: RailwayApi, service_id: str) -> None:
-    """Delete the service and all its deployments."""
+    """Delete the service and all its deployments (manage-services).
+
+    Its domains are not deleted one by one: the guide documents no step for them, and
+    they belong to the service (see the package's notes on what is unconfirmed).
+    """
     await api.execute(SERVICE_DELETE, {"id": service_id})
