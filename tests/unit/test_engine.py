@@ -192,9 +192,12 @@ async def test_provisioning_is_idempotent(build: Build) -> None:
     with pytest.raises(ConflictError, match="different spec"):
         await orchestrator.provision(spec(region="eu-west"), principal="alice")
     audit = await orchestrator.store.audit_log("hr")
+    # Every request is in the audit log, however it was answered (rate limits rebuild from it).
     assert [(a.principal, a.outcome) for a in audit] == [
         ("alice", "accepted"),
+        ("alice", "existing job"),
         ("bob", "replayed"),
+        ("alice", "existing job"),
         ("alice", "rejected: CONFLICT"),
         ("alice", "rejected: CONFLICT"),
     ]

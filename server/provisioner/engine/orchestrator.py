@@ -189,6 +189,8 @@ class Orchestrator:
                 raise NotFoundError(f"department {department_id} not found")
             for job in await self.store.unfinished_jobs(department_id):
                 if job.kind is JobKind.DEPROVISION:
+                    # Every answered request is audited: the rate limit is rebuilt from it.
+                    await self._audit(principal, "deprovision", department_id, "already running", job)
                     return job, False
                 await self._cancel_job(job.job_id)
             try:
@@ -220,11 +222,16 @@ class Orchestrator:
                 "provision it again once that job finishes"
             )
         for job in unfinished:
-            return self._same_spec(job, fingerprint)
+            return await self._answered_with(principal, self._same_spec(job, fingerprint))
         latest = await self.store.latest_job(spec.department_id)
         if latest is not None and latest.kind is JobKind.PROVISION and latest.state is State.COMPLETED:
-            return self._same_spec(latest, fingerprint)
+            return await self._answered_with(principal, self._same_spec(latest, fingerprint))
         return None
+
+    async def _answered_with(self, principal: str, job: Job) -> Job:
+        """Audit a request answered with an existing job: the rate limit is rebuilt from it."""
+        await self._audit(principal, "provision", job.department_id, "existing job", job)
+        return job
 
     @staticmethod
     def _same_spec(job: Job, fingerprint: str) -> Job:
