@@ -53,6 +53,8 @@ FINDINGS: dict[str, Callable[[Hostile], bool]] = {
     "doc-name-printable": lambda _: rejects("departmentName", " untrimmed", "\x1d"),
     # proto3 JSON: Envoy ignores unknown body fields but reads `department_id` as `departmentId`.
     "doc-extra-property": lambda _: PROVISION_BODY.get("additionalProperties") is False,
+    # The document's int64 pattern takes any length of digits; Envoy refuses those past int64.
+    "doc-int64-range": lambda _: rejects("afterSequence", "-99999999999999999999"),
     "doc-proto3-json": lambda h: rest(h, "GET", "/api/departments?status=0").status_code == 400,
     "envoy-no-405": lambda h: rest(h, "PATCH", "/api/departments/ab").status_code == 405,
 }  # fmt: skip
@@ -113,9 +115,7 @@ def call(h: Hostile, method: str, request: Any) -> tuple[Code, Any]:
     except grpc.RpcError as error:
         code, reply = error.code(), error
     h.grpc_codes[code.name] += 1
-    if code == Code.INTERNAL and method == "ListDepartments" and request.status not in STATUSES:
-        h.known["grpc-enum-internal"] += 1
-    elif code != Code.OK:
+    if code != Code.OK:
         assert code in REFUSALS and "Traceback" not in reply.details(), (method, code, reply.details())
         assert code != BAD or violations(reply), (method, reply.details())
     elif method in ("Provision", "Deprovision"):
@@ -306,21 +306,25 @@ SETTINGS = schemathesis.Config.from_dict({"request-timeout": 30, "auth": AUTH, "
 REST_SCHEMA = schemathesis.openapi.from_path(DOCUMENT, config=SETTINGS)
 
 
+def past_int64(value: object) -> bool:
+    """Whether `value` is a decimal integer outside the int64 range."""
+    text = str(value)
+    return text.lstrip("-").isdigit() and not -(2**63) <= int(text) < 2**63
+
+
 def known_rest_finding(case: schemathesis.Case, reply: Any, failure: Exception) -> str | None:
     """The finding a schemathesis failure is, if it is a known one."""
     kind, body = type(failure).__name__, reply.json() if reply.text.startswith("{") else {}
     fields = {v["field"] for d in body.get("details", []) for v in d.get("fieldViolations", [])}
     sent = dict(case.body) if isinstance(case.body, dict) else {}
     sent |= {**(case.path_parameters or {}), **(case.query or {})}
-    rejected, message = kind == "RejectedPositiveData", body.get("message", "")
+    rejected = kind == "RejectedPositiveData"
     lenient = None in sent.values() or str(sent.get("status")).isdigit()  # null, or an enum by number
     found = {
         "envoy-no-405": kind == "UnsupportedMethodResponse",
-        "envoy-slash-307": reply.status_code == 307,  # whatever schemathesis makes of it
         "doc-proto3-json": kind == "AcceptedNegativeData" and lenient,
-        "doc-id-double-hyphen": rejected and fields == {"department_id"} and "--" in sent["departmentId"],
         "doc-name-printable": rejected and fields == {"department_name"},
-        "doc-int64-any-string": rejected and "after_sequence" in message,
+        "doc-int64-range": rejected and past_int64(sent.get("afterSequence")),
         "doc-extra-property": rejected and bool(set(sent) & ({""} | ALIASES)),
     }  # fmt: skip
     return next((name for name, yes in found.items() if yes), None)
@@ -359,15 +363,6 @@ def rejects(name: str, *values: str) -> bool:
     watch = OPENAPI["paths"]["/api/provision-status/{jobId}/watch"]["get"]["parameters"]
     schema = PROVISION_BODY["properties"].get(name) or next(p["schema"] for p in watch if p["name"] == name)
     return "pattern" in schema and not any(re.search(schema["pattern"], v) for v in values)
-
-
-def raw_code(h: Hostile, method: str, request: bytes) -> Code:
-    """The code answering raw request bytes, as any client could send them."""
-    try:
-        h.channel.unary_unary(f"/provisioning.v1.ProvisioningService/{method}")(request, metadata=ADMIN)
-    except grpc.RpcError as error:
-        return error.code()
-    return Code.OK
 
 
 @pytest.mark.parametrize("finding", sorted(FINDINGS))
