@@ -22,7 +22,7 @@ from provisioner.steps.container import LocalProcessContainer
 from provisioner.steps.database import SqliteTenantDatabase
 from provisioner.steps.departments import DepartmentDirs
 from provisioner.steps.faults import FaultInjectingStep, SlowedStep
-from provisioner.steps.gateway import Endpoint, EnvoyGateway
+from provisioner.steps.gateway import EnvoyGateway
 from provisioner.steps.local import LocalMarkerStep
 from provisioner.steps.noop import NoopStep
 from provisioner.steps.oauth import OAuthCredentials, VaultIssuer
@@ -93,8 +93,8 @@ def embedded_steps(settings: Settings) -> StepKit:
     gateway = EnvoyGateway(
         dirs,
         dynamic_dir=state / "envoy" / "dynamic",
-        http_addr=Endpoint(settings.http_addr.host, settings.http_addr.port),
-        admin_addr=Endpoint(settings.envoy_admin_addr.host, settings.envoy_admin_addr.port),
+        http_addr=settings.http_addr,
+        admin_addr=settings.envoy_admin_addr,
         cors_origins=settings.cors_origins,
     )
 

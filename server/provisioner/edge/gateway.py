@@ -27,7 +27,7 @@ from google.protobuf.descriptor import FileDescriptor
 from google.rpc import error_details_pb2, status_pb2
 
 from provisioner.core.errors import ConfigurationError
-from provisioner.steps.envoy_config import Address, write_envoy_config
+from provisioner.steps.envoy_config import Address, http_url, write_envoy_config
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 
 # argv: server pid, envoy binary, envoy's arguments. PR_SET_PDEATHSIG (1) survives the
@@ -106,7 +106,7 @@ class EnvoyProcess:
 
     @property
     def admin_url(self) -> str:
-        return f"http://{_url_host(self._admin_addr.host)}:{self._admin_addr.port}"
+        return http_url(self._admin_addr)
 
     async def start(self) -> None:
         """Write the config, start Envoy, and return once it is ready to serve."""
@@ -239,10 +239,6 @@ def _stop_stale(pid_path: Path, bootstrap: Path) -> None:
             os.kill(pid, 0)
             time.sleep(0.05)
         os.kill(pid, signal.SIGKILL)
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 _base_ids = itertools.count(os.getpid() % 10_000 * 100)

@@ -401,3 +401,9 @@ def _cluster(name: str, address: Address) -> dict[str, Any]:
 def _dialable(host: str) -> str:
     # A server bound to every interface is reached on loopback.
     return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+
+
+def http_url(address: Address) -> str:
+    """`http://host:port` to reach a listener at `address` from this machine."""
+    host = _dialable(address.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{address.port}"

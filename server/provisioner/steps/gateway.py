@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.core.errors import StepError, TransientStepError
@@ -20,16 +19,10 @@ from provisioner.core.states import StepName
 from provisioner.steps.base import Condition, StepContext, settle
 from provisioner.steps.container import Placement
 from provisioner.steps.departments import DepartmentDirs, get, read_json, remove, write_json
-from provisioner.steps.envoy_config import write_dynamic_config
+from provisioner.steps.envoy_config import Address, http_url, write_dynamic_config
 
 ROUTE_FILE = "route.json"
 _CONVERGE_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    host: str
-    port: int
 
 
 class EnvoyGateway:
@@ -40,14 +33,14 @@ class EnvoyGateway:
         dirs: DepartmentDirs,
         *,
         dynamic_dir: Path,
-        http_addr: Endpoint,
-        admin_addr: Endpoint,
+        http_addr: Address,
+        admin_addr: Address,
         cors_origins: Sequence[str] = (),
     ) -> None:
         self._dirs = dirs
         self._dynamic_dir = dynamic_dir
-        self._base = f"http://{_dialable(http_addr.host)}:{http_addr.port}"
-        self._admin = f"http://{_dialable(admin_addr.host)}:{admin_addr.port}"
+        self._base = http_url(http_addr)
+        self._admin = http_url(admin_addr)
         self._cors_origins = tuple(cors_origins)
         # One writer of the route files at a time: each write is the whole table.
         self._lock = asyncio.Lock()
@@ -100,7 +93,7 @@ class EnvoyGateway:
             route = read_json(directory / ROUTE_FILE)
             if route is not None:
                 upstream = Placement.read(directory) or Placement(str(route["host"]), int(route["port"]))
-                routes[department_id] = Endpoint(upstream.host, upstream.port)
+                routes[department_id] = upstream
         write_dynamic_config(self._dynamic_dir, routes, cors_origins=self._cors_origins)
 
     async def check(self, ctx: StepContext) -> Condition:
@@ -143,7 +136,3 @@ class EnvoyGateway:
                 "the Envoy gateway is not running (the server was started with --no-envoy, "
                 "or Envoy is down); a route cannot be verified"
             )
-
-
-def _dialable(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host  # noqa: S104
