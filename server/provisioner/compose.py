@@ -53,11 +53,11 @@ def build_steps(settings: Settings) -> StepKit:
     elif settings.steps == "local":
         root = settings.state_dir / "resources"
         root.mkdir(parents=True, exist_ok=True)
-        kit.steps = {name: LocalMarkerStep(name, root, settings.step_delay) for name in StepName}
+        kit.steps = {name: LocalMarkerStep(name, root) for name in StepName}
     else:
         kit = embedded_steps(settings)
-        if settings.step_delay:
-            kit.steps = {n: SlowedStep(s, settings.step_delay) for n, s in kit.steps.items()}
+    if settings.step_delay:
+        kit.steps = {n: SlowedStep(s, settings.step_delay) for n, s in kit.steps.items()}
     if settings.faults:
         log.warning(
             "FAULT INJECTION IS ON (%s): steps will fail on purpose; never use this outside tests",

@@ -20,6 +20,7 @@ from provisioner.edge.server import GrpcEdge
 from provisioner.engine.config import EngineConfig
 from provisioner.engine.orchestrator import Orchestrator
 from provisioner.events.hub import EventHub
+from provisioner.steps.faults import SlowedStep
 from provisioner.steps.local import LocalMarkerStep
 from provisioner.store.memory import InMemoryJobStore
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
@@ -53,7 +54,7 @@ class Api:
 
 async def serve(tmp_path: Path, delay: float = 0.0, heartbeat: float = 15.0) -> AsyncIterator[Api]:
     store = InMemoryJobStore()
-    steps = {n: LocalMarkerStep(n, tmp_path, delay) for n in StepName}
+    steps = {n: SlowedStep(LocalMarkerStep(n, tmp_path), delay) for n in StepName}
     orchestrator = Orchestrator(store, EventHub(store), steps, CONFIG)
     await orchestrator.start()
     edge = GrpcEdge(orchestrator, heartbeat_seconds=heartbeat)

@@ -31,6 +31,7 @@ from provisioner.edge.server import GrpcEdge
 from provisioner.engine.orchestrator import Orchestrator
 from provisioner.events.hub import EventHub
 from provisioner.logs import JsonFormatter
+from provisioner.steps.faults import SlowedStep
 from provisioner.steps.local import LocalMarkerStep
 from provisioner.store.memory import InMemoryJobStore
 from provisioner.store.protocol import JobStore
@@ -97,7 +98,7 @@ async def serve(
     store = store or InMemoryJobStore()
     limits = limits or limiter()
     clock = clock or Clock()
-    steps = {n: LocalMarkerStep(n, tmp_path, delay) for n in StepName}
+    steps = {n: SlowedStep(LocalMarkerStep(n, tmp_path), delay) for n in StepName}
     orchestrator = Orchestrator(store, EventHub(store), steps, CONFIG)
     await orchestrator.start()
     # The server provisioning-server runs, with the interceptors under test.

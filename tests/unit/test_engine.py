@@ -25,7 +25,7 @@ from provisioner.engine.config import EngineConfig
 from provisioner.engine.orchestrator import Orchestrator, utcnow
 from provisioner.events.hub import EventHub
 from provisioner.steps.base import Step
-from provisioner.steps.faults import FaultInjectingStep, parse_fault_plan
+from provisioner.steps.faults import FaultInjectingStep, SlowedStep, parse_fault_plan
 from provisioner.steps.local import LocalMarkerStep
 from provisioner.steps.noop import NoopStep
 from provisioner.store.memory import InMemoryJobStore
@@ -58,7 +58,7 @@ async def build(store: InMemoryJobStore, tmp_path: Path) -> AsyncIterator[Build]
         owner: str = "r1",
         clock: Callable[[], datetime] = utcnow,
     ) -> Orchestrator:
-        steps: dict[StepName, Step] = {n: LocalMarkerStep(n, tmp_path, delay) for n in StepName}
+        steps: dict[StepName, Step] = {n: SlowedStep(LocalMarkerStep(n, tmp_path), delay) for n in StepName}
         plan = parse_fault_plan(faults)
         steps = {n: FaultInjectingStep(s, plan[n]) if n in plan else s for n, s in steps.items()}
         orchestrator = Orchestrator(

@@ -107,7 +107,8 @@ class FaultInjectingStep:
 
 class SlowedStep:
     """Test-only (`PROVISIONER_STEP_DELAY`): waits after each side effect of the real step,
-    so a test can kill the server while the step is in flight."""
+    so a test can kill the server while the step is in flight. A crash in the wait leaves
+    the resource made, to be adopted when the step runs again. No delay, no wait."""
 
     def __init__(self, inner: Step, delay: float) -> None:
         self.name = inner.name
@@ -116,12 +117,14 @@ class SlowedStep:
 
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         made = await self._inner.apply(ctx)
-        await asyncio.sleep(self._delay)
+        if self._delay:
+            await asyncio.sleep(self._delay)
         return made
 
     async def compensate(self, ctx: StepContext) -> None:
         await self._inner.compensate(ctx)
-        await asyncio.sleep(self._delay)
+        if self._delay:
+            await asyncio.sleep(self._delay)
 
     async def check(self, ctx: StepContext) -> Condition:
         return await self._inner.check(ctx)

@@ -22,23 +22,18 @@ from provisioner.steps.base import Condition, StepContext, settle
 class LocalMarkerStep:
     """Creates (or adopts) one marker file per department; compensation deletes it.
 
-    `delay` (test-only, `PROVISIONER_STEP_DELAY`) is spent after each side effect,
-    so a test can kill the server while a step is in flight.
+    Wrap it in `faults.SlowedStep` to kill a server while such a step is in flight.
     """
 
-    def __init__(self, name: StepName, root: Path, delay: float = 0.0) -> None:
+    def __init__(self, name: StepName, root: Path) -> None:
         self.name = name
         self._root = root
-        self._delay = delay
 
     def marker(self, department_id: str) -> Path:
         return self._root / department_id / f"{self.name}.json"
 
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         resource_id = await settle(asyncio.to_thread(self._create, ctx))
-        if self._delay:
-            # Work after the side effect: a crash here leaves the resource to be adopted.
-            await asyncio.sleep(self._delay)
         return {"marker": str(self.marker(ctx.department_id)), "resource_id": resource_id}
 
     def _create(self, ctx: StepContext) -> str:
@@ -63,8 +58,6 @@ class LocalMarkerStep:
 
     async def compensate(self, ctx: StepContext) -> None:
         await settle(asyncio.to_thread(self._remove, ctx))
-        if self._delay:
-            await asyncio.sleep(self._delay)
 
     def _remove(self, ctx: StepContext) -> None:
         path = self.marker(ctx.department_id)
