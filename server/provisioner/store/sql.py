@@ -34,12 +34,14 @@ _BATCH_LIMIT = 512
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # First: switching a new database to WAL takes an exclusive lock, and a replica
+    # starting beside another must wait for it rather than fail with "database is locked".
+    cursor.execute("PRAGMA busy_timeout=30000")
     # WAL lets readers (watchers, status queries) run beside the single writer; NORMAL
     # synchronous is durable across process crashes, which is what WAL needs.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 
