@@ -1,5 +1,10 @@
 """`python -m department_service`: check the arguments, listen, announce, serve until told to stop.
 
+The department's data lives in `<dir>/data.db` unless the environment variable
+`DATABASE_URL` names a PostgreSQL database (then the service connects as the role in that
+URL; see `postgres`). The URL is read from the environment, not the command line, because
+it carries the role's password and a command line is visible to every user.
+
 Exit status: 0 after a clean shutdown (SIGTERM or SIGINT), 1 if it cannot listen or write
 service.json, 2 for bad arguments. Each failure is one line on stderr.
 """
@@ -17,10 +22,11 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
-from department_service import schema
 from department_service.httpd import DepartmentHTTPServer
 from department_service.logs import emit, utc_now
+from department_service.postgres import PostgresStore, is_postgres_url
 from department_service.routes import Department
+from department_service.store import Store
 
 DEPARTMENT_ID = re.compile(r"[a-z][a-z0-9-]{0,30}[a-z0-9]")
 SERVICE_FILE = "service.json"
@@ -61,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     # at an arbitrary point, and a signal sent during start-up is kept until then.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     directory = args.dir.absolute()
-    department = Department(args.department_id, directory)
+    try:
+        store = _store(os.environ.get("DATABASE_URL", ""), args.department_id)
+    except ValueError as exc:
+        print(f"department_service: {exc}", file=sys.stderr)
+        return 2
+    department = Department(args.department_id, directory, store=store)
     try:
         server = DepartmentHTTPServer((args.host, args.port), department)
     except OSError as exc:
@@ -80,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     else:
         emit(event="listening", department_id=args.department_id, host=host, port=port, pid=os.getpid())
-        problem = schema.check(department.db_path)
+        problem = department.store.check()
         if problem:
             emit(event="database_not_ready", department_id=args.department_id, problem=problem)
         received = signal.sigwait(_STOP_SIGNALS)
@@ -93,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         _remove_service_file(service_file)
     emit(event="stopped", department_id=args.department_id, exit_status=status)
     return status
+
+
+def _store(database_url: str, department_id: str) -> Store | None:
+    """The store `DATABASE_URL` names, or None for the department's own `data.db`."""
+    if not database_url:
+        return None
+    if not is_postgres_url(database_url):  # not echoed: it may hold a password
+        raise ValueError("DATABASE_URL must start with postgresql:// or postgres://, or be unset for data.db")
+    return PostgresStore(database_url, department_id)
 
 
 def _write_service_file(path: Path, department_id: str, host: str, port: int) -> None:

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from department_service import actions, schema, workflows
+from department_service import actions, workflows
 from department_service.auth import authenticate, credentials_state, load_credentials
 from department_service.errors import BadRequest, InputRejected, MethodNotAllowed, NotFound, WorkflowBroken
 from department_service.logs import utc_now
-from department_service.store import Execution, Store
+from department_service.store import Execution, SqliteStore, Store
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -73,13 +73,14 @@ class Department:
         department_id: str,
         directory: Path,
         *,
+        store: Store | None = None,
         new_id: Callable[[], str] = lambda: secrets.token_hex(16),
         clock: Callable[[], str] = utc_now,
     ) -> None:
         self.department_id = department_id
         self.directory = directory
-        self.db_path = directory / "data.db"
-        self.store = Store(self.db_path)
+        #: The department's own `data.db` unless another store (PostgreSQL) is given.
+        self.store: Store = store or SqliteStore(directory / "data.db")
         self.draining = False  # set at shutdown: /healthz then answers NOT_SERVING
         self._new_id = new_id
         self._clock = clock
@@ -112,7 +113,7 @@ class Department:
         return workflows.load_all(self.directory / "workflows", self.department_id)
 
     def _healthz(self, request: Request) -> Response:
-        database = schema.check(self.db_path)
+        database = self.store.check()
         reason = "shutting down" if self.draining else database
         body: dict[str, object] = {
             "status": "NOT_SERVING" if reason else "SERVING",

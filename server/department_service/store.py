@@ -1,8 +1,12 @@
 """The department database as the service uses it: record an execution, list recent ones.
 
+Two stores answer the same `Store` protocol: `SqliteStore` (the embedded default: the
+department's own `data.db`) and `postgres.PostgresStore` (a schema under row-level
+security on a shared PostgreSQL, reached as the department's own login role).
+
 Each call opens its own connection and closes it before returning: requests run on their
 own threads, a connection is cheap to open, and nothing stays open while the service idles.
-SQLite errors are translated here into DatabaseUnavailable (503, retryable).
+Driver errors are translated here into DatabaseUnavailable (503, retryable).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from department_service import schema
 from department_service.actions import Effect, to_json
@@ -51,7 +56,18 @@ class Execution:
     result: dict[str, object]
 
 
-class Store:
+class Store(Protocol):
+    def record(self, execution: Execution, effect: Effect | None, effect_id: str | None = None) -> None:
+        """Insert the execution and its action's row (if any) in one transaction: both or neither."""
+
+    def recent(self, workflow: str | None, limit: int) -> list[dict[str, object]]:
+        """The latest `limit` executions (of `workflow`, or of all), newest first."""
+
+    def check(self) -> str | None:
+        """None if the database is reachable and at the expected version, else one line saying why not."""
+
+
+class SqliteStore:
     """Reads and writes one department's `data.db` (which it never creates)."""
 
     def __init__(self, db_path: Path) -> None:
@@ -102,6 +118,9 @@ class Store:
             }
             for row in rows
         ]
+
+    def check(self) -> str | None:
+        return schema.check(self.db_path)
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from provisioner.steps.gateway import EnvoyGateway
 from provisioner.steps.local import LocalMarkerStep
 from provisioner.steps.noop import NoopStep
 from provisioner.steps.oauth import OAuthCredentials, VaultIssuer
+from provisioner.steps.tenant_postgres import PostgresTenantDatabase
 from provisioner.steps.validate import ValidateSpec
 from provisioner.steps.validation import DeploymentValidation
 from provisioner.steps.vault import CredentialVault, KeySource
@@ -89,7 +91,8 @@ def embedded_steps(settings: Settings) -> StepKit:
     state = settings.state_dir.absolute()
     dirs = DepartmentDirs(state / "departments")
     vault = vault_of(settings)
-    container = LocalProcessContainer(dirs)
+    database, environment = _tenant_database(settings, dirs, vault)
+    container = LocalProcessContainer(dirs, environment=environment)
     gateway = EnvoyGateway(
         dirs,
         dynamic_dir=state / "envoy" / "dynamic",
@@ -107,16 +110,35 @@ def embedded_steps(settings: Settings) -> StepKit:
             max_departments=settings.max_departments,
             departments_holding_resources=holding,
         ),
-        StepName.DATABASE: SqliteTenantDatabase(dirs),
+        StepName.DATABASE: database,
         StepName.OAUTH: OAuthCredentials(dirs, vault),
         StepName.CONTAINER: container,
         StepName.WORKFLOWS: EmbeddedWorkflows(dirs),
         StepName.GATEWAY: gateway,
-        StepName.VALIDATION: DeploymentValidation(dirs, gateway, vault),
+        StepName.VALIDATION: DeploymentValidation(database, gateway, vault),
     }
     container.on_moved = gateway.sync
     roots = (dirs.root, vault.root, state / "envoy" / "dynamic")
     return StepKit(steps, VaultIssuer(vault), container, gateway, roots)
+
+
+def _tenant_database(
+    settings: Settings, dirs: DepartmentDirs, vault: CredentialVault
+) -> tuple[SqliteTenantDatabase | PostgresTenantDatabase, Callable[[str], Mapping[str, str]] | None]:
+    """The database step, and the environment it gives each department's service.
+
+    With `PROVISIONER_TENANT_DATABASE_URL`, a schema and login role per department on that
+    PostgreSQL; the role's password is a random secret in the vault, forgotten when the
+    role is dropped, and reaches the service only as its `DATABASE_URL`.
+    """
+    if not settings.tenant_database_url:
+        return SqliteTenantDatabase(dirs), None
+    database = PostgresTenantDatabase(
+        settings.tenant_database_url,
+        password_for=lambda department_id: vault.secret(department_id, "database"),
+        forget_password=lambda department_id: vault.forget(department_id, "database"),
+    )
+    return database, lambda department_id: {"DATABASE_URL": database.department_url(department_id)}
 
 
 def rotate_key(settings: Settings) -> str:

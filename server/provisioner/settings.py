@@ -72,6 +72,9 @@ class Settings:
     encryption_key: str = field(default="", repr=False)
     regions: tuple[str, ...] = DEFAULT_REGIONS
     max_departments: int = 1000
+    # Production adapters, each chosen by its own settings (see compose.py). The tenant
+    # database URL connects as an administrator, so it is kept out of repr.
+    tenant_database_url: str = field(default="", repr=False)
 
     @property
     def effective_database_url(self) -> str:
@@ -128,6 +131,13 @@ def database_url(text: str) -> str:
     if text.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite:///")):
         return text
     raise ValueError("expected a postgresql:// or sqlite:/// URL")
+
+
+def _tenant_database_url(text: str) -> str:
+    if not text.startswith(("postgresql://", "postgres://")):
+        # Not echoed: it may hold the administrator's password.
+        raise ValueError("expected a postgresql:// URL (an administrator of the departments' database)")
+    return text
 
 
 def _origins(text: str) -> tuple[str, ...]:
@@ -196,6 +206,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "encryption_key": read("ENCRYPTION_KEY", _keys, ""),
         "regions": read("REGIONS", _regions, defaults.regions),
         "max_departments": read("MAX_DEPARTMENTS", _count, defaults.max_departments),
+        "tenant_database_url": read("TENANT_DATABASE_URL", _tenant_database_url, ""),
     }
     if values["jwt_secret"] and len(str(values["jwt_secret"])) < 32:
         problems.append("PROVISIONER_JWT_SECRET: use at least 32 characters (HS256 needs 256 bits)")

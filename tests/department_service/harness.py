@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +86,9 @@ class DepartmentDir:
 class RunningService:
     """One service process; `client` is an httpx client with the department's credentials."""
 
-    def __init__(self, directory: DepartmentDir, log_path: Path) -> None:
+    def __init__(
+        self, directory: DepartmentDir, log_path: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         self.directory = directory
         self.log_path = log_path
         self._log = log_path.open("wb")
@@ -93,6 +97,7 @@ class RunningService:
              "--dir", str(directory.root)],
             stdout=subprocess.DEVNULL,
             stderr=self._log,
+            env={**os.environ, **(env or {})},
         )  # fmt: skip
         self.info = self._wait_for_service_file()
         self.base_url = f"http://{self.info['host']}:{self.info['port']}"

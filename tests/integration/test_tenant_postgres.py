@@ -33,8 +33,7 @@ from provisioner.steps.tenant_postgres import (
     hmac_password_deriver,
 )
 from provisioner.steps.tenant_postgres.naming import quote_ident, quote_literal, scram_sha256_verifier
-
-from .conftest import PostgresServer
+from tests.postgres import PostgresServer
 
 pytestmark = pytest.mark.postgres
 

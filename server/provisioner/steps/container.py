@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +87,16 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def service_environment(ours: Mapping[str, str]) -> dict[str, str]:
+    """What a department service inherits of the control plane's environment.
+
+    Not the control plane's settings (`PROVISIONER_*` holds the JWT secret, the encryption
+    key and the tenant database's admin URL) and not a `DATABASE_URL` meant for something
+    else: a department's service gets its own, or none.
+    """
+    return {k: v for k, v in ours.items() if not k.startswith("PROVISIONER_") and k != "DATABASE_URL"}
+
+
 def _reap(pid: int) -> int | None:
     """The exit status of `pid` if it is our child and has ended (collecting it), else None.
 
@@ -121,9 +131,17 @@ class LocalProcessContainer:
     name = StepName.CONTAINER
 
     def __init__(
-        self, dirs: DepartmentDirs, *, host: str = "127.0.0.1", python: str = sys.executable
+        self,
+        dirs: DepartmentDirs,
+        *,
+        host: str = "127.0.0.1",
+        python: str = sys.executable,
+        environment: Callable[[str], Mapping[str, str]] | None = None,
     ) -> None:
         self._dirs = dirs
+        #: Extra environment for a department's service (its `DATABASE_URL` on PostgreSQL);
+        #: the environment, not the command line, because it may hold a password.
+        self._environment = environment
         self._host = host
         self._python = python
         #: Called after a service had to move to another port, so routes can follow it.
@@ -155,7 +173,10 @@ class LocalProcessContainer:
 
     async def _launch(self, department_id: str, directory: Path, desired: Placement) -> int:
         remove(directory / SERVICE_FILE)
-        pid = await asyncio.to_thread(self._spawn, department_id, directory, desired)
+        environment = service_environment(os.environ)
+        if self._environment is not None:
+            environment.update(self._environment(department_id))
+        pid = await asyncio.to_thread(self._spawn, department_id, directory, desired, environment)
         deadline = time.monotonic() + _START_TIMEOUT
         while True:
             running = read_json(directory / SERVICE_FILE)
@@ -179,7 +200,9 @@ class LocalProcessContainer:
                 raise TransientStepError(f"the department service was not healthy after {_START_TIMEOUT:g} s")
             await asyncio.sleep(0.02)
 
-    def _spawn(self, department_id: str, directory: Path, desired: Placement) -> int:
+    def _spawn(
+        self, department_id: str, directory: Path, desired: Placement, environment: Mapping[str, str]
+    ) -> int:
         append = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         return os.posix_spawn(
             self._python,
@@ -188,7 +211,7 @@ class LocalProcessContainer:
                 "--department-id", department_id, "--dir", str(directory),
                 "--host", desired.host, "--port", str(desired.port),
             ],
-            os.environ,
+            environment,
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_OPEN, 1, str(directory / LOG_FILE), append, 0o600),

@@ -9,6 +9,9 @@ login role and row-level security.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
 
 from department_service import schema
 from provisioner.core.errors import StepError, TransientStepError
@@ -38,6 +41,11 @@ class SqliteTenantDatabase:
         remove(path, path.with_name(f"{DATABASE_FILE}-wal"), path.with_name(f"{DATABASE_FILE}-shm"))
         self._dirs.tidy(ctx.department_id)
 
+    async def execution_status(self, department_id: str, execution_id: str) -> str | None:
+        """The recorded status of a workflow execution, read straight from the department's file."""
+        path = self._dirs.path(department_id) / DATABASE_FILE
+        return await asyncio.to_thread(_execution_status, path, execution_id)
+
     async def check(self, ctx: StepContext) -> Condition:
         path = self._dirs.path(ctx.department_id) / DATABASE_FILE
         if not path.exists():
@@ -46,3 +54,11 @@ class SqliteTenantDatabase:
         if problem is not None:
             return Condition(self.name, False, "UNREACHABLE", problem)
         return Condition(self.name, True, "READY", "reachable, at the expected template version")
+
+
+def _execution_status(database: Path, execution_id: str) -> str | None:
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+        row = connection.execute(
+            "SELECT status FROM workflow_executions WHERE id = ?", (execution_id,)
+        ).fetchone()
+    return None if row is None else str(row[0])

@@ -9,35 +9,29 @@ leaves one execution (the smoke test) in the department's history.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
-from pathlib import Path
+from typing import Protocol
 
 import httpx
 
 from provisioner.core.errors import StepError, TransientStepError
 from provisioner.core.states import StepName
 from provisioner.steps.base import Condition, StepContext
-from provisioner.steps.database import DATABASE_FILE
-from provisioner.steps.departments import DepartmentDirs, get, http_client
+from provisioner.steps.departments import get, http_client
 from provisioner.steps.gateway import EnvoyGateway
 from provisioner.steps.vault import CredentialVault
 
 
-def execution_status(database: Path, execution_id: str) -> str | None:
-    """The recorded status of an execution, read straight from the department's database."""
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
-        row = connection.execute(
-            "SELECT status FROM workflow_executions WHERE id = ?", (execution_id,)
-        ).fetchone()
-    return None if row is None else str(row[0])
+class ExecutionLedger(Protocol):
+    """The database step, asked directly (not through the service) what an execution left."""
+
+    async def execution_status(self, department_id: str, execution_id: str) -> str | None: ...
 
 
 class DeploymentValidation:
     name = StepName.VALIDATION
 
-    def __init__(self, dirs: DepartmentDirs, gateway: EnvoyGateway, vault: CredentialVault) -> None:
-        self._dirs = dirs
+    def __init__(self, ledger: ExecutionLedger, gateway: EnvoyGateway, vault: CredentialVault) -> None:
+        self._ledger = ledger
         self._gateway = gateway
         self._vault = vault
 
@@ -65,8 +59,7 @@ class DeploymentValidation:
                 f"the {workflow} webhook answered {refused.status_code} to a wrong secret, not 401"
             )
         execution_id = str(ran.json()["execution_id"])
-        database = self._dirs.path(department) / DATABASE_FILE
-        status = await asyncio.to_thread(execution_status, database, execution_id)
+        status = await self._ledger.execution_status(department, execution_id)
         if status != "succeeded":
             raise StepError(f"execution {execution_id} is not in the department's database as succeeded")
         return {"workflow": workflow, "execution_id": execution_id}

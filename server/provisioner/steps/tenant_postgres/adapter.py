@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
+from sqlalchemy.engine import make_url
 
 from provisioner.core.errors import ConfigurationError, StepError
 from provisioner.core.states import StepName
@@ -84,6 +85,7 @@ class PostgresTenantDatabase:
         admin_url: str,
         password_for: Callable[[str], str],
         *,
+        forget_password: Callable[[str], None] | None = None,
         template_version: int = 1,
         connection_limit: int = 20,
         timeout: float = 10.0,
@@ -96,6 +98,7 @@ class PostgresTenantDatabase:
             raise ConfigurationError(f"tenant database timeout must be positive, not {timeout}")
         self._dsn = asyncpg_dsn(admin_url)
         self._password_for = password_for
+        self._forget_password = forget_password
         self._templates = load_templates(template_version)
         self._template_version = template_version
         self._tables = tuple(dict.fromkeys(t for template in self._templates for t in template.tables))
@@ -136,6 +139,8 @@ class PostgresTenantDatabase:
         """Drop the department's schema (with its data) and its role; fine if already gone."""
         names = department_names(ctx.department_id)
         await settle(self._deprovision(names))
+        if self._forget_password is not None:
+            self._forget_password(names.department_id)  # only once the role that used it is gone
         log.info("database step: department %s removed (schema and role %s)", names.department_id, names.role)
 
     async def check(self, ctx: StepContext) -> Condition:
@@ -155,6 +160,35 @@ class PostgresTenantDatabase:
             seconds=self._timeout,
         )
         return Condition(self.name, reason == "READY", reason, message)
+
+    def department_url(self, department_id: str) -> str:
+        """The URL the department's service connects with: its own role, on the admin URL's server.
+
+        Holds the role's password: pass it to the service in its environment, never log it.
+        """
+        names = department_names(department_id)
+        url = make_url(self._dsn).set(username=names.role, password=self._password_for(department_id))
+        return url.render_as_string(hide_password=False)
+
+    async def execution_status(self, department_id: str, execution_id: str) -> str | None:
+        """The recorded status of a workflow execution, read as the department's own role."""
+        names = department_names(department_id)
+        with _translated(f"could not read the database of department {department_id}"):
+            conn = await asyncpg.connect(
+                self._dsn,
+                user=names.role,
+                password=self._password_for(department_id),
+                timeout=self._timeout,
+                command_timeout=self._timeout,
+            )
+            try:
+                status = await conn.fetchval(
+                    f"SELECT status FROM {names.quoted_schema}.workflow_executions WHERE id = $1",  # noqa: S608
+                    execution_id,
+                )
+            finally:
+                await conn.close()
+        return None if status is None else str(status)
 
     def _verifier(self, names: DepartmentNames) -> str:
         try:

@@ -1,0 +1,173 @@
+"""The department service on PostgreSQL: its rows land in its own schema, under its own role.
+
+The control plane's PostgreSQL database step provisions the department; the real
+`python -m department_service` then runs with the `DATABASE_URL` that step gives it (as
+the container step passes it) and is driven over HTTP. What it wrote is read back as the
+administrator, an auditor's view, and through the step's own `execution_status`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from provisioner.core.spec import DepartmentSpec
+from provisioner.steps.base import StepContext
+from provisioner.steps.tenant_postgres import PostgresTenantDatabase
+from tests.department_service.harness import DepartmentDir, RunningService
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+def ctx(department_id: str) -> StepContext:
+    return StepContext(job_id="job-1", spec=DepartmentSpec(department_id, "Department"), attempt=1)
+
+
+@pytest.fixture
+def admin_url(postgres_url: str) -> str:
+    return postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+class Passwords(dict[str, str]):
+    """A `password_for` that remembers, and a `forget_password` that is watched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forgotten: list[str] = []
+
+    def password_for(self, department_id: str) -> str:
+        return self.setdefault(department_id, secrets.token_urlsafe(32))
+
+    def forget(self, department_id: str) -> None:
+        self.forgotten.append(department_id)
+        self.pop(department_id, None)
+
+
+@pytest.fixture
+def passwords() -> Passwords:
+    return Passwords()
+
+
+@pytest.fixture
+async def step(admin_url: str, passwords: Passwords) -> AsyncIterator[PostgresTenantDatabase]:
+    adapter = PostgresTenantDatabase(admin_url, passwords.password_for, forget_password=passwords.forget)
+    try:
+        yield adapter
+    finally:
+        await adapter.close()
+
+
+def service_on(step: PostgresTenantDatabase, root: Path, department_id: str) -> RunningService:
+    """The real service for `department_id`, on the database step's URL; no data.db at all."""
+    directory = DepartmentDir(root / department_id, department_id)
+    directory.write_credentials()
+    directory.deploy("database", {"type": "database"})
+    directory.deploy("email", {"type": "email", "to": "team@example.com", "subject": "Hello {name}"})
+    return RunningService(
+        directory, root / f"{department_id}.log", env={"DATABASE_URL": step.department_url(department_id)}
+    )
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[list[RunningService]]:
+    started: list[RunningService] = []
+    yield started
+    for service in started:
+        service.stop()
+        service.close()
+
+
+async def test_the_service_writes_to_its_own_schema_as_its_own_role(
+    step: PostgresTenantDatabase, admin_url: str, tmp_path: Path, running: list[RunningService]
+) -> None:
+    await step.apply(ctx("hr"))
+    service = service_on(step, tmp_path, "hr")
+    running.append(service)
+
+    health = service.anonymous.get("/healthz").json()
+    assert health["status"] == "SERVING" and health["database"] == "ok"
+    stored = service.post("database", {"employee": "Ada"})
+    mailed = service.post("email", {"name": "Grace"})
+    assert stored.status_code == mailed.status_code == 200, stored.text + mailed.text
+
+    admin = await asyncpg.connect(admin_url)
+    try:
+        rows = await admin.fetch(
+            "SELECT workflow, status, department_id, current_user FROM dept_hr.workflow_executions"
+        )
+        record = await admin.fetchrow("SELECT data, department_id FROM dept_hr.records")
+        outbox = await admin.fetchrow("SELECT recipient, subject FROM dept_hr.outbox")
+        sessions = await admin.fetch(
+            "SELECT usename FROM pg_stat_activity WHERE application_name = 'department_service:hr'"
+        )
+    finally:
+        await admin.close()
+    assert sorted((r["workflow"], r["status"], r["department_id"]) for r in rows) == [
+        ("database", "succeeded", "hr"),
+        ("email", "succeeded", "hr"),
+    ]
+    assert record["department_id"] == "hr" and '"employee": "Ada"' in record["data"]
+    assert tuple(outbox) == ("team@example.com", "Hello Grace")
+    assert all(s["usename"] == "dept_hr" for s in sessions)  # never as the administrator
+
+    listed = service.client.get("/executions").json()["executions"]
+    assert [e["workflow"] for e in listed] == ["email", "database"]  # newest first
+    assert listed[1]["request"] == {"employee": "Ada"}
+    assert listed[0]["received_at"].endswith("Z") and len(listed[0]["received_at"]) == 27
+    assert await step.execution_status("hr", str(stored.json()["execution_id"])) == "succeeded"
+    assert await step.execution_status("hr", "no-such-execution") is None
+
+
+async def test_a_department_sees_only_its_own_executions(
+    step: PostgresTenantDatabase, tmp_path: Path, running: list[RunningService]
+) -> None:
+    await step.apply(ctx("hr"))
+    await step.apply(ctx("ops"))
+    hr, ops = service_on(step, tmp_path, "hr"), service_on(step, tmp_path, "ops")
+    running += [hr, ops]
+    executed = hr.post("database", {"salary": 1}).json()["execution_id"]
+
+    assert ops.client.get("/executions").json()["executions"] == []
+    assert [e["id"] for e in hr.client.get("/executions").json()["executions"]] == [executed]
+    assert await step.execution_status("ops", str(executed)) is None
+
+
+async def test_without_its_database_the_service_says_so_and_the_password_is_forgotten(
+    step: PostgresTenantDatabase, passwords: Passwords, tmp_path: Path, running: list[RunningService]
+) -> None:
+    await step.apply(ctx("hr"))
+    service = service_on(step, tmp_path, "hr")
+    running.append(service)
+    assert service.anonymous.get("/healthz").status_code == 200
+    password = passwords["hr"]
+
+    await step.compensate(ctx("hr"))
+
+    assert passwords.forgotten == ["hr"]
+    health = service.anonymous.get("/healthz")
+    assert health.status_code == 503
+    assert health.json()["database"].startswith("the department database cannot be reached")
+    failed = service.post("database", {"a": 1})
+    assert failed.status_code == 503 and failed.json()["error"]["code"] == "database_unavailable"
+    assert password not in service.logs()
+
+
+def test_a_database_url_that_is_not_postgres_is_refused(tmp_path: Path) -> None:
+    directory = DepartmentDir(tmp_path / "hr")
+    done = subprocess.run(
+        [sys.executable, "-m", "department_service", "--department-id", "hr", "--dir", str(directory.root)],
+        env={**os.environ, "DATABASE_URL": "mysql://root:hunter2@db/hr"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("department_service: DATABASE_URL must start with postgresql://")
+    assert "hunter2" not in done.stderr
