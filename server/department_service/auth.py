@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_plus
@@ -46,6 +47,16 @@ def parse_credentials(text: str) -> Credentials:
     if not isinstance(revoked, bool):
         raise ValueError("credentials.json: revoked must be true or false")
     return Credentials(client_id, digest.lower(), revoked)
+
+
+def credentials_from_environment(env: Mapping[str, str]) -> Credentials:
+    """`CLIENT_ID` and `CLIENT_SECRET_SHA256`, as a container platform passes them; ValueError if unusable."""
+    client_id, digest = env.get("CLIENT_ID", ""), env.get("CLIENT_SECRET_SHA256", "").lower()
+    if not client_id:
+        raise ValueError("CLIENT_ID must be set to the department's client id")
+    if not _SHA256_HEX.fullmatch(digest):
+        raise ValueError("CLIENT_SECRET_SHA256 must be the 64 hex digits of the secret's SHA-256")
+    return Credentials(client_id, digest, revoked=False)
 
 
 def load_credentials(path: Path) -> Credentials:

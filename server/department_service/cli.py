@@ -1,9 +1,18 @@
 """`python -m department_service`: check the arguments, listen, announce, serve until told to stop.
 
-The department's data lives in `<dir>/data.db` unless the environment variable
-`DATABASE_URL` names a PostgreSQL database (then the service connects as the role in that
-URL; see `postgres`). The URL is read from the environment, not the command line, because
-it carries the role's password and a command line is visible to every user.
+Two ways to run it:
+
+- With `--dir` (the embedded default): the control plane's department directory holds
+  its credentials, its workflows and its `data.db`, unless the environment variable
+  `DATABASE_URL` names a PostgreSQL database (then the service connects as the role in
+  that URL; see `postgres`). The service announces itself in `<dir>/service.json`.
+- Without `--dir` (a container platform): everything comes from the environment, as a
+  platform sets it: `DEPARTMENT_ID`, `PORT`, `DATABASE_URL` (PostgreSQL, required),
+  `CLIENT_ID` and `CLIENT_SECRET_SHA256` (the department's OAuth client; never the secret
+  itself). It serves no workflows of its own: they run on the workflow platform.
+
+The database URL is read from the environment, never the command line, because it
+carries the role's password and a command line is visible to every user.
 
 Exit status: 0 after a clean shutdown (SIGTERM or SIGINT), 1 if it cannot listen or write
 service.json, 2 for bad arguments. Each failure is one line on stderr.
@@ -19,14 +28,15 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
 
+from department_service.auth import credentials_from_environment
 from department_service.httpd import DepartmentHTTPServer
 from department_service.logs import emit, utc_now
 from department_service.postgres import PostgresStore, is_postgres_url
 from department_service.routes import Department
-from department_service.store import Store
 
 DEPARTMENT_ID = re.compile(r"[a-z][a-z0-9-]{0,30}[a-z0-9]")
 SERVICE_FILE = "service.json"
@@ -42,17 +52,33 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse and check the command line; exits 2 with one line if anything is wrong."""
     parser = _Parser(prog="python -m department_service", description="Serve one department's workflows.")
-    parser.add_argument("--department-id", required=True, help="lowercase slug, e.g. hr or finance-emea")
-    parser.add_argument("--dir", required=True, type=Path, help="the department directory (must exist)")
+    env = os.environ
+    parser.add_argument(
+        "--department-id",
+        default=env.get("DEPARTMENT_ID"),
+        help="lowercase slug, e.g. hr or finance-emea (default: $DEPARTMENT_ID)",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="the department directory (must exist); without it, configured by the environment",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", default=0, type=int, help="port to listen on (default 0: any free port)")
+    parser.add_argument(
+        "--port",
+        default=int(env["PORT"]) if env.get("PORT", "").isdigit() else 0,
+        type=int,
+        help="port to listen on (default $PORT, else 0: any free port)",
+    )
     args = parser.parse_args(argv)
+    if not args.department_id:
+        parser.error("--department-id (or DEPARTMENT_ID) is required")
     if not DEPARTMENT_ID.fullmatch(args.department_id):
         parser.error(
             f"invalid --department-id {args.department_id!r}: use 2-32 lowercase letters, digits and "
             "hyphens, starting with a letter and not ending with a hyphen"
         )
-    if not args.dir.is_dir():
+    if args.dir is not None and not args.dir.is_dir():
         parser.error(f"--dir {str(args.dir)!r} is not an existing directory")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not between 0 and 65535")
@@ -66,13 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     # the main thread alone receives them, synchronously, in sigwait below: no handler runs
     # at an arbitrary point, and a signal sent during start-up is kept until then.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    directory = args.dir.absolute()
     try:
-        store = _store(os.environ.get("DATABASE_URL", ""), args.department_id)
+        department = _department(args.department_id, args.dir and args.dir.absolute(), os.environ)
     except ValueError as exc:
         print(f"department_service: {exc}", file=sys.stderr)
         return 2
-    department = Department(args.department_id, directory, store=store)
     try:
         server = DepartmentHTTPServer((args.host, args.port), department)
     except OSError as exc:
@@ -81,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     host, port = str(server.server_address[0]), int(server.server_address[1])
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.25}, name="serve")
     serving.start()
-    service_file = directory / SERVICE_FILE
+    service_file = None if department.directory is None else department.directory / SERVICE_FILE
     status = 0
     try:
         # Announced only now: the socket is listening, so the control plane can connect at once.
-        _write_service_file(service_file, args.department_id, host, port)
+        if service_file is not None:
+            _write_service_file(service_file, args.department_id, host, port)
     except OSError as exc:
         print(f"department_service: cannot write {service_file}: {exc}", file=sys.stderr)
         status = 1
@@ -101,18 +126,23 @@ def main(argv: list[str] | None = None) -> int:
         server.shutdown()  # stop accepting
         server.server_close()  # close the socket, then wait for the requests in flight
         serving.join()
-        _remove_service_file(service_file)
+        if service_file is not None:
+            _remove_service_file(service_file)
     emit(event="stopped", department_id=args.department_id, exit_status=status)
     return status
 
 
-def _store(database_url: str, department_id: str) -> Store | None:
-    """The store `DATABASE_URL` names, or None for the department's own `data.db`."""
-    if not database_url:
-        return None
-    if not is_postgres_url(database_url):  # not echoed: it may hold a password
+def _department(department_id: str, directory: Path | None, env: Mapping[str, str]) -> Department:
+    """The department as `--dir` and the environment describe it; ValueError says what is wrong."""
+    database_url = env.get("DATABASE_URL", "")
+    if database_url and not is_postgres_url(database_url):  # not echoed: it may hold a password
         raise ValueError("DATABASE_URL must start with postgresql:// or postgres://, or be unset for data.db")
-    return PostgresStore(database_url, department_id)
+    store = PostgresStore(database_url, department_id) if database_url else None
+    if directory is not None:
+        return Department(department_id, directory, store=store)
+    if store is None:
+        raise ValueError("without --dir, DATABASE_URL must name the department's PostgreSQL database")
+    return Department(department_id, None, store=store, credentials=credentials_from_environment(env))
 
 
 def _write_service_file(path: Path, department_id: str, host: str, port: int) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from department_service import actions, workflows
-from department_service.auth import authenticate, credentials_state, load_credentials
+from department_service.auth import Credentials, authenticate, credentials_state, load_credentials
 from department_service.errors import BadRequest, InputRejected, MethodNotAllowed, NotFound, WorkflowBroken
 from department_service.logs import utc_now
 from department_service.store import Execution, SqliteStore, Store
@@ -71,16 +71,23 @@ class Department:
     def __init__(
         self,
         department_id: str,
-        directory: Path,
+        directory: Path | None,
         *,
         store: Store | None = None,
+        credentials: Credentials | None = None,
         new_id: Callable[[], str] = lambda: secrets.token_hex(16),
         clock: Callable[[], str] = utc_now,
     ) -> None:
+        """Serve `directory` (credentials.json, workflows/, data.db), or with `directory`
+        None, a department configured by its environment: fixed `credentials`, a `store`
+        and no workflows of its own (they run on the workflow platform)."""
+        if directory is None and (store is None or credentials is None):
+            raise ValueError("a department without a directory needs its store and its credentials")
         self.department_id = department_id
         self.directory = directory
         #: The department's own `data.db` unless another store (PostgreSQL) is given.
-        self.store: Store = store or SqliteStore(directory / "data.db")
+        self.store: Store = store or SqliteStore(_within(directory, "data.db"))
+        self._credentials = credentials
         self.draining = False  # set at shutdown: /healthz then answers NOT_SERVING
         self._new_id = new_id
         self._clock = clock
@@ -107,9 +114,20 @@ class Department:
         raise NotFound("no such path")
 
     def _authenticate(self, request: Request) -> None:
-        authenticate(request.authorization, load_credentials(self.directory / "credentials.json"))
+        authenticate(request.authorization, self._credentials or load_credentials(self._credentials_file))
+
+    @property
+    def _credentials_file(self) -> Path:
+        return _within(self.directory, "credentials.json")
+
+    def _credentials_state(self) -> str:
+        if self._credentials is not None:
+            return "revoked" if self._credentials.revoked else "ok"
+        return credentials_state(self._credentials_file)
 
     def _workflows(self) -> dict[str, workflows.Workflow]:
+        if self.directory is None:
+            return {}
         return workflows.load_all(self.directory / "workflows", self.department_id)
 
     def _healthz(self, request: Request) -> Response:
@@ -119,7 +137,7 @@ class Department:
             "status": "NOT_SERVING" if reason else "SERVING",
             "department_id": self.department_id,
             "database": database or "ok",
-            "credentials": credentials_state(self.directory / "credentials.json"),
+            "credentials": self._credentials_state(),
             "workflows": {name: workflow.state for name, workflow in self._workflows().items()},
         }
         if reason:
@@ -147,7 +165,11 @@ class Department:
     def _run(self, request: Request, name: str) -> Response:
         received_at = self._clock()
         self._authenticate(request)
-        workflow = workflows.find(self.directory / "workflows", name, self.department_id)
+        workflow = (
+            None
+            if self.directory is None
+            else workflows.find(self.directory / "workflows", name, self.department_id)
+        )
         if workflow is None:
             raise NotFound(f"workflow {name!r} is not deployed")
         if workflow.action is None:
@@ -164,6 +186,12 @@ class Department:
             return _answer(422, execution.id, name, "rejected", error=error)
         self.store.record(replace(execution, result=effect.result), effect, effect_id)
         return _answer(200, execution.id, name, "succeeded", result=effect.result)
+
+
+def _within(directory: Path | None, name: str) -> Path:
+    if directory is None:
+        raise ValueError(f"{name} needs a department directory")
+    return directory / name
 
 
 def _answer(status: int, execution_id: str, workflow: str, outcome: str, **extra: object) -> Response:

@@ -331,7 +331,7 @@ def test_logs_one_line_per_request_and_no_secrets(service: RunningService) -> No
         (["--department-id", "hr", "--dir", "/nonexistent/hr"], "is not an existing directory"),
         (["--department-id", "hr", "--port", "70000"], "--port 70000 is not between 0 and 65535"),
         (["--department-id", "hr", "--port", "http"], "argument --port: invalid int value"),
-        (["--dir", "."], "the following arguments are required: --department-id"),
+        (["--dir", "."], "--department-id (or DEPARTMENT_ID) is required"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:

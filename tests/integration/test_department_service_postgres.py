@@ -8,14 +8,19 @@ administrator, an auditor's view, and through the step's own `execution_status`.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import secrets
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from provisioner.core.spec import DepartmentSpec
@@ -171,3 +176,101 @@ def test_a_database_url_that_is_not_postgres_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("department_service: DATABASE_URL must start with postgresql://")
     assert "hunter2" not in done.stderr
+
+
+def run_from_environment(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`python -m department_service` as a container platform starts it: no --dir, no arguments."""
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "department_service", "--host", "127.0.0.1"],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+
+
+async def test_configured_by_its_environment_it_serves_its_data_to_its_client_only(
+    step: PostgresTenantDatabase, tmp_path: Path
+) -> None:
+    await step.apply(ctx("hr"))
+    await asyncio.to_thread(serve_from_environment, step.department_url("hr"), tmp_path)
+
+
+def serve_from_environment(database_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    secret = secrets.token_urlsafe(32)
+    process = run_from_environment(
+        {
+            "DEPARTMENT_ID": "hr",
+            "PORT": str(port),
+            "DATABASE_URL": database_url,
+            "CLIENT_ID": "hr.client",
+            "CLIENT_SECRET_SHA256": hashlib.sha256(secret.encode()).hexdigest(),
+        },
+        tmp_path / "service.log",
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=5) as client:
+            health = wait_for_health(client, process)
+            assert health == {
+                "status": "SERVING",
+                "department_id": "hr",
+                "database": "ok",
+                "credentials": "ok",
+                "workflows": {},
+            }
+            assert client.get("/executions", auth=("hr.client", secret)).json()["executions"] == []
+            assert client.get("/executions", auth=("hr.client", "guess")).status_code == 401
+            # Its workflows run on the workflow platform, not here.
+            assert client.post("/workflows/database", json={}, auth=("hr.client", secret)).status_code == 404
+    finally:
+        process.terminate()
+        assert process.wait(10) == 0
+    assert secret not in (tmp_path / "service.log").read_text()
+    assert not list(tmp_path.glob("**/service.json"))
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DEPARTMENT_ID": "hr"}, "without --dir, DATABASE_URL must name the department's PostgreSQL"),
+        ({"DEPARTMENT_ID": "hr", "DATABASE_URL": "postgresql://dept_hr@db/x"}, "CLIENT_ID must be set"),
+        (
+            {"DEPARTMENT_ID": "hr", "DATABASE_URL": "postgresql://dept_hr@db/x", "CLIENT_ID": "c",
+             "CLIENT_SECRET_SHA256": "the-secret-itself"},
+            "CLIENT_SECRET_SHA256 must be the 64 hex digits",
+        ),
+        ({}, "--department-id (or DEPARTMENT_ID) is required"),
+    ],
+)  # fmt: skip
+def test_an_incomplete_environment_exits_2_naming_what_is_missing(
+    env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    clean = {k: v for k, v in os.environ.items() if k not in ("DEPARTMENT_ID", "DATABASE_URL", "PORT")}
+    done = subprocess.run(
+        [sys.executable, "-m", "department_service"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr and done.stderr.count("\n") == 1
+    assert "the-secret-itself" not in done.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_health(client: httpx.Client, process: subprocess.Popen[bytes]) -> object:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the service exited"
+        try:
+            return client.get("/healthz").json()
+        except httpx.TransportError:
+            time.sleep(0.02)
+    raise AssertionError("the service never answered /healthz")
