@@ -117,6 +117,7 @@ async def runtime(
     finally:
         if supervisor is not None:
             await cancel_and_wait(supervisor)
+        await kit.close()
         await store.close()
         lock.close()
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner.core.errors import ConfigurationError
+from provisioner.core.errors import ConfigurationError, StepError
 from provisioner.core.states import StepName
 from provisioner.engine.orchestrator import CredentialIssuer
 from provisioner.settings import Settings
 from provisioner.steps.base import Step
 from provisioner.steps.container import LocalProcessContainer
+from provisioner.steps.container_railway import RailwayContainer
 from provisioner.steps.database import SqliteTenantDatabase
 from provisioner.steps.departments import DepartmentDirs
 from provisioner.steps.faults import FaultInjectingStep, SlowedStep
@@ -29,9 +30,10 @@ from provisioner.steps.noop import NoopStep
 from provisioner.steps.oauth import OAuthCredentials, VaultIssuer
 from provisioner.steps.tenant_postgres import PostgresTenantDatabase
 from provisioner.steps.validate import ValidateSpec
-from provisioner.steps.validation import DeploymentValidation
+from provisioner.steps.validation import DeploymentValidation, PlatformValidation
 from provisioner.steps.vault import CredentialVault, KeySource
 from provisioner.steps.workflows import EmbeddedWorkflows
+from provisioner.steps.workflows_n8n import N8nWorkflows
 
 log = logging.getLogger("provisioner")
 
@@ -46,6 +48,12 @@ class StepKit:
     gateway: EnvoyGateway | None = None
     #: Directories whose atomic writes a crash may have cut short.
     state_roots: tuple[Path, ...] = ()
+    #: Adapters holding connections, closed after the engine has stopped.
+    closers: tuple[Callable[[], Awaitable[None]], ...] = ()
+
+    async def close(self) -> None:
+        for close in self.closers:
+            await close()
 
 
 def build_steps(settings: Settings) -> StepKit:
@@ -87,19 +95,41 @@ def vault_of(settings: Settings) -> CredentialVault:
 
 
 def embedded_steps(settings: Settings) -> StepKit:
-    """The real steps, all on this machine: see `provisioner.steps` and the README."""
+    """The real steps: on this machine, except where a production adapter's settings are set.
+
+    `PROVISIONER_TENANT_DATABASE_URL` puts each department's data in a schema of that
+    PostgreSQL; `PROVISIONER_RAILWAY_*` runs each department's service on Railway; and
+    `PROVISIONER_N8N_*` deploys its workflows to n8n. Settings refuse the combinations that
+    cannot work (see `settings._adapter_problems`). See `provisioner.steps` and the README.
+    """
     state = settings.state_dir.absolute()
     dirs = DepartmentDirs(state / "departments")
     vault = vault_of(settings)
-    database, environment = _tenant_database(settings, dirs, vault)
-    container = LocalProcessContainer(dirs, environment=environment)
+    database, database_url = _tenant_database(settings, dirs, vault)
+    local: LocalProcessContainer | None = None
+    container: LocalProcessContainer | RailwayContainer
+    if settings.railway:
+        container = _railway(settings, vault, database_url)
+    else:
+        environment = None if database_url is None else (lambda d: {"DATABASE_URL": database_url(d)})
+        container = local = LocalProcessContainer(dirs, environment=environment)
     gateway = EnvoyGateway(
         dirs,
+        services=container,
         dynamic_dir=state / "envoy" / "dynamic",
         http_addr=settings.http_addr,
         admin_addr=settings.envoy_admin_addr,
         cors_origins=settings.cors_origins,
+        ca_file=settings.upstream_ca_file,
     )
+    workflows: EmbeddedWorkflows | N8nWorkflows
+    validation: DeploymentValidation | PlatformValidation
+    if settings.n8n_url:
+        workflows = N8nWorkflows(settings.n8n_url, settings.n8n_api_key)
+        validation = PlatformValidation(gateway, vault, workflows)
+    else:
+        workflows = EmbeddedWorkflows(dirs)
+        validation = DeploymentValidation(database, gateway, vault)
 
     async def holding() -> set[str]:
         return set(await asyncio.to_thread(dirs.ids))
@@ -113,23 +143,60 @@ def embedded_steps(settings: Settings) -> StepKit:
         StepName.DATABASE: database,
         StepName.OAUTH: OAuthCredentials(dirs, vault),
         StepName.CONTAINER: container,
-        StepName.WORKFLOWS: EmbeddedWorkflows(dirs),
+        StepName.WORKFLOWS: workflows,
         StepName.GATEWAY: gateway,
-        StepName.VALIDATION: DeploymentValidation(database, gateway, vault),
+        StepName.VALIDATION: validation,
     }
-    container.on_moved = gateway.sync
+    if local is not None:
+        local.on_moved = gateway.sync
     roots = (dirs.root, vault.root, state / "envoy" / "dynamic")
-    return StepKit(steps, VaultIssuer(vault), container, gateway, roots)
+    closers = tuple(
+        step.close for step in (database, container, workflows) if not isinstance(step, _LOCAL_STEPS)
+    )
+    return StepKit(steps, VaultIssuer(vault), local, gateway, roots, closers)
+
+
+_LOCAL_STEPS = (SqliteTenantDatabase, LocalProcessContainer, EmbeddedWorkflows)
+
+
+def _railway(
+    settings: Settings, vault: CredentialVault, database_url: Callable[[str], str] | None
+) -> RailwayContainer:
+    """Department services on Railway, told who they are, where their data is and who may call."""
+    if database_url is None:  # settings refuse this; the type checker wants it said
+        raise ConfigurationError("Railway needs PROVISIONER_TENANT_DATABASE_URL")
+    url_of = database_url
+
+    def variables(department_id: str) -> dict[str, str]:
+        client = vault.active(department_id)
+        if client is None:
+            raise StepError("the department has no active OAuth client to give its service")
+        return {
+            "DEPARTMENT_ID": department_id,
+            "DATABASE_URL": url_of(department_id),
+            "CLIENT_ID": client.client_id,
+            "CLIENT_SECRET_SHA256": client.secret_sha256,
+        }
+
+    return RailwayContainer(
+        settings.railway_token,
+        settings.railway_project_id,
+        settings.railway_environment_id,
+        settings.railway_image,
+        endpoint=settings.railway_endpoint,
+        variables=variables,
+        auth=settings.railway_token_kind,
+    )
 
 
 def _tenant_database(
     settings: Settings, dirs: DepartmentDirs, vault: CredentialVault
-) -> tuple[SqliteTenantDatabase | PostgresTenantDatabase, Callable[[str], Mapping[str, str]] | None]:
-    """The database step, and the environment it gives each department's service.
+) -> tuple[SqliteTenantDatabase | PostgresTenantDatabase, Callable[[str], str] | None]:
+    """The database step, and the `DATABASE_URL` of each department's service (None: data.db).
 
     With `PROVISIONER_TENANT_DATABASE_URL`, a schema and login role per department on that
     PostgreSQL; the role's password is a random secret in the vault, forgotten when the
-    role is dropped, and reaches the service only as its `DATABASE_URL`.
+    role is dropped, and reaches the service only in its environment.
     """
     if not settings.tenant_database_url:
         return SqliteTenantDatabase(dirs), None
@@ -138,7 +205,7 @@ def _tenant_database(
         password_for=lambda department_id: vault.secret(department_id, "database"),
         forget_password=lambda department_id: vault.forget(department_id, "database"),
     )
-    return database, lambda department_id: {"DATABASE_URL": database.department_url(department_id)}
+    return database, database.department_url
 
 
 def rotate_key(settings: Settings) -> str:

@@ -18,6 +18,8 @@ from provisioner.core.retry import RetryPolicy
 from provisioner.core.states import StepName
 from provisioner.edge.ratelimit import Rate, parse_rate
 from provisioner.engine.config import EngineConfig
+from provisioner.steps.container_railway.api import DEFAULT_ENDPOINT, AuthKind
+from provisioner.steps.envoy_config import SYSTEM_CA_FILE
 from provisioner.steps.faults import Fault, parse_fault_plan
 from provisioner.steps.vault import Keyring
 
@@ -75,6 +77,21 @@ class Settings:
     # Production adapters, each chosen by its own settings (see compose.py). The tenant
     # database URL connects as an administrator, so it is kept out of repr.
     tenant_database_url: str = field(default="", repr=False)
+    railway_token: str = field(default="", repr=False)
+    railway_token_kind: AuthKind = "bearer"  # noqa: S105 (how the token is sent, not a token)
+    railway_project_id: str = ""
+    railway_environment_id: str = ""
+    railway_image: str = ""
+    railway_endpoint: str = DEFAULT_ENDPOINT
+    n8n_url: str = ""
+    n8n_api_key: str = field(default="", repr=False)
+    #: The authorities Envoy trusts for department services reached over TLS (Railway's).
+    upstream_ca_file: Path = SYSTEM_CA_FILE
+
+    @property
+    def railway(self) -> bool:
+        """Department services run on Railway (PROVISIONER_RAILWAY_TOKEN is set)."""
+        return bool(self.railway_token)
 
     @property
     def effective_database_url(self) -> str:
@@ -140,6 +157,12 @@ def _tenant_database_url(text: str) -> str:
     return text
 
 
+def _http_url(text: str) -> str:
+    if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", text):
+        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
+    return text.rstrip("/")
+
+
 def _origins(text: str) -> tuple[str, ...]:
     origins = tuple(o.strip() for o in text.split(",") if o.strip())
     for origin in origins:
@@ -159,6 +182,48 @@ def _regions(text: str) -> tuple[str, ...]:
 def _keys(text: str) -> str:
     Keyring.parse(text)  # raises, naming the problem, for anything but 32-byte base64 keys
     return text
+
+
+def _adapter_problems(env: Mapping[str, str], values: Mapping[str, object]) -> list[str]:
+    """The production adapters' settings: each complete, and together a profile that works."""
+    problems = []
+
+    def given(name: str) -> bool:
+        return bool(env.get(f"PROVISIONER_{name}"))
+
+    railway = ("RAILWAY_TOKEN", "RAILWAY_PROJECT_ID", "RAILWAY_ENVIRONMENT_ID", "RAILWAY_IMAGE")
+    adapters = {"railway": railway, "n8n": ("N8N_URL", "N8N_API_KEY")}
+    for names in adapters.values():
+        if any(given(n) for n in names):
+            problems += [
+                f"PROVISIONER_{n}: must be set with {', '.join(names)}" for n in names if not given(n)
+            ]
+    chosen = [name for name, names in adapters.items() if any(given(n) for n in names)]
+    if given("TENANT_DATABASE_URL"):
+        chosen.append("tenant database")
+    if chosen and values["steps"] != "embedded":
+        problems.append(
+            f"PROVISIONER_STEPS={values['steps']} runs no real steps, so the {' and '.join(chosen)} "
+            "settings would be ignored: unset them or use PROVISIONER_STEPS=embedded"
+        )
+    if any(given(n) for n in railway):
+        # A service on Railway cannot open a file on this machine.
+        if not given("TENANT_DATABASE_URL"):
+            problems.append(
+                "PROVISIONER_TENANT_DATABASE_URL: required with Railway, whose department services "
+                "cannot reach a database file on this machine"
+            )
+        if not given("N8N_URL"):
+            problems.append(
+                "PROVISIONER_N8N_URL: required with Railway, whose department services cannot read "
+                "workflow files from this machine (the workflows run on n8n)"
+            )
+        ca_file = values["upstream_ca_file"]
+        if isinstance(ca_file, Path) and not ca_file.is_file():
+            problems.append(
+                f"PROVISIONER_UPSTREAM_CA_FILE: {ca_file} is not a file of trusted certificate authorities"
+            )
+    return problems
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -207,11 +272,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "regions": read("REGIONS", _regions, defaults.regions),
         "max_departments": read("MAX_DEPARTMENTS", _count, defaults.max_departments),
         "tenant_database_url": read("TENANT_DATABASE_URL", _tenant_database_url, ""),
+        "railway_token": read("RAILWAY_TOKEN", str, ""),
+        "railway_token_kind": read("RAILWAY_TOKEN_KIND", _choice(("bearer", "project")), "bearer"),
+        "railway_project_id": read("RAILWAY_PROJECT_ID", str, ""),
+        "railway_environment_id": read("RAILWAY_ENVIRONMENT_ID", str, ""),
+        "railway_image": read("RAILWAY_IMAGE", str, ""),
+        "railway_endpoint": read("RAILWAY_ENDPOINT", _http_url, DEFAULT_ENDPOINT),
+        "n8n_url": read("N8N_URL", _http_url, ""),
+        "n8n_api_key": read("N8N_API_KEY", str, ""),
+        "upstream_ca_file": read("UPSTREAM_CA_FILE", Path, SYSTEM_CA_FILE),
     }
     if values["jwt_secret"] and len(str(values["jwt_secret"])) < 32:
         problems.append("PROVISIONER_JWT_SECRET: use at least 32 characters (HS256 needs 256 bits)")
     if values["heartbeat_seconds"] == 0:
         problems.append("PROVISIONER_WATCH_HEARTBEAT: must be more than 0 seconds")
+    problems += _adapter_problems(env, values)
     engine_values = {
         "step_timeout": read("STEP_TIMEOUT", _seconds, defaults.engine.step_timeout),
         "job_deadline": read("JOB_DEADLINE", _seconds, defaults.engine.job_deadline),

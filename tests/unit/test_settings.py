@@ -114,3 +114,56 @@ def test_bad_auth_and_rate_settings_are_named() -> None:
     message = caught.value.message
     for name in ("JWT_SECRET", "RATE_LIMIT_PROVISION", "CORS_ORIGINS"):
         assert f"PROVISIONER_{name}" in message
+
+
+RAILWAY = {
+    "PROVISIONER_RAILWAY_TOKEN": "railway-token-0123456789",
+    "PROVISIONER_RAILWAY_PROJECT_ID": "project-1",
+    "PROVISIONER_RAILWAY_ENVIRONMENT_ID": "env-1",
+    "PROVISIONER_RAILWAY_IMAGE": "ghcr.io/example/department-service:1",
+}
+N8N = {"PROVISIONER_N8N_URL": "https://n8n.example.com/", "PROVISIONER_N8N_API_KEY": "n8n-key-0123456789"}
+TENANTS = {"PROVISIONER_TENANT_DATABASE_URL": "postgresql://admin:pg-admin-password@db.example.com/tenants"}
+
+
+def test_the_production_adapters_are_read_and_their_secrets_never_printed(tmp_path: Path) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = load_settings({**RAILWAY, **N8N, **TENANTS, "PROVISIONER_UPSTREAM_CA_FILE": str(ca_file)})
+    assert settings.railway and settings.railway_token_kind == "bearer"
+    assert settings.n8n_url == "https://n8n.example.com"
+    assert settings.upstream_ca_file == ca_file
+    for secret in ("railway-token-0123456789", "n8n-key-0123456789", "pg-admin-password"):
+        assert secret not in repr(settings)
+
+
+def test_an_adapter_half_configured_names_what_is_missing() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({"PROVISIONER_RAILWAY_TOKEN": "t", "PROVISIONER_N8N_URL": "http://n8n:5678"})
+    message = caught.value.message
+    for name in ("RAILWAY_PROJECT_ID", "RAILWAY_ENVIRONMENT_ID", "RAILWAY_IMAGE", "N8N_API_KEY"):
+        assert f"PROVISIONER_{name}: must be set with" in message
+    # A service on Railway cannot reach a SQLite file on this machine.
+    assert "PROVISIONER_TENANT_DATABASE_URL: required with Railway" in message
+
+
+def test_railway_needs_its_data_in_postgres_and_its_workflows_on_n8n() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(RAILWAY)
+    assert "PROVISIONER_TENANT_DATABASE_URL: required with Railway" in caught.value.message
+    assert "PROVISIONER_N8N_URL: required with Railway" in caught.value.message
+    # Without Railway, each of the others stands on its own beside the embedded steps.
+    assert load_settings(TENANTS).tenant_database_url
+    assert load_settings(N8N).n8n_url
+
+
+def test_adapters_are_refused_beside_steps_that_would_ignore_them() -> None:
+    with pytest.raises(ConfigurationError, match="PROVISIONER_STEPS=local runs no real steps"):
+        load_settings({**TENANTS, "PROVISIONER_STEPS": "local"})
+
+
+def test_a_tenant_database_url_that_is_not_postgres_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({"PROVISIONER_TENANT_DATABASE_URL": "mysql://root:hunter2@db/x"})
+    assert "PROVISIONER_TENANT_DATABASE_URL: expected a postgresql:// URL" in caught.value.message
+    assert "hunter2" not in caught.value.message

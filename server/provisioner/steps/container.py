@@ -32,6 +32,7 @@ from provisioner.core.errors import StepError, TransientStepError
 from provisioner.core.states import StepName
 from provisioner.steps.base import Condition, StepContext, settle
 from provisioner.steps.departments import DepartmentDirs, get, read_json, remove, write_json
+from provisioner.steps.envoy_config import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,11 @@ class LocalProcessContainer:
             await self._stop(int(running["pid"]), directory)
         remove(directory / SERVICE_FILE, directory / LOG_FILE)
         self._dirs.tidy(department_id)
+
+    async def upstream(self, department_id: str) -> Upstream | None:
+        """Where the gateway reaches the department's service (plain HTTP on this machine)."""
+        desired = Placement.read(self._dirs.path(department_id))
+        return None if desired is None else Upstream(desired.host, desired.port)
 
     async def check(self, ctx: StepContext) -> Condition:
         directory = self._dirs.path(ctx.department_id)

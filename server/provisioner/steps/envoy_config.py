@@ -22,6 +22,7 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,6 +52,36 @@ class Address(Protocol):
 
     @property
     def port(self) -> int: ...
+
+
+#: Where Debian keeps the system's trusted certificate authorities, in one PEM bundle.
+SYSTEM_CA_FILE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where a department's route leads. With `tls`, Envoy connects over TLS, sends the
+    host as SNI and as the Host header (a platform's edge routes by them), and accepts
+    only a certificate for that host from the trusted authorities."""
+
+    host: str
+    port: int
+    tls: bool = False
+
+    @classmethod
+    def https(cls, domain: str) -> Upstream:
+        """The upstream of a public domain (`name` or `name:port`), reached over TLS."""
+        host, sep, port = domain.rpartition(":")
+        if sep and port.isdigit():
+            return cls(host, int(port), tls=True)
+        return cls(domain, 443, tls=True)
+
+    def __str__(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+
+def _tls(address: Address) -> bool:
+    return isinstance(address, Upstream) and address.tls
 
 
 def render_envoy_config(
@@ -226,13 +257,17 @@ def render_route_config(
         api_route["typed_per_filter_config"] = {_CORS: _cors_policy(cors_origins)}
     no_transcoder = {_TRANSCODER: {"@type": _TYPE + "envoy.config.route.v3.FilterConfig", "disabled": True}}
     routes = [api_route]
-    for department_id in sorted(_checked(departments)):
+    for department_id, address in sorted(_checked(departments).items()):
         prefix = f"/departments/{department_id}/"
         routes += [
             {
                 "name": f"department_{department_id}",
                 "match": {"prefix": prefix},
-                "route": {"cluster": _department_cluster(department_id), "prefix_rewrite": "/"},
+                "route": {
+                    "cluster": _department_cluster(department_id),
+                    "prefix_rewrite": "/",
+                    **({"host_rewrite_literal": address.host} if _tls(address) else {}),
+                },
                 "typed_per_filter_config": no_transcoder,
             },
             {
@@ -258,15 +293,34 @@ def render_route_config(
     }
 
 
-def render_department_clusters(departments: Mapping[str, Address]) -> list[dict[str, Any]]:
-    """The CDS resources: one HTTP/1.1 cluster per department service."""
+def render_department_clusters(
+    departments: Mapping[str, Address], ca_file: Path = SYSTEM_CA_FILE
+) -> list[dict[str, Any]]:
+    """The CDS resources: one HTTP/1.1 cluster per department service, TLS where asked."""
     return [
         {
             "@type": _TYPE + "envoy.config.cluster.v3.Cluster",
             **_cluster(_department_cluster(department_id), address),
+            **({"transport_socket": _upstream_tls(address.host, ca_file)} if _tls(address) else {}),
         }
         for department_id, address in sorted(_checked(departments).items())
     ]
+
+
+def _upstream_tls(host: str, ca_file: Path) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": host,
+            "common_tls_context": {
+                "validation_context": {
+                    "trusted_ca": {"filename": str(ca_file)},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}],
+                }
+            },
+        },
+    }
 
 
 def write_envoy_config(
@@ -303,7 +357,11 @@ def write_envoy_config(
 
 
 def write_dynamic_config(
-    dynamic_dir: Path, departments: Mapping[str, Address], *, cors_origins: Sequence[str] = ()
+    dynamic_dir: Path,
+    departments: Mapping[str, Address],
+    *,
+    cors_origins: Sequence[str] = (),
+    ca_file: Path = SYSTEM_CA_FILE,
 ) -> None:
     """Route every department in `departments`, and only those, through the running Envoy.
 
@@ -315,7 +373,7 @@ def write_dynamic_config(
     for the moment until its route is gone too (404).
     """
     routes = render_route_config(departments, cors_origins)
-    clusters = render_department_clusters(departments)
+    clusters = render_department_clusters(departments, ca_file)
     dynamic_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(dynamic_dir / CLUSTERS_FILE, _discovery_response(clusters), _PUBLIC)
     write_atomically(dynamic_dir / ROUTES_FILE, _discovery_response([routes]), _PUBLIC)

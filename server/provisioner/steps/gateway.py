@@ -1,6 +1,8 @@
 """The gateway step: a route `/departments/<id>/` on the Envoy that serves the REST API.
 
-A department is routed while its `route.json` exists. Every change rewrites Envoy's
+A department is routed while its `route.json` exists, which records where the route leads:
+the container step's answer to `upstream` (a local service's address, or a container
+platform's public domain over TLS). Every change rewrites Envoy's
 dynamic route and cluster files from all routed departments (atomically; Envoy watches
 the directory and applies them without a restart), and is then verified through Envoy
 itself: the department's `/healthz` must answer through the new route, and must stop
@@ -13,16 +15,23 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from provisioner.core.errors import StepError, TransientStepError
 from provisioner.core.states import StepName
 from provisioner.steps.base import Condition, StepContext, settle
 from provisioner.steps.container import Placement
 from provisioner.steps.departments import DepartmentDirs, get, read_json, remove, write_json
-from provisioner.steps.envoy_config import Address, http_url, write_dynamic_config
+from provisioner.steps.envoy_config import SYSTEM_CA_FILE, Address, Upstream, http_url, write_dynamic_config
 
 ROUTE_FILE = "route.json"
 _CONVERGE_TIMEOUT = 10.0
+
+
+class Routable(Protocol):
+    """The container step, asked where a department's service can be reached."""
+
+    async def upstream(self, department_id: str) -> Upstream | None: ...
 
 
 class EnvoyGateway:
@@ -32,12 +41,16 @@ class EnvoyGateway:
         self,
         dirs: DepartmentDirs,
         *,
+        services: Routable,
         dynamic_dir: Path,
         http_addr: Address,
         admin_addr: Address,
         cors_origins: Sequence[str] = (),
+        ca_file: Path = SYSTEM_CA_FILE,
     ) -> None:
         self._dirs = dirs
+        self._services = services
+        self._ca_file = ca_file
         self._dynamic_dir = dynamic_dir
         self._base = http_url(http_addr)
         self._admin = http_url(admin_addr)
@@ -51,20 +64,21 @@ class EnvoyGateway:
 
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         await self._require_envoy()
-        directory = self._dirs.path(ctx.department_id)
-        desired = Placement.read(directory)
-        if desired is None:
+        upstream = await self._services.upstream(ctx.department_id)
+        if upstream is None:
             raise StepError("the department has no service to route to")
+        directory = self._dirs.ensure(ctx.department_id)
         async with self._lock:
-            await settle(asyncio.to_thread(self._route, directory, desired))
+            await settle(asyncio.to_thread(self._route, directory, upstream))
         await self._converge(ctx.department_id, lambda status: status == 200, "answer through")
         return {
             "route": f"/departments/{ctx.department_id}/",
-            "upstream": str(desired),
+            "upstream": str(upstream),
         }
 
-    def _route(self, directory: Path, upstream: Placement) -> None:
-        write_json(directory / ROUTE_FILE, {"host": upstream.host, "port": upstream.port}, mode=0o644)
+    def _route(self, directory: Path, upstream: Upstream) -> None:
+        record = {"host": upstream.host, "port": upstream.port, "tls": upstream.tls}
+        write_json(directory / ROUTE_FILE, record, mode=0o644)
         self.sync()
 
     async def compensate(self, ctx: StepContext) -> None:
@@ -83,18 +97,25 @@ class EnvoyGateway:
     def sync(self) -> None:
         """Write Envoy's files from every department that has a route.
 
-        The upstream is the container's desired place when there is one, so a route
+        The upstream is a local service's desired place when there is one, so a route
         follows its service when the service had to move to another port; else the place
-        recorded when the route was made (a route whose removal failed stays as it was).
+        recorded when the route was made (a platform's domain; or a route whose removal
+        failed, which stays as it was).
         """
         routes = {}
         for department_id in self._dirs.ids():
             directory = self._dirs.path(department_id)
             route = read_json(directory / ROUTE_FILE)
             if route is not None:
-                upstream = Placement.read(directory) or Placement(str(route["host"]), int(route["port"]))
-                routes[department_id] = upstream
-        write_dynamic_config(self._dynamic_dir, routes, cors_origins=self._cors_origins)
+                placed = Placement.read(directory)
+                routes[department_id] = (
+                    Upstream(placed.host, placed.port)
+                    if placed is not None
+                    else Upstream(str(route["host"]), int(route["port"]), tls=bool(route.get("tls", False)))
+                )
+        write_dynamic_config(
+            self._dynamic_dir, routes, cors_origins=self._cors_origins, ca_file=self._ca_file
+        )
 
     async def check(self, ctx: StepContext) -> Condition:
         if read_json(self._dirs.path(ctx.department_id) / ROUTE_FILE) is None:

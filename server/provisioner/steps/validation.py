@@ -1,9 +1,15 @@
 """The validation step: the department is checked the way its users will reach it.
 
-Through Envoy's route: `/healthz` answers SERVING; a workflow webhook called with the
-department's client credentials runs, and its execution row is then read back from the
-department's own database; the same call with a wrong secret is refused. The check
-leaves one execution (the smoke test) in the department's history.
+`DeploymentValidation` (workflows served by the department service): through Envoy's
+route, `/healthz` answers SERVING; a workflow webhook called with the department's client
+credentials runs, and its execution row is then read back from the department's own
+database; the same call with a wrong secret is refused. The check leaves one execution
+(the smoke test) in the department's history.
+
+`PlatformValidation` (workflows on n8n, whose webhooks take no client credentials):
+through Envoy's route, `/healthz` answers SERVING, which the service says only when it
+reaches its database as its own role; the department's own `/executions` answers its
+client and refuses a wrong secret; and the workflows step sees every workflow active.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import httpx
 
 from provisioner.core.errors import StepError, TransientStepError
 from provisioner.core.states import StepName
-from provisioner.steps.base import Condition, StepContext
+from provisioner.steps.base import Condition, Step, StepContext
 from provisioner.steps.departments import get, http_client
 from provisioner.steps.gateway import EnvoyGateway
 from provisioner.steps.vault import CredentialVault
@@ -25,6 +31,25 @@ class ExecutionLedger(Protocol):
     """The database step, asked directly (not through the service) what an execution left."""
 
     async def execution_status(self, department_id: str, execution_id: str) -> str | None: ...
+
+
+async def _require_serving(gateway: EnvoyGateway, department_id: str) -> None:
+    health = await get(gateway.url(department_id, "healthz"))
+    if health.status_code != 200 or health.json().get("status") != "SERVING":
+        raise TransientStepError(f"/healthz through the gateway answered {health.status_code}")
+
+
+async def _serving_condition(gateway: EnvoyGateway, department_id: str) -> Condition:
+    try:
+        reply = await get(gateway.url(department_id, "healthz"))
+        serving = reply.status_code == 200 and reply.json().get("status") == "SERVING"
+    except (TransientStepError, ValueError) as exc:
+        return Condition(StepName.VALIDATION, False, "UNREACHABLE", str(exc))
+    if not serving:
+        return Condition(
+            StepName.VALIDATION, False, "NOT_SERVING", f"/healthz through Envoy: {reply.status_code}"
+        )
+    return Condition(StepName.VALIDATION, True, "SERVING", "answers through the gateway")
 
 
 class DeploymentValidation:
@@ -37,9 +62,7 @@ class DeploymentValidation:
 
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         department = ctx.department_id
-        health = await get(self._gateway.url(department, "healthz"))
-        if health.status_code != 200 or health.json().get("status") != "SERVING":
-            raise TransientStepError(f"/healthz through the gateway answered {health.status_code}")
+        await _require_serving(self._gateway, department)
         client_id, secret = await asyncio.to_thread(self._vault.reveal, department)
         workflow = sorted(ctx.spec.workflows)[0]
         url = self._gateway.url(department, f"workflows/{workflow}")
@@ -69,11 +92,39 @@ class DeploymentValidation:
         return
 
     async def check(self, ctx: StepContext) -> Condition:
-        try:
-            reply = await get(self._gateway.url(ctx.department_id, "healthz"))
-            serving = reply.status_code == 200 and reply.json().get("status") == "SERVING"
-        except (TransientStepError, ValueError) as exc:
-            return Condition(self.name, False, "UNREACHABLE", str(exc))
-        if not serving:
-            return Condition(self.name, False, "NOT_SERVING", f"/healthz through Envoy: {reply.status_code}")
-        return Condition(self.name, True, "SERVING", "answers through the gateway")
+        return await _serving_condition(self._gateway, ctx.department_id)
+
+
+class PlatformValidation:
+    name = StepName.VALIDATION
+
+    def __init__(self, gateway: EnvoyGateway, vault: CredentialVault, workflows: Step) -> None:
+        self._gateway = gateway
+        self._vault = vault
+        self._workflows = workflows
+
+    async def apply(self, ctx: StepContext) -> dict[str, str]:
+        department = ctx.department_id
+        await _require_serving(self._gateway, department)
+        client_id, secret = await asyncio.to_thread(self._vault.reveal, department)
+        url = self._gateway.url(department, "executions?limit=1")
+        async with http_client() as client:
+            try:
+                answered = await client.get(url, auth=(client_id, secret))
+                refused = await client.get(url, auth=(client_id, "not-the-secret"))
+            except httpx.HTTPError as exc:
+                raise TransientStepError(f"cannot call the department: {type(exc).__name__}") from exc
+        if answered.status_code != 200:
+            raise StepError(f"/executions answered {answered.status_code} to the department's own client")
+        if refused.status_code != 401:
+            raise StepError(f"/executions answered {refused.status_code} to a wrong secret, not 401")
+        workflows = await self._workflows.check(ctx)
+        if not workflows.healthy:
+            raise TransientStepError(f"the workflows are not ready: {workflows.message}")
+        return {"client": "accepted; a wrong secret refused", "workflows": workflows.message}
+
+    async def compensate(self, ctx: StepContext) -> None:
+        return  # it made nothing
+
+    async def check(self, ctx: StepContext) -> Condition:
+        return await _serving_condition(self._gateway, ctx.department_id)

@@ -26,6 +26,7 @@ from provisioner.core.states import StepName
 from provisioner.steps.base import Condition, StepContext, settle
 from provisioner.steps.container_railway import operations as ops
 from provisioner.steps.container_railway.api import DEFAULT_ENDPOINT, AuthKind, RailwayApi
+from provisioner.steps.envoy_config import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,14 @@ class RailwayContainer:
                     "railway service deleted",
                     extra={"fields": {"department": ctx.department_id, "service": name}},
                 )
+
+    async def upstream(self, department_id: str) -> Upstream | None:
+        """The service's public domain, over TLS, for the gateway's route (None without one)."""
+        found = await ops.services_named(self._api, self._project_id, service_name(department_id))
+        if not found:
+            return None
+        domains = await ops.service_domains(self._api, self._project_id, self._environment_id, found[0])
+        return Upstream.https(domains[0]) if domains else None
 
     async def check(self, ctx: StepContext) -> Condition:
         try:
