@@ -41,6 +41,10 @@ The shapes follow Railway's own documentation and client, as found with the sear
   or validate are HTTP 400, errors carry `extensions.code` and a `traceId`.
 
 What only a real account can confirm is listed in `provisioner.steps.container_railway`.
+
+With a `runtime`, deployments really run: the runtime gives each service its public
+domain and starts the service's image with its variables when a deployment finishes,
+which then succeeds only if the health check path answers 200, as on Railway.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 #: What a deployment goes through before its outcome; each read moves it one step on.
 PROGRESS = ("QUEUED", "BUILDING", "DEPLOYING")
@@ -127,6 +131,19 @@ DOMAIN_SETTINGS = frozenset({"serviceId", "environmentId", "targetPort"})
 DOMAIN_SUFFIX = "up.railway.app"
 
 
+class Runtime(Protocol):
+    """What runs the services' images, for a fake whose deployments are real."""
+
+    def domain(self, service: str) -> str:
+        """The public domain of a new domain for `service`."""
+
+    def run(self, service: str, variables: dict[str, str], healthcheck_path: str | None) -> bool:
+        """(Re)start `service` with `variables`; whether its health check answered 200."""
+
+    def remove(self, service: str) -> None:
+        """Stop `service` and release its domain."""
+
+
 @dataclass(frozen=True)
 class FakeDomain:
     id: str
@@ -153,9 +170,16 @@ class FakeRailway:
     """
 
     def __init__(
-        self, token: str, project_id: str, environment_id: str, *, project_token: bool = False
+        self,
+        token: str,
+        project_id: str,
+        environment_id: str,
+        *,
+        project_token: bool = False,
+        runtime: Runtime | None = None,
     ) -> None:
         self.token = token
+        self.runtime = runtime
         self.project_token = project_token
         self.project_id = project_id
         self.environment_id = environment_id
@@ -365,6 +389,8 @@ class FakeRailway:
     def _service_delete(self, args: dict[str, Any]) -> Any:
         service = self._require_service(_required(args, "id"))
         del self.services[service.id]
+        if self.runtime is not None:
+            self.runtime.remove(service.name)
         for deployment_id in [d.id for d in self.deployments.values() if d.service_id == service.id]:
             del self.deployments[deployment_id]
         return True
@@ -392,7 +418,12 @@ class FakeRailway:
         _known_fields(spec, DOMAIN_SETTINGS, "ServiceDomainCreateInput")
         service = self._require_service(_required(spec, "serviceId"))
         environment_id = self._require_environment(_required(spec, "environmentId"))
-        made = FakeDomain(str(uuid.uuid4()), f"{service.name}-{uuid.uuid4().hex[:6]}.{DOMAIN_SUFFIX}")
+        name = (
+            self.runtime.domain(service.name)
+            if self.runtime is not None
+            else f"{service.name}-{uuid.uuid4().hex[:6]}.{DOMAIN_SUFFIX}"
+        )
+        made = FakeDomain(str(uuid.uuid4()), name)
         service.domains.setdefault(environment_id, []).append(made)
         return {"id": made.id, "domain": made.domain}
 
@@ -418,7 +449,15 @@ class FakeRailway:
             deployment.status = PROGRESS[deployment.step]
         elif deployment.outcome is not None:
             deployment.status = deployment.outcome
-            if deployment.outcome == "SUCCESS":
+            if deployment.outcome == "SUCCESS" and self.runtime is not None:
+                service = self.services[deployment.service_id]
+                healthy = self.runtime.run(
+                    service.name,
+                    service.variables.get(deployment.environment_id, {}),
+                    service.settings.get(deployment.environment_id, {}).get("healthcheckPath"),
+                )
+                deployment.status = "SUCCESS" if healthy else "FAILED"
+            if deployment.status == "SUCCESS":
                 for other in self.deployments.values():
                     same = other.service_id == deployment.service_id and other is not deployment
                     if (

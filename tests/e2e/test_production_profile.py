@@ -1,0 +1,165 @@
+"""The production profile end to end: PostgreSQL, Railway, n8n, an Envoy route over TLS.
+
+The control plane runs with every production adapter selected by its settings. The
+tenant database is a real PostgreSQL; Railway's control API is the local fake, whose
+deployments really run the department service (configured only by the variables the
+container step set) behind a TLS front with a certificate from a throwaway authority;
+n8n's API is the in-memory fake behind HTTP (the real n8n has its own opt-in tests). The
+department must answer through Envoy, over verified TLS, with its own client, and leave
+nothing anywhere once deprovisioned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from provisioner.steps.envoy_config import SYSTEM_CA_FILE
+from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
+from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
+from tests.e2e.conftest import ControlPlane, control_plane
+from tests.e2e.platform import LocalPlatform
+from tests.e2e.test_departments import METADATA, deprovision, provision, through_envoy, traces
+from tests.e2e.test_tenant_database import in_postgres
+from tests.integration.fake_n8n import KEY, FakeN8n, serving
+from tests.integration.fake_railway import FakeRailway
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+TOKEN, PROJECT, ENVIRONMENT = "railway-test-token-0123456789", "project-1", "environment-1"
+
+
+class Production:
+    def __init__(self, plane: ControlPlane, railway: FakeRailway, n8n: FakeN8n, platform: LocalPlatform):
+        self.plane, self.railway, self.n8n, self.platform = plane, railway, n8n, platform
+
+
+@pytest.fixture
+def production(postgres_url: str, tmp_path: Path) -> Iterator[Production]:
+    with running_production(postgres_url, tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def running_production(postgres_url: str, tmp_path: Path, *, trusted: bool = True) -> Iterator[Production]:
+    """The control plane on every production adapter; with `trusted` False, Envoy is told
+    to trust the system's authorities only, which never signed the platform's certificate."""
+    admin_url = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    with ExitStack() as stack:
+        platform = LocalPlatform(tmp_path / "platform")
+        stack.callback(platform.close)
+        railway = stack.enter_context(FakeRailway(TOKEN, PROJECT, ENVIRONMENT, runtime=platform))
+        n8n = FakeN8n()
+        n8n_url = stack.enter_context(serving(n8n))
+        (tmp_path / "plane").mkdir()
+        plane = control_plane(
+            tmp_path / "plane",
+            PROVISIONER_TENANT_DATABASE_URL=admin_url,
+            PROVISIONER_RAILWAY_TOKEN=TOKEN,
+            PROVISIONER_RAILWAY_PROJECT_ID=PROJECT,
+            PROVISIONER_RAILWAY_ENVIRONMENT_ID=ENVIRONMENT,
+            PROVISIONER_RAILWAY_IMAGE="ghcr.io/example/department-service:test",
+            PROVISIONER_RAILWAY_ENDPOINT=railway.url,
+            PROVISIONER_N8N_URL=n8n_url,
+            PROVISIONER_N8N_API_KEY=KEY,
+            PROVISIONER_UPSTREAM_CA_FILE=str(platform.ca_file if trusted else SYSTEM_CA_FILE),
+            PROVISIONER_MAX_RETRIES="0",
+        )
+        plane.start()
+        stack.callback(lambda: _stopped(plane))
+        yield Production(plane, railway, n8n, platform)
+
+
+def _stopped(plane: ControlPlane) -> None:
+    assert plane.stop() == 0, plane.log.read_text()[-3000:]
+
+
+def test_a_department_on_the_production_adapters_answers_over_tls_and_leaves_nothing(
+    production: Production, postgres_url: str
+) -> None:
+    plane, railway, n8n, platform = production.plane, production.railway, production.n8n, production.platform
+    admin_url = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    dept = f"ops-{uuid.uuid4().hex[:6]}"
+
+    created, job = provision(plane, dept)
+    assert job.state == pb.JOB_STATE_COMPLETED, job.error
+    client_id, secret = created.issued_client.client_id, created.issued_client.client_secret
+
+    # Railway runs the service, told who it is, where its data is and whom to let in.
+    service = railway.service_named(f"dept-{dept}")
+    assert service is not None and platform.running() == [f"dept-{dept}"]
+    variables = service.variables[ENVIRONMENT]
+    assert sorted(variables) == ["CLIENT_ID", "CLIENT_SECRET_SHA256", "DATABASE_URL", "DEPARTMENT_ID"]
+    assert variables["DEPARTMENT_ID"] == dept and variables["CLIENT_ID"] == client_id
+    assert variables["CLIENT_SECRET_SHA256"] == hashlib.sha256(secret.encode()).hexdigest()
+    assert variables["DATABASE_URL"].startswith(f"postgresql://dept_{dept.replace('-', '_')}:")
+    assert secret not in str(railway.calls) and secret not in plane.log.read_text()
+
+    # Through Envoy, which reaches the service's domain over TLS it verified.
+    health = through_envoy(plane, dept, "healthz")
+    assert health.status_code == 200 and health.json()["database"] == "ok", health.text
+    assert platform.fronts[f"dept-{dept}"].handshakes > 0
+    assert through_envoy(plane, dept, "executions", auth=(client_id, secret)).status_code == 200
+    assert through_envoy(plane, dept, "executions", auth=(client_id, "guess")).status_code == 401
+
+    # Its workflows are active on n8n, tagged with the department.
+    workflows = n8n.of(dept)
+    assert sorted(w["name"] for w in workflows) == [
+        f"dept-{dept}-{k}" for k in ("database", "email", "google_drive")
+    ]
+    assert all(w["active"] for w in workflows)
+    assert "schema" in asyncio.run(in_postgres(admin_url, dept))
+
+    with grpc.insecure_channel(plane.grpc_target) as channel:
+        report = pb_grpc.ProvisioningServiceStub(channel).GetDepartmentHealth(
+            pb.GetDepartmentHealthRequest(department_id=dept), metadata=METADATA, timeout=30
+        )
+    assert report.healthy, report
+    conditions = {c.step: c.reason for c in report.conditions}
+    assert conditions["container"] == "RUNNING" and conditions["database"] == "READY"
+
+    teardown = deprovision(plane, dept)
+    assert teardown.state == pb.JOB_STATE_COMPLETED, teardown.error
+    assert railway.service_named(f"dept-{dept}") is None and platform.running() == []
+    assert n8n.of(dept) == [] and f"department:{dept}" not in n8n.tags.values()
+    assert asyncio.run(in_postgres(admin_url, dept)) == {}
+    assert traces(plane, dept) == {}  # no directory, vault entry, route, or answer through Envoy
+
+
+def test_a_service_that_never_gets_healthy_rolls_the_whole_department_back(
+    production: Production, postgres_url: str
+) -> None:
+    plane, railway, n8n, platform = production.plane, production.railway, production.n8n, production.platform
+    admin_url = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    # Railway reports the deployment FAILED: the container step fails, and all is undone.
+    railway.deploy_outcome = "FAILED"
+    dept = f"bad-{uuid.uuid4().hex[:6]}"
+
+    _, job = provision(plane, dept)
+
+    assert job.state == pb.JOB_STATE_FAILED
+    assert "FAILED" in job.error.message
+    assert railway.service_named(f"dept-{dept}") is None and platform.running() == []
+    assert n8n.of(dept) == []
+    assert asyncio.run(in_postgres(admin_url, dept)) == {}
+    assert traces(plane, dept) == {}
+
+
+def test_a_domain_whose_certificate_envoy_does_not_trust_is_never_routed(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    with running_production(postgres_url, tmp_path, trusted=False) as production:
+        dept = f"tls-{uuid.uuid4().hex[:6]}"
+        _, job = provision(production.plane, dept)
+
+        assert job.state == pb.JOB_STATE_FAILED
+        assert job.error.step == "gateway" and "did not answer through Envoy" in job.error.message
+        assert production.platform.running() == []
+        assert traces(production.plane, dept) == {}
