@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
+import secrets
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,8 +29,6 @@ from provisioner.steps.base import StepContext
 from provisioner.steps.tenant_postgres import (
     PostgresTenantDatabase,
     department_names,
-    derive_password,
-    hmac_password_deriver,
 )
 from provisioner.steps.tenant_postgres.naming import quote_ident, quote_literal, scram_sha256_verifier
 from tests.postgres import PostgresServer
@@ -83,7 +81,9 @@ def admin_url(postgres_url: str) -> str:
 
 @pytest.fixture
 def password_for() -> Callable[[str], str]:
-    return hmac_password_deriver(os.urandom(32))
+    """A random password per department, kept for the test (the product keeps it in the vault)."""
+    passwords: dict[str, str] = {}
+    return lambda department_id: passwords.setdefault(department_id, secrets.token_urlsafe(32))
 
 
 @pytest.fixture
@@ -656,14 +656,3 @@ def test_bad_configuration_is_refused_when_built(url: str, options: dict[str, in
     with pytest.raises(ConfigurationError) as raised:
         PostgresTenantDatabase(url, lambda _: "unused-password", **options)
     assert "hunter2" not in str(raised.value)
-
-
-def test_derived_passwords_are_stable_distinct_and_plain_ascii() -> None:
-    key = bytes(range(32))
-    password_for = hmac_password_deriver(key)
-    first, other = password_for("sales"), password_for("sales-eu")
-    assert first == derive_password(key, "sales") == password_for("sales")
-    assert first != other and first != hmac_password_deriver(bytes(32))("sales")
-    assert len(first) == 43 and first.isascii() and first.isprintable()
-    with pytest.raises(ValueError, match="32 bytes"):
-        hmac_password_deriver(b"short")

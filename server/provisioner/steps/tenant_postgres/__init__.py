@@ -1,8 +1,7 @@
 """The PostgreSQL adapter of the `database` step (`PROVISIONER_TENANT_DATABASE_URL`).
 
 - `adapter`: `PostgresTenantDatabase`, the step itself (apply, compensate, check).
-- `naming`: the department's role and schema names, SQL quoting, the SCRAM verifier, and
-  `derive_password` / `hmac_password_deriver` for the `password_for` the step needs.
+- `naming`: the department's role and schema names, SQL quoting, the SCRAM verifier.
 - `templates`: the versioned data model (`steps/templates/postgres/v<N>.sql`) and the
   row-level security every department table gets.
 - `health`: the live check behind `check`.
@@ -10,17 +9,6 @@
 """
 
 from provisioner.steps.tenant_postgres.adapter import PostgresTenantDatabase
-from provisioner.steps.tenant_postgres.naming import (
-    DepartmentNames,
-    department_names,
-    derive_password,
-    hmac_password_deriver,
-)
+from provisioner.steps.tenant_postgres.naming import DepartmentNames, department_names
 
-__all__ = [
-    "DepartmentNames",
-    "PostgresTenantDatabase",
-    "department_names",
-    "derive_password",
-    "hmac_password_deriver",
-]
+__all__ = ["DepartmentNames", "PostgresTenantDatabase", "department_names"]

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from provisioner.core.errors import StepError
@@ -116,25 +115,3 @@ def scram_sha256_verifier(
         return base64.b64encode(raw).decode("ascii")
 
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
-
-
-_PASSWORD_PURPOSE = b"provisioner/tenant-database-role/"
-
-
-def derive_password(key: bytes, department_id: str) -> str:
-    """A department role's password: base64url(HMAC-SHA256(key, purpose + id)).
-
-    Recomputed whenever it is needed, so it is never stored. 43 printable ASCII
-    characters (256 bits), which SCRAM takes as they are. A different key gives every
-    department a different password: re-applying the step then rotates them.
-    """
-    if len(key) < 32:
-        raise ValueError("the password derivation key must be at least 32 bytes")
-    mac = hmac.new(key, _PASSWORD_PURPOSE + department_id.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
-
-
-def hmac_password_deriver(key: bytes) -> Callable[[str], str]:
-    """A `password_for` for `PostgresTenantDatabase` from one fixed key (see `derive_password`)."""
-    derive_password(key, "probe")  # a short key fails here, when the step is built
-    return lambda department_id: derive_password(key, department_id)
