@@ -40,6 +40,20 @@ def test_an_issued_secret_is_only_ever_on_disk_sealed_and_hashed(
     assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600
 
 
+def test_activating_again_after_a_crash_between_its_writes_leaves_one_sealed_copy(
+    vault: CredentialVault, tmp_path: Path
+) -> None:
+    vault.issue("hr", "job-1")
+    issued = (tmp_path / "vault" / "hr" / "issued-job-1.json").read_text()
+    vault.activate("hr", "job-1")
+    # As if killed after active.json was written and before the issued copy went.
+    (tmp_path / "vault" / "hr" / "issued-job-1.json").write_text(issued)
+
+    vault.activate("hr", "job-1")  # the step runs again after the restart
+
+    assert sorted(p.name for p in (tmp_path / "vault" / "hr").iterdir()) == ["active.json"]
+
+
 def test_a_later_job_replaces_the_credential_and_revocation_leaves_nothing(vault: CredentialVault) -> None:
     vault.issue("hr", "job-1")
     vault.activate("hr", "job-1")

@@ -219,15 +219,16 @@ class CredentialVault:
         """Make the job's issued credential the department's active one (idempotent)."""
         folder = self._dir(department_id)
         active = self._read(folder / "active.json")
-        if active is not None and active["job_id"] == job_id:
-            return self._credential(active)
-        issued = self._read(folder / f"issued-{job_id}.json")
-        if issued is None:
-            raise StepError(f"no credentials were issued for job {job_id}; provision again for new ones")
-        write_atomically(folder / "active.json", json.dumps(issued, indent=2))
+        if active is None or active["job_id"] != job_id:
+            issued = self._read(folder / f"issued-{job_id}.json")
+            if issued is None:
+                raise StepError(f"no credentials were issued for job {job_id}; provision again for new ones")
+            write_atomically(folder / "active.json", json.dumps(issued, indent=2))
+            active = issued
+        # Also when already active: a crash may have come between that write and this.
         for other in folder.glob("issued-*.json"):
             other.unlink(missing_ok=True)
-        return self._credential(issued)
+        return self._credential(active)
 
     def active(self, department_id: str) -> Credential | None:
         record = self._read(self._dir(department_id) / "active.json")
