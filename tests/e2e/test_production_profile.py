@@ -178,6 +178,8 @@ def test_workflows_on_n8n_beside_the_embedded_steps(tmp_path: Path) -> None:
             validation = next(s for s in job.steps if s.name == "validation")
             assert validation.resources["workflows"] == "active in n8n: database, email, google_drive"
             assert all(w["active"] for w in n8n.of(dept)) and len(n8n.of(dept)) == 3
+            # The validation step ran one workflow on n8n.
+            assert [path for path, _ in n8n.executions] == [f"{dept}/database"]
             # The service serves its data, and no workflow of its own.
             auth = (created.issued_client.client_id, created.issued_client.client_secret)
             assert through_envoy(plane, dept, "workflows", auth=auth).json()["workflows"] == []

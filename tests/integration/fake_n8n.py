@@ -32,6 +32,7 @@ class FakeN8n:
         self.page_size = page_size
         self.inactive_reads = 0  # reads that still show a just-activated workflow inactive
         self.unpublishing = 0  # deletes refused as if n8n were still unpublishing in the background
+        self.executions: list[tuple[str, Any]] = []  # (webhook path, body) of every webhook call run
         self._ids = (f"id{n:04d}" for n in itertools.count(1))
 
     def add(self, body: dict[str, Any], *, active: bool = False, tags: tuple[str, ...] = ()) -> str:
@@ -64,6 +65,8 @@ class FakeN8n:
         return [call for call in self.calls if not call.startswith("GET")]
 
     def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/webhook/"):
+            return self._webhook(request)
         path = request.url.path.removeprefix("/api/v1")
         self.calls.append(f"{request.method} {path}")
         if request.headers.get("x-n8n-api-key") != KEY:
@@ -92,6 +95,18 @@ class FakeN8n:
                     workflow["tags"] = [t for t in workflow["tags"] if t["id"] != tag_id]
                 return httpx.Response(200, json={"id": tag_id})
         return self._one(request.method, path.strip("/").split("/"), body)
+
+    def _webhook(self, request: httpx.Request) -> httpx.Response:
+        """An active workflow's webhook: recorded as an execution, answered with its name.
+
+        (It runs nothing: what a workflow computes is the real n8n's, in its own tests.)"""
+        path = request.url.path.removeprefix("/webhook/")
+        for workflow in self.workflows.values():
+            if workflow["active"] and workflow["nodes"][0]["parameters"]["path"] == path:
+                self.executions.append((path, json.loads(request.content or b"null")))
+                return httpx.Response(200, json={"workflow": workflow["name"]})
+        message = f'The requested webhook "{request.method} {path}" is not registered.'
+        return httpx.Response(404, json={"code": 404, "message": message})
 
     def _one(self, method: str, parts: list[str], body: Any) -> httpx.Response:
         workflow = self.workflows.get(parts[1]) if len(parts) > 1 else None

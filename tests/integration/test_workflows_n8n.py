@@ -14,12 +14,8 @@ holds is read back through its public API here, never through the adapter.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -29,58 +25,12 @@ from provisioner.core.errors import StepError, TransientStepError
 from provisioner.core.spec import DepartmentSpec
 from provisioner.steps.base import StepContext
 from provisioner.steps.workflows_n8n import N8nWorkflows, department_tag, to_n8n, workflow_name
+from tests.n8n import N8n
 
 # The first session may install n8n (minutes) inside its first test's timeout.
 pytestmark = [pytest.mark.n8n, pytest.mark.timeout(900)]
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "start-n8n"
-INSTALL_DIR = REPO / ".tools" / "n8n"
 ALL = ("email", "google_drive", "database")
-
-
-@dataclass(frozen=True, slots=True)
-class N8n:
-    url: str
-    api_key: str
-
-
-def _running_pid(install_dir: Path) -> str | None:
-    pid = (
-        (install_dir / "state" / "n8n.pid").read_text().strip()
-        if (install_dir / "state" / "n8n.pid").exists()
-        else ""
-    )
-    return pid if pid.isdigit() and Path(f"/proc/{pid}").exists() else None
-
-
-@pytest.fixture(scope="session")
-def n8n() -> Iterator[N8n]:
-    """The n8n under test: the one the environment names, else one started for the session."""
-    url, key = os.environ.get("PROVISIONER_N8N_URL"), os.environ.get("PROVISIONER_N8N_API_KEY")
-    if url and key:
-        yield N8n(url, key)
-        return
-    if os.environ.get("PROVISIONER_N8N_TESTS") != "1":
-        pytest.skip("no n8n: set PROVISIONER_N8N_URL and PROVISIONER_N8N_API_KEY, or PROVISIONER_N8N_TESTS=1")
-    already = _running_pid(INSTALL_DIR)
-    started = subprocess.run(
-        [str(SCRIPT), str(INSTALL_DIR)], capture_output=True, text=True, timeout=840, check=False
-    )
-    if started.returncode != 0:
-        pytest.fail(f"scripts/start-n8n failed ({started.returncode}):\n{started.stderr}", pytrace=False)
-    values = dict(
-        line.split("=", 1)
-        for line in started.stdout.splitlines()
-        if "=" in line and not line.startswith("export")
-    )
-    try:
-        yield N8n(values["PROVISIONER_N8N_URL"], values["PROVISIONER_N8N_API_KEY"])
-    finally:
-        if values.get("N8N_PID") != already:  # ours to stop; one found running stays
-            subprocess.run(
-                [str(SCRIPT), "--stop", str(INSTALL_DIR)], capture_output=True, timeout=60, check=False
-            )
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ database; the same call with a wrong secret is refused. The check leaves one exe
 `PlatformValidation` (workflows on n8n, whose webhooks take no client credentials):
 through Envoy's route, `/healthz` answers SERVING, which the service says only when it
 reaches its database as its own role; the department's own `/executions` answers its
-client and refuses a wrong secret; and the workflows step sees every workflow active.
+client and refuses a wrong secret; the workflows step sees every workflow active; and
+one workflow's webhook runs on n8n (which keeps the execution).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ from provisioner.steps.base import Condition, Step, StepContext
 from provisioner.steps.departments import get, http_client
 from provisioner.steps.gateway import EnvoyGateway
 from provisioner.steps.vault import CredentialVault
+
+
+class WorkflowPlatform(Step, Protocol):
+    """The workflows step on a workflow platform, whose webhooks it can point at."""
+
+    def webhook_url(self, department_id: str, kind: str) -> str: ...
 
 
 class ExecutionLedger(Protocol):
@@ -98,7 +105,7 @@ class DeploymentValidation:
 class PlatformValidation:
     name = StepName.VALIDATION
 
-    def __init__(self, gateway: EnvoyGateway, vault: CredentialVault, workflows: Step) -> None:
+    def __init__(self, gateway: EnvoyGateway, vault: CredentialVault, workflows: WorkflowPlatform) -> None:
         self._gateway = gateway
         self._vault = vault
         self._workflows = workflows
@@ -107,21 +114,36 @@ class PlatformValidation:
         department = ctx.department_id
         await _require_serving(self._gateway, department)
         client_id, secret = await asyncio.to_thread(self._vault.reveal, department)
-        url = self._gateway.url(department, "executions?limit=1")
+        own = self._gateway.url(department, "executions?limit=1")
+        workflow = sorted(ctx.spec.workflows)[0]
+        payload = {"name": "provisioning-check", "source": "provisioner", "job_id": ctx.job_id}
         async with http_client() as client:
             try:
-                answered = await client.get(url, auth=(client_id, secret))
-                refused = await client.get(url, auth=(client_id, "not-the-secret"))
+                answered = await client.get(own, auth=(client_id, secret))
+                refused = await client.get(own, auth=(client_id, "not-the-secret"))
+                if answered.status_code != 200:
+                    raise StepError(
+                        f"/executions answered {answered.status_code} to the department's own client"
+                    )
+                if refused.status_code != 401:
+                    raise StepError(f"/executions answered {refused.status_code} to a wrong secret, not 401")
+                workflows = await self._workflows.check(ctx)
+                if not workflows.healthy:
+                    raise TransientStepError(f"the workflows are not ready: {workflows.message}")
+                ran = await client.post(self._workflows.webhook_url(department, workflow), json=payload)
             except httpx.HTTPError as exc:
-                raise TransientStepError(f"cannot call the department: {type(exc).__name__}") from exc
-        if answered.status_code != 200:
-            raise StepError(f"/executions answered {answered.status_code} to the department's own client")
-        if refused.status_code != 401:
-            raise StepError(f"/executions answered {refused.status_code} to a wrong secret, not 401")
-        workflows = await self._workflows.check(ctx)
-        if not workflows.healthy:
-            raise TransientStepError(f"the workflows are not ready: {workflows.message}")
-        return {"client": "accepted; a wrong secret refused", "workflows": workflows.message}
+                raise TransientStepError(
+                    f"cannot call the department or its workflows: {type(exc).__name__}"
+                ) from exc
+        if ran.status_code != 200:
+            raise TransientStepError(
+                f"the {workflow} webhook on the workflow platform answered {ran.status_code}"
+            )
+        return {
+            "client": "accepted; a wrong secret refused",
+            "workflows": workflows.message,
+            "workflow": workflow,
+        }
 
     async def compensate(self, ctx: StepContext) -> None:
         return  # it made nothing

@@ -151,6 +151,10 @@ class N8nWorkflows:
     async def close(self) -> None:
         await self._api.close()
 
+    def webhook_url(self, department_id: str, kind: str) -> str:
+        """Where n8n runs the department's workflow of `kind` once it is active."""
+        return f"{self._api.base_url}/webhook/{webhook_path(department_id, kind)}"
+
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         department_id = ctx.department_id
         kinds = sorted(set(ctx.spec.workflows))
