@@ -54,7 +54,13 @@ async def test_a_department_on_postgres_keeps_its_data_in_its_schema_and_leaves_
     postgres_url: str, tmp_path: Path
 ) -> None:
     admin_url = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    plane = control_plane(tmp_path, PROVISIONER_TENANT_DATABASE_URL=admin_url)
+    doomed = f"bad-{uuid.uuid4().hex[:6]}"
+    plane = control_plane(
+        tmp_path,
+        PROVISIONER_TENANT_DATABASE_URL=admin_url,
+        # Aimed at one department: its gateway step fails after its database was made.
+        PROVISIONER_FAULT_INJECTION=f"gateway=fail@{doomed}",
+    )
     plane.start()
     dept = f"fin-{uuid.uuid4().hex[:6]}"
     try:
@@ -88,6 +94,13 @@ async def test_a_department_on_postgres_keeps_its_data_in_its_schema_and_leaves_
         assert teardown.state == pb.JOB_STATE_COMPLETED, teardown.error
         assert await in_postgres(admin_url, dept) == {}
         assert traces(plane, dept) == {}  # no directory, vault entry, process or route
+
+        # A failure after the database step rolls the schema, role and password back too.
+        _, failed = provision(plane, doomed)
+        assert failed.state == pb.JOB_STATE_FAILED and failed.error.step == "gateway"
+        assert "database" in failed.cleanup.compensated
+        assert await in_postgres(admin_url, doomed) == {}
+        assert traces(plane, doomed) == {}
     finally:
         try:
             assert plane.stop() == 0, plane.log.read_text()[-3000:]
