@@ -1,10 +1,10 @@
 """The gateway step: a route `/departments/<id>/` on the Envoy that serves the REST API.
 
-A department is routed while its `route.json` exists, which records where the route leads:
-the container step's answer to `upstream` (a local service's address, or a container
-platform's public domain over TLS). Every change rewrites Envoy's
-dynamic route and cluster files from all routed departments (atomically; Envoy watches
-the directory and applies them without a restart), and is then verified through Envoy
+A department is routed while its `route.json` exists, which records where the route
+leads: the container step's answer to `upstream` (a local service's address, or a
+container platform's public domain over TLS). Every change rewrites Envoy's dynamic
+route and cluster files from all routed departments (atomically; Envoy watches the
+directory and applies them without a restart), and is then verified through Envoy
 itself: the department's `/healthz` must answer through the new route, and must stop
 answering once the route is removed.
 """
