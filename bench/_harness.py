@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jwt
@@ -30,7 +30,7 @@ def quantile(values: Sequence[float], q: float) -> float:
 
 
 class Server:
-    def __init__(self, state_dir: Path, *, steps: str) -> None:
+    def __init__(self, state_dir: Path, *, steps: str, settings: Mapping[str, str] | None = None) -> None:
         self.grpc = f"127.0.0.1:{free_port()}"
         self.rest = f"http://127.0.0.1:{free_port()}"
         self.env = {
@@ -46,6 +46,7 @@ class Server:
             "PROVISIONER_RATE_LIMIT_READ": "10000000/m",
             "PROVISIONER_MAX_RUNNING_JOBS": "2000",
             "PROVISIONER_LOG_LEVEL": "WARNING",
+            **(settings or {}),
         }
         self.log = state_dir.parent / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
