@@ -101,6 +101,12 @@ def test_a_department_on_the_production_adapters_answers_over_tls_and_leaves_not
     assert variables["CLIENT_SECRET_SHA256"] == hashlib.sha256(secret.encode()).hexdigest()
     assert variables["DATABASE_URL"].startswith(f"postgresql://dept_{dept.replace('-', '_')}:")
     assert secret not in str(railway.calls) and secret not in plane.log.read_text()
+    # Nor are the platforms' own credentials anywhere the control plane writes.
+    written = plane.log.read_text() + "".join(
+        p.read_bytes().decode("latin-1") for p in plane.state_dir.rglob("*") if p.is_file()
+    )
+    assert TOKEN not in written and KEY not in written
+    assert variables["DATABASE_URL"].split("@")[0].rsplit(":", 1)[1] not in written  # the role's password
 
     # Through Envoy, which reaches the service's domain over TLS it verified.
     health = through_envoy(plane, dept, "healthz")
