@@ -141,7 +141,8 @@ def embedded_steps(settings: Settings) -> StepKit:
             departments_holding_resources=holding,
         ),
         StepName.DATABASE: database,
-        StepName.OAUTH: OAuthCredentials(dirs, vault),
+        # On Railway the container step publishes the client as the service's variables.
+        StepName.OAUTH: OAuthCredentials(dirs, vault, publish=not settings.railway),
         StepName.CONTAINER: container,
         StepName.WORKFLOWS: workflows,
         StepName.GATEWAY: gateway,

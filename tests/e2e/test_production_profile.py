@@ -128,8 +128,11 @@ def test_a_department_on_the_production_adapters_answers_over_tls_and_leaves_not
             pb.GetDepartmentHealthRequest(department_id=dept), metadata=METADATA, timeout=30
         )
     assert report.healthy, report
-    conditions = {c.step: c.reason for c in report.conditions}
-    assert conditions["container"] == "RUNNING" and conditions["database"] == "READY"
+    conditions = {c.step: c for c in report.conditions}
+    assert conditions["container"].reason == "RUNNING" and conditions["database"].reason == "READY"
+    assert conditions["validation"].message == "answers its own client through the gateway"
+    # The client reached the service as its variables, not as a file on this machine.
+    assert not (plane.state_dir / "departments" / dept / "credentials.json").exists()
 
     teardown = deprovision(plane, dept)
     assert teardown.state == pb.JOB_STATE_COMPLETED, teardown.error

@@ -3,7 +3,10 @@
 The secret was made when the Provision call was accepted (`VaultIssuer`), returned once
 to that caller, and sealed in the vault. This step activates it and gives the department
 service what it needs to check callers: the client id and the secret's SHA-256, never
-the secret. Compensation revokes: both the vault's records and the service's copy go.
+the secret, in `credentials.json` beside a local service. (A service on a container
+platform gets them as variables from the container step instead; then `publish` is off
+and whether the service accepts its client is checked live, by the validation step.)
+Compensation revokes: both the vault's records and the service's copy go.
 """
 
 from __future__ import annotations
@@ -36,21 +39,23 @@ class VaultIssuer:
 class OAuthCredentials:
     name = StepName.OAUTH
 
-    def __init__(self, dirs: DepartmentDirs, vault: CredentialVault) -> None:
+    def __init__(self, dirs: DepartmentDirs, vault: CredentialVault, *, publish: bool = True) -> None:
         self._dirs = dirs
         self._vault = vault
+        self._publish = publish
 
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         return await settle(asyncio.to_thread(self._activate, ctx))
 
     def _activate(self, ctx: StepContext) -> dict[str, str]:
         credential = self._vault.activate(ctx.department_id, ctx.job_id)
-        published = {
-            "client_id": credential.client_id,
-            "secret_sha256": credential.secret_sha256,
-            "revoked": False,
-        }
-        write_json(self._dirs.ensure(ctx.department_id) / CREDENTIALS_FILE, published)
+        if self._publish:
+            published = {
+                "client_id": credential.client_id,
+                "secret_sha256": credential.secret_sha256,
+                "revoked": False,
+            }
+            write_json(self._dirs.ensure(ctx.department_id) / CREDENTIALS_FILE, published)
         return {"client_id": credential.client_id}
 
     async def compensate(self, ctx: StepContext) -> None:
@@ -76,7 +81,8 @@ class OAuthCredentials:
         published = read_json(self._dirs.path(ctx.department_id) / CREDENTIALS_FILE) or {}
         if secret_digest(secret) != credential.secret_sha256 or client_id != credential.client_id:
             return Condition(self.name, False, "CORRUPT", "the sealed secret does not match its hash")
-        if published.get("secret_sha256") != credential.secret_sha256 or published.get("revoked"):
+        stale = published.get("secret_sha256") != credential.secret_sha256 or published.get("revoked")
+        if self._publish and stale:
             return Condition(
                 self.name, False, "NOT_PUBLISHED", "the department service has other credentials"
             )

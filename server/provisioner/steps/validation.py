@@ -99,7 +99,24 @@ class DeploymentValidation:
         return
 
     async def check(self, ctx: StepContext) -> Condition:
-        return await _serving_condition(self._gateway, ctx.department_id)
+        serving = await _serving_condition(self._gateway, ctx.department_id)
+        if not serving.healthy:
+            return serving
+        try:
+            client_id, secret = await asyncio.to_thread(self._vault.reveal, ctx.department_id)
+            async with http_client() as client:
+                own = self._gateway.url(ctx.department_id, "executions?limit=1")
+                answered = await client.get(own, auth=(client_id, secret))
+        except (StepError, httpx.HTTPError) as exc:
+            return Condition(self.name, False, "UNREACHABLE", str(exc) or type(exc).__name__)
+        if answered.status_code != 200:
+            return Condition(
+                self.name,
+                False,
+                "CLIENT_REFUSED",
+                f"the department answered its own client {answered.status_code}",
+            )
+        return Condition(self.name, True, "SERVING", "answers its own client through the gateway")
 
 
 class PlatformValidation:
@@ -149,4 +166,21 @@ class PlatformValidation:
         return  # it made nothing
 
     async def check(self, ctx: StepContext) -> Condition:
-        return await _serving_condition(self._gateway, ctx.department_id)
+        serving = await _serving_condition(self._gateway, ctx.department_id)
+        if not serving.healthy:
+            return serving
+        try:
+            client_id, secret = await asyncio.to_thread(self._vault.reveal, ctx.department_id)
+            async with http_client() as client:
+                own = self._gateway.url(ctx.department_id, "executions?limit=1")
+                answered = await client.get(own, auth=(client_id, secret))
+        except (StepError, httpx.HTTPError) as exc:
+            return Condition(self.name, False, "UNREACHABLE", str(exc) or type(exc).__name__)
+        if answered.status_code != 200:
+            return Condition(
+                self.name,
+                False,
+                "CLIENT_REFUSED",
+                f"the department answered its own client {answered.status_code}",
+            )
+        return Condition(self.name, True, "SERVING", "answers its own client through the gateway")
