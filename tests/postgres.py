@@ -177,3 +177,9 @@ async def postgres_url(postgres_server: PostgresServer) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+def admin_url(postgres_url: str) -> str:
+    """The test database as a plain `postgresql://` URL, as an operator would give it."""
+    return postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)

@@ -16,6 +16,7 @@ import hashlib
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -36,22 +37,32 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 TOKEN, PROJECT, ENVIRONMENT = "railway-test-token-0123456789", "project-1", "environment-1"
 
 
+def text_of(path: Path) -> str:
+    """A file's bytes as text; nothing for a directory, or a temporary file renamed meanwhile."""
+    try:
+        return path.read_bytes().decode("latin-1")
+    except (IsADirectoryError, FileNotFoundError):
+        return ""
+
+
+@dataclass(frozen=True)
 class Production:
-    def __init__(self, plane: ControlPlane, railway: FakeRailway, n8n: FakeN8n, platform: LocalPlatform):
-        self.plane, self.railway, self.n8n, self.platform = plane, railway, n8n, platform
+    plane: ControlPlane
+    railway: FakeRailway
+    n8n: FakeN8n
+    platform: LocalPlatform
 
 
 @pytest.fixture
-def production(postgres_url: str, tmp_path: Path) -> Iterator[Production]:
-    with running_production(postgres_url, tmp_path) as running:
+def production(admin_url: str, tmp_path: Path) -> Iterator[Production]:
+    with running_production(admin_url, tmp_path) as running:
         yield running
 
 
 @contextmanager
-def running_production(postgres_url: str, tmp_path: Path, *, trusted: bool = True) -> Iterator[Production]:
+def running_production(admin_url: str, tmp_path: Path, *, trusted: bool = True) -> Iterator[Production]:
     """The control plane on every production adapter; with `trusted` False, Envoy is told
     to trust the system's authorities only, which never signed the platform's certificate."""
-    admin_url = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
     with ExitStack() as stack:
         platform = LocalPlatform(tmp_path / "platform")
         stack.callback(platform.close)
@@ -82,10 +93,9 @@ def _stopped(plane: ControlPlane) -> None:
 
 
 def test_a_department_on_the_production_adapters_answers_over_tls_and_leaves_nothing(
-    production: Production, postgres_url: str
+    production: Production, admin_url: str
 ) -> None:
     plane, railway, n8n, platform = production.plane, production.railway, production.n8n, production.platform
-    admin_url = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
     dept = f"ops-{uuid.uuid4().hex[:6]}"
 
     created, job = provision(plane, dept)
@@ -102,9 +112,7 @@ def test_a_department_on_the_production_adapters_answers_over_tls_and_leaves_not
     assert variables["DATABASE_URL"].startswith(f"postgresql://dept_{dept.replace('-', '_')}:")
     assert secret not in str(railway.calls) and secret not in plane.log.read_text()
     # Nor are the platforms' own credentials anywhere the control plane writes.
-    written = plane.log.read_text() + "".join(
-        p.read_bytes().decode("latin-1") for p in plane.state_dir.rglob("*") if p.is_file()
-    )
+    written = plane.log.read_text() + "".join(map(text_of, plane.state_dir.rglob("*")))
     assert TOKEN not in written and KEY not in written
     assert variables["DATABASE_URL"].split("@")[0].rsplit(":", 1)[1] not in written  # the role's password
 
@@ -143,10 +151,9 @@ def test_a_department_on_the_production_adapters_answers_over_tls_and_leaves_not
 
 
 def test_a_service_that_never_gets_healthy_rolls_the_whole_department_back(
-    production: Production, postgres_url: str
+    production: Production, admin_url: str
 ) -> None:
     plane, railway, n8n, platform = production.plane, production.railway, production.n8n, production.platform
-    admin_url = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
     # Railway reports the deployment FAILED: the container step fails, and all is undone.
     railway.deploy_outcome = "FAILED"
     dept = f"bad-{uuid.uuid4().hex[:6]}"
@@ -162,9 +169,9 @@ def test_a_service_that_never_gets_healthy_rolls_the_whole_department_back(
 
 
 def test_a_domain_whose_certificate_envoy_does_not_trust_is_never_routed(
-    postgres_url: str, tmp_path: Path
+    admin_url: str, tmp_path: Path
 ) -> None:
-    with running_production(postgres_url, tmp_path, trusted=False) as production:
+    with running_production(admin_url, tmp_path, trusted=False) as production:
         dept = f"tls-{uuid.uuid4().hex[:6]}"
         _, job = provision(production.plane, dept)
 

@@ -51,9 +51,8 @@ def environment_of(pid: int) -> dict[str, str]:
 
 
 async def test_a_department_on_postgres_keeps_its_data_in_its_schema_and_leaves_nothing(
-    postgres_url: str, tmp_path: Path
+    admin_url: str, tmp_path: Path
 ) -> None:
-    admin_url = postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
     doomed = f"bad-{uuid.uuid4().hex[:6]}"
     plane = control_plane(
         tmp_path,

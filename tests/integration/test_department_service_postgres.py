@@ -35,11 +35,6 @@ def ctx(department_id: str) -> StepContext:
     return StepContext(job_id="job-1", spec=DepartmentSpec(department_id, "Department"), attempt=1)
 
 
-@pytest.fixture
-def admin_url(postgres_url: str) -> str:
-    return postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
 class Passwords(dict[str, str]):
     """A `password_for` that remembers, and a `forget_password` that is watched."""
 

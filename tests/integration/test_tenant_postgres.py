@@ -74,12 +74,6 @@ class Departments:
 
 
 @pytest.fixture
-def admin_url(postgres_url: str) -> str:
-    """The test database as a plain `postgresql://` URL, as an operator would give it."""
-    return postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-@pytest.fixture
 def password_for() -> Callable[[str], str]:
     """A random password per department, kept for the test (the product keeps it in the vault)."""
     passwords: dict[str, str] = {}
