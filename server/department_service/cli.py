@@ -64,9 +64,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the department directory (must exist); without it, configured by the environment",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    platform_port = env.get("PORT", "")
+    if platform_port and not platform_port.isdigit():
+        parser.error(f"PORT={platform_port!r} is not a port number")
     parser.add_argument(
         "--port",
-        default=int(env["PORT"]) if env.get("PORT", "").isdigit() else 0,
+        default=int(platform_port or 0),
         type=int,
         help="port to listen on (default $PORT, else 0: any free port)",
     )

@@ -236,6 +236,7 @@ def serve_from_environment(database_url: str, tmp_path: Path) -> None:
             "CLIENT_SECRET_SHA256 must be the 64 hex digits",
         ),
         ({}, "--department-id (or DEPARTMENT_ID) is required"),
+        ({"DEPARTMENT_ID": "hr", "PORT": "http"}, "PORT='http' is not a port number"),
     ],
 )  # fmt: skip
 def test_an_incomplete_environment_exits_2_naming_what_is_missing(
