@@ -11,6 +11,9 @@ through Envoy's route, `/healthz` answers SERVING, which the service says only w
 reaches its database as its own role; the department's own `/executions` answers its
 client and refuses a wrong secret; the workflows step sees every workflow active; and
 one workflow's webhook runs on n8n (which keeps the execution).
+
+Both check a department live the same way, for GetDepartmentHealth: `/healthz` through
+the gateway answers SERVING, and the department accepts its own client.
 """
 
 from __future__ import annotations
@@ -46,17 +49,27 @@ async def _require_serving(gateway: EnvoyGateway, department_id: str) -> None:
         raise TransientStepError(f"/healthz through the gateway answered {health.status_code}")
 
 
-async def _serving_condition(gateway: EnvoyGateway, department_id: str) -> Condition:
+async def _live_condition(gateway: EnvoyGateway, vault: CredentialVault, department_id: str) -> Condition:
+    """The department as its users reach it: SERVING through the gateway, to its own client."""
+    name = StepName.VALIDATION
     try:
         reply = await get(gateway.url(department_id, "healthz"))
         serving = reply.status_code == 200 and reply.json().get("status") == "SERVING"
     except (TransientStepError, ValueError) as exc:
-        return Condition(StepName.VALIDATION, False, "UNREACHABLE", str(exc))
+        return Condition(name, False, "UNREACHABLE", str(exc))
     if not serving:
-        return Condition(
-            StepName.VALIDATION, False, "NOT_SERVING", f"/healthz through Envoy: {reply.status_code}"
-        )
-    return Condition(StepName.VALIDATION, True, "SERVING", "answers through the gateway")
+        return Condition(name, False, "NOT_SERVING", f"/healthz through Envoy: {reply.status_code}")
+    try:
+        client_id, secret = await asyncio.to_thread(vault.reveal, department_id)
+        async with http_client() as client:
+            own = gateway.url(department_id, "executions?limit=1")
+            answered = await client.get(own, auth=(client_id, secret))
+    except (StepError, httpx.HTTPError) as exc:
+        return Condition(name, False, "UNREACHABLE", str(exc) or type(exc).__name__)
+    if answered.status_code != 200:
+        message = f"the department answered its own client {answered.status_code}"
+        return Condition(name, False, "CLIENT_REFUSED", message)
+    return Condition(name, True, "SERVING", "answers its own client through the gateway")
 
 
 class DeploymentValidation:
@@ -99,24 +112,7 @@ class DeploymentValidation:
         return
 
     async def check(self, ctx: StepContext) -> Condition:
-        serving = await _serving_condition(self._gateway, ctx.department_id)
-        if not serving.healthy:
-            return serving
-        try:
-            client_id, secret = await asyncio.to_thread(self._vault.reveal, ctx.department_id)
-            async with http_client() as client:
-                own = self._gateway.url(ctx.department_id, "executions?limit=1")
-                answered = await client.get(own, auth=(client_id, secret))
-        except (StepError, httpx.HTTPError) as exc:
-            return Condition(self.name, False, "UNREACHABLE", str(exc) or type(exc).__name__)
-        if answered.status_code != 200:
-            return Condition(
-                self.name,
-                False,
-                "CLIENT_REFUSED",
-                f"the department answered its own client {answered.status_code}",
-            )
-        return Condition(self.name, True, "SERVING", "answers its own client through the gateway")
+        return await _live_condition(self._gateway, self._vault, ctx.department_id)
 
 
 class PlatformValidation:
@@ -166,21 +162,4 @@ class PlatformValidation:
         return  # it made nothing
 
     async def check(self, ctx: StepContext) -> Condition:
-        serving = await _serving_condition(self._gateway, ctx.department_id)
-        if not serving.healthy:
-            return serving
-        try:
-            client_id, secret = await asyncio.to_thread(self._vault.reveal, ctx.department_id)
-            async with http_client() as client:
-                own = self._gateway.url(ctx.department_id, "executions?limit=1")
-                answered = await client.get(own, auth=(client_id, secret))
-        except (StepError, httpx.HTTPError) as exc:
-            return Condition(self.name, False, "UNREACHABLE", str(exc) or type(exc).__name__)
-        if answered.status_code != 200:
-            return Condition(
-                self.name,
-                False,
-                "CLIENT_REFUSED",
-                f"the department answered its own client {answered.status_code}",
-            )
-        return Condition(self.name, True, "SERVING", "answers its own client through the gateway")
+        return await _live_condition(self._gateway, self._vault, ctx.department_id)
