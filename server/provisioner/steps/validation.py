@@ -19,7 +19,7 @@ the gateway answers SERVING, and the department accepts its own client.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -72,6 +72,31 @@ async def _live_condition(gateway: EnvoyGateway, vault: CredentialVault, departm
     return Condition(name, True, "SERVING", "answers its own client through the gateway")
 
 
+def _smoke_test(ctx: StepContext) -> dict[str, str]:
+    """The request body of the workflow run that validation makes."""
+    return {"name": "provisioning-check", "source": "provisioner", "job_id": ctx.job_id}
+
+
+async def _admits_only_its_client(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    what: str,
+    client_id: str,
+    secret: str,
+    **request: Any,
+) -> httpx.Response:
+    """Call `url` as the department's client, then with a wrong secret: the first must be
+    answered 200 and the second refused with 401 (StepError otherwise). Returns the first."""
+    ran = await client.request(method, url, auth=(client_id, secret), **request)
+    refused = await client.request(method, url, auth=(client_id, "not-the-secret"), **request)
+    if ran.status_code != 200:
+        raise StepError(f"{what} answered {ran.status_code} to the department's own client")
+    if refused.status_code != 401:
+        raise StepError(f"{what} answered {refused.status_code} to a wrong secret, not 401")
+    return ran
+
+
 class DeploymentValidation:
     name = StepName.VALIDATION
 
@@ -86,21 +111,13 @@ class DeploymentValidation:
         client_id, secret = await asyncio.to_thread(self._vault.reveal, department)
         workflow = sorted(ctx.spec.workflows)[0]
         url = self._gateway.url(department, f"workflows/{workflow}")
-        payload = {"name": "provisioning-check", "source": "provisioner", "job_id": ctx.job_id}
         async with http_client() as client:
             try:
-                ran = await client.post(url, json=payload, auth=(client_id, secret))
-                refused = await client.post(url, json=payload, auth=(client_id, "not-the-secret"))
+                ran = await _admits_only_its_client(
+                    client, "POST", url, f"the {workflow} webhook", client_id, secret, json=_smoke_test(ctx)
+                )
             except httpx.HTTPError as exc:
                 raise TransientStepError(f"cannot call the {workflow} webhook: {type(exc).__name__}") from exc
-        if ran.status_code != 200:
-            raise StepError(
-                f"the {workflow} webhook answered {ran.status_code} to the department's own client"
-            )
-        if refused.status_code != 401:
-            raise StepError(
-                f"the {workflow} webhook answered {refused.status_code} to a wrong secret, not 401"
-            )
         execution_id = str(ran.json()["execution_id"])
         status = await self._ledger.execution_status(department, execution_id)
         if status != "succeeded":
@@ -129,21 +146,14 @@ class PlatformValidation:
         client_id, secret = await asyncio.to_thread(self._vault.reveal, department)
         own = self._gateway.url(department, "executions?limit=1")
         workflow = sorted(ctx.spec.workflows)[0]
-        payload = {"name": "provisioning-check", "source": "provisioner", "job_id": ctx.job_id}
         async with http_client() as client:
             try:
-                answered = await client.get(own, auth=(client_id, secret))
-                refused = await client.get(own, auth=(client_id, "not-the-secret"))
-                if answered.status_code != 200:
-                    raise StepError(
-                        f"/executions answered {answered.status_code} to the department's own client"
-                    )
-                if refused.status_code != 401:
-                    raise StepError(f"/executions answered {refused.status_code} to a wrong secret, not 401")
+                await _admits_only_its_client(client, "GET", own, "/executions", client_id, secret)
                 workflows = await self._workflows.check(ctx)
                 if not workflows.healthy:
                     raise TransientStepError(f"the workflows are not ready: {workflows.message}")
-                ran = await client.post(self._workflows.webhook_url(department, workflow), json=payload)
+                webhook = self._workflows.webhook_url(department, workflow)
+                ran = await client.post(webhook, json=_smoke_test(ctx))
             except httpx.HTTPError as exc:
                 raise TransientStepError(
                     f"cannot call the department or its workflows: {type(exc).__name__}"
