@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from department_service import schema
-from department_service.actions import Effect, to_json
+from department_service.actions import Effect
 from department_service.errors import DatabaseUnavailable
-from department_service.store import Execution
+from department_service.store import Execution, listed
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 _CONNECT_TIMEOUT = 5
@@ -77,22 +77,9 @@ class PostgresStore:
 
     def record(self, execution: Execution, effect: Effect | None, effect_id: str | None = None) -> None:
         with self._connection() as conn, conn.transaction():
-            conn.execute(
-                _INSERT_EXECUTION,
-                (
-                    execution.id,
-                    execution.workflow,
-                    execution.received_at,
-                    execution.status,
-                    execution.request,
-                    to_json(execution.result),
-                ),
-            )
+            conn.execute(_INSERT_EXECUTION, execution.row())
             if effect is not None:
-                conn.execute(
-                    _INSERT_EFFECT[effect.table],
-                    (effect_id, execution.id, execution.received_at, *effect.values),
-                )
+                conn.execute(_INSERT_EFFECT[effect.table], execution.effect_row(effect, effect_id))
 
     def recent(self, workflow: str | None, limit: int) -> list[dict[str, object]]:
         with self._connection() as conn:
@@ -100,17 +87,8 @@ class PostgresStore:
                 rows = conn.execute(_RECENT, (limit,)).fetchall()
             else:
                 rows = conn.execute(_RECENT_OF, (workflow, limit)).fetchall()
-        return [
-            {
-                "id": row[0],
-                "workflow": row[1],
-                "received_at": _timestamp(row[2]),
-                "status": row[3],
-                "request": row[4],
-                "result": row[5],
-            }
-            for row in rows
-        ]
+        # jsonb comes back decoded already; timestamptz as a datetime.
+        return [listed(row, received_at=_timestamp(row[2]), request=row[4], result=row[5]) for row in rows]
 
     def check(self) -> str | None:
         try:

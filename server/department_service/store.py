@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +55,28 @@ class Execution:
     request: str
     result: dict[str, object]
 
+    def row(self) -> tuple[str, ...]:
+        """The values of its `workflow_executions` row, in the columns' order."""
+        return (self.id, self.workflow, self.received_at, self.status, self.request, to_json(self.result))
+
+    def effect_row(self, effect: Effect, effect_id: str | None) -> tuple[str | None, ...]:
+        """The values of its action's row: id, execution id, creation time, then the action's own."""
+        return (effect_id, self.id, self.received_at, *effect.values)
+
+
+def listed(
+    row: Sequence[object], *, received_at: object, request: object, result: object
+) -> dict[str, object]:
+    """An execution as `/executions` lists it, from a row read back (the store decodes the rest)."""
+    return {
+        "id": row[0],
+        "workflow": row[1],
+        "received_at": received_at,
+        "status": row[3],
+        "request": request,
+        "result": result,
+    }
+
 
 class Store(Protocol):
     def record(self, execution: Execution, effect: Effect | None, effect_id: str | None = None) -> None:
@@ -78,22 +100,9 @@ class SqliteStore:
         with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")  # take the write lock now, not halfway through
             try:
-                conn.execute(
-                    _INSERT_EXECUTION,
-                    (
-                        execution.id,
-                        execution.workflow,
-                        execution.received_at,
-                        execution.status,
-                        execution.request,
-                        to_json(execution.result),
-                    ),
-                )
+                conn.execute(_INSERT_EXECUTION, execution.row())
                 if effect is not None:
-                    conn.execute(
-                        _INSERT_EFFECT[effect.table],
-                        (effect_id, execution.id, execution.received_at, *effect.values),
-                    )
+                    conn.execute(_INSERT_EFFECT[effect.table], execution.effect_row(effect, effect_id))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:  # a failed COMMIT may already have ended it
@@ -108,14 +117,7 @@ class SqliteStore:
             else:
                 rows = conn.execute(_RECENT_OF, (workflow, limit)).fetchall()
         return [
-            {
-                "id": row[0],
-                "workflow": row[1],
-                "received_at": row[2],
-                "status": row[3],
-                "request": json.loads(row[4]),
-                "result": json.loads(row[5]),
-            }
+            listed(row, received_at=row[2], request=json.loads(row[4]), result=json.loads(row[5]))
             for row in rows
         ]
 
