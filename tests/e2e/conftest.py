@@ -117,21 +117,34 @@ def control_plane(root: Path, **settings: str) -> ControlPlane:
     )
 
 
+@contextlib.contextmanager
+def started_plane(root: Path, **settings: str) -> Iterator[ControlPlane]:
+    """A running control plane with `settings`. When the block ends without an error, the
+    server must stop cleanly (status 0); in every case the department services it leaves
+    running by design are stopped after it."""
+    plane = control_plane(root, **settings)
+    try:
+        plane.start()
+        yield plane
+        assert plane.stop() == 0, plane.log.read_text()[-3000:]
+    finally:
+        if plane.process is not None:
+            plane.stop()
+        stop_department_services(plane.state_dir)
+
+
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """One control plane shared by a module's tests; steps slowed to watch them happen."""
-    running = control_plane(
+    with started_plane(
         tmp_path_factory.mktemp("plane"),
         # The edge is under test here: marker steps, slowed down to watch them happen.
         PROVISIONER_STEPS="local",
         PROVISIONER_STEP_DELAY="0.15",
         PROVISIONER_CORS_ORIGINS="http://console.example",
         PROVISIONER_WATCH_HEARTBEAT="1",
-    )
-    running.start()
-    yield running
-    assert running.stop() == 0, running.log.read_text()[-3000:]
-    stop_department_services(running.state_dir)
+    ) as running:
+        yield running
 
 
 def department_services(state_dir: Path) -> dict[str, int]:

@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.e2e.conftest import free_port
+
 HOST = "localhost"
 
 
@@ -146,9 +148,7 @@ class LocalPlatform:
 
     def run(self, service: str, variables: dict[str, str], healthcheck_path: str | None) -> bool:
         self._stop(service)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
+        port = free_port()
         # Only what a platform gives a container: its variables and PORT.
         base = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH", "HOME", "LANG")}
         with (self.root / f"{service}.log").open("ab") as log:

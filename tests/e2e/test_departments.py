@@ -28,6 +28,7 @@ from tests.e2e.conftest import (
     ControlPlane,
     control_plane,
     department_services,
+    started_plane,
     stop_department_services,
     token,
 )
@@ -39,13 +40,8 @@ METADATA = (("authorization", f"Bearer {token()}"),)
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    running = control_plane(tmp_path_factory.mktemp("real"))
-    running.start()
-    yield running
-    try:
-        assert running.stop() == 0, running.log.read_text()[-3000:]
-    finally:
-        stop_department_services(running.state_dir)
+    with started_plane(tmp_path_factory.mktemp("real")) as running:
+        yield running
 
 
 def request(

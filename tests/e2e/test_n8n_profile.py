@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
-from tests.e2e.conftest import control_plane, stop_department_services
+from tests.e2e.conftest import started_plane
 from tests.e2e.test_departments import deprovision, provision, traces
 from tests.n8n import N8n
 
@@ -56,9 +56,7 @@ def executions_of(n8n: N8n, workflow_id: str, at_least: int) -> list[dict[str, A
 def test_workflows_deployed_to_n8n_run_there_and_are_gone_after_deprovisioning(
     n8n: N8n, tmp_path: Path
 ) -> None:
-    plane = control_plane(tmp_path, PROVISIONER_N8N_URL=n8n.url, PROVISIONER_N8N_API_KEY=n8n.api_key)
-    plane.start()
-    try:
+    with started_plane(tmp_path, PROVISIONER_N8N_URL=n8n.url, PROVISIONER_N8N_API_KEY=n8n.api_key) as plane:
         dept = f"e2e-{uuid.uuid4().hex[:8]}"
         _, job = provision(plane, dept)
         assert job.state == pb.JOB_STATE_COMPLETED, job.error
@@ -82,8 +80,3 @@ def test_workflows_deployed_to_n8n_run_there_and_are_gone_after_deprovisioning(
         gone = httpx.post(webhook, json={}, timeout=30, trust_env=False)
         assert gone.status_code == 404
         assert traces(plane, dept) == {}
-    finally:
-        try:
-            assert plane.stop() == 0, plane.log.read_text()[-3000:]
-        finally:
-            stop_department_services(plane.state_dir)

@@ -25,7 +25,7 @@ import pytest
 from provisioner.steps.envoy_config import SYSTEM_CA_FILE
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
-from tests.e2e.conftest import ControlPlane, control_plane, stop_department_services
+from tests.e2e.conftest import ControlPlane, started_plane
 from tests.e2e.platform import LocalPlatform
 from tests.e2e.test_departments import METADATA, deprovision, provision, through_envoy, traces
 from tests.e2e.test_tenant_database import in_postgres
@@ -70,26 +70,22 @@ def running_production(admin_url: str, tmp_path: Path, *, trusted: bool = True) 
         n8n = FakeN8n()
         n8n_url = stack.enter_context(serving(n8n))
         (tmp_path / "plane").mkdir()
-        plane = control_plane(
-            tmp_path / "plane",
-            PROVISIONER_TENANT_DATABASE_URL=admin_url,
-            PROVISIONER_RAILWAY_TOKEN=TOKEN,
-            PROVISIONER_RAILWAY_PROJECT_ID=PROJECT,
-            PROVISIONER_RAILWAY_ENVIRONMENT_ID=ENVIRONMENT,
-            PROVISIONER_RAILWAY_IMAGE="ghcr.io/example/department-service:test",
-            PROVISIONER_RAILWAY_ENDPOINT=railway.url,
-            PROVISIONER_N8N_URL=n8n_url,
-            PROVISIONER_N8N_API_KEY=KEY,
-            PROVISIONER_UPSTREAM_CA_FILE=str(platform.ca_file if trusted else SYSTEM_CA_FILE),
-            PROVISIONER_MAX_RETRIES="0",
+        plane = stack.enter_context(
+            started_plane(
+                tmp_path / "plane",
+                PROVISIONER_TENANT_DATABASE_URL=admin_url,
+                PROVISIONER_RAILWAY_TOKEN=TOKEN,
+                PROVISIONER_RAILWAY_PROJECT_ID=PROJECT,
+                PROVISIONER_RAILWAY_ENVIRONMENT_ID=ENVIRONMENT,
+                PROVISIONER_RAILWAY_IMAGE="ghcr.io/example/department-service:test",
+                PROVISIONER_RAILWAY_ENDPOINT=railway.url,
+                PROVISIONER_N8N_URL=n8n_url,
+                PROVISIONER_N8N_API_KEY=KEY,
+                PROVISIONER_UPSTREAM_CA_FILE=str(platform.ca_file if trusted else SYSTEM_CA_FILE),
+                PROVISIONER_MAX_RETRIES="0",
+            )
         )
-        plane.start()
-        stack.callback(lambda: _stopped(plane))
         yield Production(plane, railway, n8n, platform)
-
-
-def _stopped(plane: ControlPlane) -> None:
-    assert plane.stop() == 0, plane.log.read_text()[-3000:]
 
 
 def test_a_department_on_the_production_adapters_answers_over_tls_and_leaves_nothing(
@@ -184,28 +180,23 @@ def test_a_domain_whose_certificate_envoy_does_not_trust_is_never_routed(
 def test_workflows_on_n8n_beside_the_embedded_steps(tmp_path: Path) -> None:
     """`PROVISIONER_N8N_*` alone: services and data stay on this machine, workflows go to n8n."""
     n8n = FakeN8n()
-    with serving(n8n) as n8n_url:
-        plane = control_plane(tmp_path, PROVISIONER_N8N_URL=n8n_url, PROVISIONER_N8N_API_KEY=KEY)
-        plane.start()
-        try:
-            dept = f"mkt-{uuid.uuid4().hex[:6]}"
-            created, job = provision(plane, dept)
-            assert job.state == pb.JOB_STATE_COMPLETED, job.error
-            validation = next(s for s in job.steps if s.name == "validation")
-            assert validation.resources["workflows"] == "active in n8n: database, email, google_drive"
-            assert all(w["active"] for w in n8n.of(dept)) and len(n8n.of(dept)) == 3
-            # The validation step ran one workflow on n8n.
-            assert [path for path, _ in n8n.executions] == [f"{dept}/database"]
-            # The service serves its data, and no workflow of its own.
-            auth = (created.issued_client.client_id, created.issued_client.client_secret)
-            assert through_envoy(plane, dept, "workflows", auth=auth).json()["workflows"] == []
-            assert (plane.state_dir / "departments" / dept / "data.db").exists()
+    with (
+        serving(n8n) as n8n_url,
+        started_plane(tmp_path, PROVISIONER_N8N_URL=n8n_url, PROVISIONER_N8N_API_KEY=KEY) as plane,
+    ):
+        dept = f"mkt-{uuid.uuid4().hex[:6]}"
+        created, job = provision(plane, dept)
+        assert job.state == pb.JOB_STATE_COMPLETED, job.error
+        validation = next(s for s in job.steps if s.name == "validation")
+        assert validation.resources["workflows"] == "active in n8n: database, email, google_drive"
+        assert all(w["active"] for w in n8n.of(dept)) and len(n8n.of(dept)) == 3
+        # The validation step ran one workflow on n8n.
+        assert [path for path, _ in n8n.executions] == [f"{dept}/database"]
+        # The service serves its data, and no workflow of its own.
+        auth = (created.issued_client.client_id, created.issued_client.client_secret)
+        assert through_envoy(plane, dept, "workflows", auth=auth).json()["workflows"] == []
+        assert (plane.state_dir / "departments" / dept / "data.db").exists()
 
-            teardown = deprovision(plane, dept)
-            assert teardown.state == pb.JOB_STATE_COMPLETED, teardown.error
-            assert n8n.of(dept) == [] and traces(plane, dept) == {}
-        finally:
-            try:
-                _stopped(plane)
-            finally:
-                stop_department_services(plane.state_dir)
+        teardown = deprovision(plane, dept)
+        assert teardown.state == pb.JOB_STATE_COMPLETED, teardown.error
+        assert n8n.of(dept) == [] and traces(plane, dept) == {}

@@ -17,7 +17,7 @@ import pytest
 
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
-from tests.e2e.conftest import control_plane, department_services, stop_department_services
+from tests.e2e.conftest import department_services, started_plane
 from tests.e2e.test_departments import METADATA, deprovision, provision, through_envoy, traces
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -54,15 +54,13 @@ async def test_a_department_on_postgres_keeps_its_data_in_its_schema_and_leaves_
     admin_url: str, tmp_path: Path
 ) -> None:
     doomed = f"bad-{uuid.uuid4().hex[:6]}"
-    plane = control_plane(
+    with started_plane(
         tmp_path,
         PROVISIONER_TENANT_DATABASE_URL=admin_url,
         # Aimed at one department: its gateway step fails after its database was made.
         PROVISIONER_FAULT_INJECTION=f"gateway=fail@{doomed}",
-    )
-    plane.start()
-    dept = f"fin-{uuid.uuid4().hex[:6]}"
-    try:
+    ) as plane:
+        dept = f"fin-{uuid.uuid4().hex[:6]}"
         created, job = provision(plane, dept)
         assert job.state == pb.JOB_STATE_COMPLETED, job.error
         auth = (created.issued_client.client_id, created.issued_client.client_secret)
@@ -100,8 +98,3 @@ async def test_a_department_on_postgres_keeps_its_data_in_its_schema_and_leaves_
         assert "database" in failed.cleanup.compensated
         assert await in_postgres(admin_url, doomed) == {}
         assert traces(plane, doomed) == {}
-    finally:
-        try:
-            assert plane.stop() == 0, plane.log.read_text()[-3000:]
-        finally:
-            stop_department_services(plane.state_dir)

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from provisioner.core.spec import DepartmentSpec
 from provisioner.steps.base import StepContext
 from provisioner.steps.tenant_postgres import PostgresTenantDatabase
 from tests.department_service.harness import DepartmentDir, RunningService
+from tests.e2e.conftest import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -253,12 +253,6 @@ def test_an_incomplete_environment_exits_2_naming_what_is_missing(
     assert done.returncode == 2
     assert message in done.stderr and done.stderr.count("\n") == 1
     assert "the-secret-itself" not in done.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_health(client: httpx.Client, process: subprocess.Popen[bytes]) -> object:
