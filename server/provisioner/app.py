@@ -90,10 +90,12 @@ async def runtime(
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_state_dir(settings.state_dir)
     store = SqlJobStore(settings.effective_database_url)
-    kit = StepKit(dict(steps)) if steps is not None else build_steps(settings)
+    kit = StepKit(dict(steps)) if steps is not None else build_steps(settings, store.secrets)
     supervisor: asyncio.Task[None] | None = None
     try:
         await store.initialize()
+        if kit.vault is not None:
+            await kit.vault.check_key()
         swept = await asyncio.to_thread(sweep_interrupted_writes, *kit.state_roots)
         if swept:
             log.warning("removed %d files of writes an earlier crash interrupted", len(swept))
@@ -106,7 +108,13 @@ async def runtime(
             supervisor = asyncio.create_task(kit.container.supervise(), name="department-supervisor")
         hub = EventHub(store)
         orchestrator = Orchestrator(
-            store, hub, kit.steps, settings.engine, owner=_replica_id(settings), issuer=kit.issuer
+            store,
+            hub,
+            kit.steps,
+            settings.engine,
+            owner=_replica_id(settings),
+            issuer=kit.issuer,
+            pinned=kit.pinned,
         )
         await orchestrator.start()
         try:
@@ -120,6 +128,15 @@ async def runtime(
         await kit.close()
         await store.close()
         lock.close()
+
+
+async def _rotate_key(settings: Settings) -> str:
+    store = SqlJobStore(settings.effective_database_url)
+    try:
+        await store.initialize()
+        return await rotate_key(settings, store.secrets)
+    finally:
+        await store.close()
 
 
 #: How long unary calls in flight may take to finish once draining starts.
@@ -270,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level)
     if args.command == "rotate-key":
         try:
-            print(rotate_key(settings))
+            print(asyncio.run(_rotate_key(settings)))
         except ProvisioningError as exc:
             print(f"provisioning-server rotate-key: {exc.message}", file=sys.stderr)
             return 1

@@ -8,7 +8,7 @@ department-service supervisor, the gateway's route sync, the directories to swee
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ from provisioner.steps.oauth import OAuthCredentials, VaultIssuer
 from provisioner.steps.tenant_postgres import PostgresTenantDatabase
 from provisioner.steps.validate import ValidateSpec
 from provisioner.steps.validation import DeploymentValidation, PlatformValidation
-from provisioner.steps.vault import CredentialVault, KeySource
+from provisioner.steps.vault import CredentialVault, KeySource, SecretStore
 from provisioner.steps.workflows import EmbeddedWorkflows
 from provisioner.steps.workflows_n8n import N8nWorkflows
 
@@ -44,6 +44,10 @@ class StepKit:
 
     steps: dict[StepName, Step]
     issuer: CredentialIssuer | None = None
+    #: Department secrets; its key is checked against the store's at start.
+    vault: CredentialVault | None = None
+    #: The steps keep resources on this machine: each department is run by its home replica.
+    pinned: bool = False
     container: LocalProcessContainer | None = None
     gateway: EnvoyGateway | None = None
     #: Directories whose atomic writes a crash may have cut short.
@@ -56,7 +60,7 @@ class StepKit:
             await close()
 
 
-def build_steps(settings: Settings) -> StepKit:
+def build_steps(settings: Settings, secrets: SecretStore) -> StepKit:
     kit = StepKit({})
     if settings.steps == "noop":
         kit.steps = {name: NoopStep(name) for name in StepName}
@@ -64,8 +68,9 @@ def build_steps(settings: Settings) -> StepKit:
         root = settings.state_dir / "resources"
         root.mkdir(parents=True, exist_ok=True)
         kit.steps = {name: LocalMarkerStep(name, root) for name in StepName}
+        kit.pinned = True
     else:
-        kit = embedded_steps(settings)
+        kit = embedded_steps(settings, secrets)
     if settings.step_delay:
         kit.steps = {n: SlowedStep(s, settings.step_delay) for n, s in kit.steps.items()}
     if settings.faults:
@@ -84,17 +89,18 @@ def build_steps(settings: Settings) -> StepKit:
     return kit
 
 
-def vault_of(settings: Settings) -> CredentialVault:
-    state = settings.state_dir.absolute()
+def vault_of(settings: Settings, secrets: SecretStore) -> CredentialVault:
+    """Department secrets, sealed in the job store with PROVISIONER_ENCRYPTION_KEY (or,
+    without it, a key file under the state dir)."""
     keys = (
         KeySource(value=settings.encryption_key)
         if settings.encryption_key
-        else KeySource(path=state / "encryption-keys.json")
+        else KeySource(path=settings.state_dir.absolute() / "encryption-keys.json")
     )
-    return CredentialVault(state / "vault", keys)
+    return CredentialVault(secrets, keys)
 
 
-def embedded_steps(settings: Settings) -> StepKit:
+def embedded_steps(settings: Settings, secrets: SecretStore) -> StepKit:
     """The real steps: on this machine, except where a production adapter's settings are set.
 
     `PROVISIONER_TENANT_DATABASE_URL` puts each department's data in a schema of that
@@ -104,15 +110,14 @@ def embedded_steps(settings: Settings) -> StepKit:
     """
     state = settings.state_dir.absolute()
     dirs = DepartmentDirs(state / "departments")
-    vault = vault_of(settings)
+    vault = vault_of(settings, secrets)
     database, database_url = _tenant_database(settings, dirs, vault)
     local: LocalProcessContainer | None = None
     container: LocalProcessContainer | RailwayContainer
     if settings.railway:
         container = _railway(settings, vault, database_url)
     else:
-        environment = None if database_url is None else (lambda d: {"DATABASE_URL": database_url(d)})
-        container = local = LocalProcessContainer(dirs, environment=environment)
+        container = local = LocalProcessContainer(dirs, environment=_service_database(database_url))
     gateway = EnvoyGateway(
         dirs,
         services=container,
@@ -131,15 +136,8 @@ def embedded_steps(settings: Settings) -> StepKit:
         workflows = EmbeddedWorkflows(dirs)
         validation = DeploymentValidation(database, gateway, vault)
 
-    async def holding() -> set[str]:
-        return set(await asyncio.to_thread(dirs.ids))
-
     steps: dict[StepName, Step] = {
-        StepName.VALIDATE: ValidateSpec(
-            regions=settings.regions,
-            max_departments=settings.max_departments,
-            departments_holding_resources=holding,
-        ),
+        StepName.VALIDATE: ValidateSpec(regions=settings.regions),
         StepName.DATABASE: database,
         # On Railway the container step publishes the client as the service's variables.
         StepName.OAUTH: OAuthCredentials(dirs, vault, publish=not settings.railway),
@@ -150,31 +148,47 @@ def embedded_steps(settings: Settings) -> StepKit:
     }
     if local is not None:
         local.on_moved = gateway.sync
-    roots = (dirs.root, vault.root, state / "envoy" / "dynamic")
+    roots = (dirs.root, state / "envoy" / "dynamic")
     closers = tuple(
         step.close for step in (database, container, workflows) if not isinstance(step, _LOCAL_STEPS)
     )
-    return StepKit(steps, VaultIssuer(vault), local, gateway, roots, closers)
+    # Every embedded or production step set is pinned while any of its steps keeps state on
+    # this machine; today the gateway's routes always do (see docs/replicas.md).
+    return StepKit(steps, VaultIssuer(vault), vault, True, local, gateway, roots, closers)
 
 
 _LOCAL_STEPS = (SqliteTenantDatabase, LocalProcessContainer, EmbeddedWorkflows)
 
 
+def _service_database(
+    database_url: Callable[[str], Awaitable[str]] | None,
+) -> Callable[[str], Awaitable[dict[str, str]]] | None:
+    """A local service's extra environment: its `DATABASE_URL` when departments are on PostgreSQL."""
+    if database_url is None:
+        return None
+    url_of = database_url
+
+    async def environment(department_id: str) -> dict[str, str]:
+        return {"DATABASE_URL": await url_of(department_id)}
+
+    return environment
+
+
 def _railway(
-    settings: Settings, vault: CredentialVault, database_url: Callable[[str], str] | None
+    settings: Settings, vault: CredentialVault, database_url: Callable[[str], Awaitable[str]] | None
 ) -> RailwayContainer:
     """Department services on Railway, told who they are, where their data is and who may call."""
     if database_url is None:  # settings refuse this; the type checker wants it said
         raise ConfigurationError("Railway needs PROVISIONER_TENANT_DATABASE_URL")
     url_of = database_url
 
-    def variables(department_id: str) -> dict[str, str]:
-        client = vault.active(department_id)
+    async def variables(department_id: str) -> dict[str, str]:
+        client = await vault.active(department_id)
         if client is None:
             raise StepError("the department has no active OAuth client to give its service")
         return {
             "DEPARTMENT_ID": department_id,
-            "DATABASE_URL": url_of(department_id),
+            "DATABASE_URL": await url_of(department_id),
             "CLIENT_ID": client.client_id,
             "CLIENT_SECRET_SHA256": client.secret_sha256,
         }
@@ -192,7 +206,7 @@ def _railway(
 
 def _tenant_database(
     settings: Settings, dirs: DepartmentDirs, vault: CredentialVault
-) -> tuple[SqliteTenantDatabase | PostgresTenantDatabase, Callable[[str], str] | None]:
+) -> tuple[SqliteTenantDatabase | PostgresTenantDatabase, Callable[[str], Awaitable[str]] | None]:
     """The database step, and the `DATABASE_URL` of each department's service (None: data.db).
 
     With `PROVISIONER_TENANT_DATABASE_URL`, a schema and login role per department on that
@@ -203,34 +217,38 @@ def _tenant_database(
         return SqliteTenantDatabase(dirs), None
     database = PostgresTenantDatabase(
         settings.tenant_database_url,
-        password_for=lambda department_id: vault.secret(department_id, "database"),
-        forget_password=lambda department_id: vault.forget(department_id, "database"),
+        password_for=functools.partial(vault.secret, name="database"),
+        forget_password=functools.partial(vault.forget, name="database"),
     )
     return database, database.department_url
 
 
-def rotate_key(settings: Settings) -> str:
+async def rotate_key(settings: Settings, secrets: SecretStore) -> str:
     """Move every sealed secret to a new key, without stopping a running server.
 
     A running server re-reads the key file when it changes, so from the moment the new
     key is added it seals with it; the old keys are dropped only once nothing stored is
-    sealed with them any more.
+    sealed with them any more. The store then records the new key as the one every
+    replica must hold.
     """
-    vault = vault_of(settings)
+    vault = vault_of(settings, secrets)
+    await vault.check_key()
     if vault.keys.rotatable:
         new = vault.keys.add_primary()
         resealed = 0
         # Again until nothing old is left: a server may have sealed with an old key just
         # before it noticed the new one.
         for _ in range(10):
-            if not vault.sealed_key_ids() - {new}:
+            if not await vault.sealed_key_ids() - {new}:
                 break
-            resealed += vault.reseal_all()
+            resealed += await vault.reseal_all()
         else:
             raise ConfigurationError("secrets kept appearing sealed with old keys; old keys are kept")
+        await vault.record_primary()
         dropped = vault.keys.keep_only_primary()
         return f"new primary key {new}; resealed {resealed} secrets; dropped keys {', '.join(dropped) or '-'}"
-    resealed = vault.reseal_all()
+    resealed = await vault.reseal_all()
+    await vault.record_primary()
     primary = vault.keys.keyring().primary
     return (
         f"resealed {resealed} secrets with key {primary}; "

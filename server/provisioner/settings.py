@@ -73,7 +73,6 @@ class Settings:
     # a key file under the state dir, created with mode 0600 and rotatable in place.
     encryption_key: str = field(default="", repr=False)
     regions: tuple[str, ...] = DEFAULT_REGIONS
-    max_departments: int = 1000
     # Production adapters, each chosen by its own settings (see compose.py). The tenant
     # database URL connects as an administrator, so it is kept out of repr.
     tenant_database_url: str = field(default="", repr=False)
@@ -270,7 +269,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "heartbeat_seconds": read("WATCH_HEARTBEAT", _seconds, defaults.heartbeat_seconds),
         "encryption_key": read("ENCRYPTION_KEY", _keys, ""),
         "regions": read("REGIONS", _regions, defaults.regions),
-        "max_departments": read("MAX_DEPARTMENTS", _count, defaults.max_departments),
         "tenant_database_url": read("TENANT_DATABASE_URL", _tenant_database_url, ""),
         "railway_token": read("RAILWAY_TOKEN", str, ""),
         "railway_token_kind": read("RAILWAY_TOKEN_KIND", _choice(("bearer", "project")), "bearer"),
@@ -293,6 +291,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "lease_seconds": read("LEASE_SECONDS", _seconds, defaults.engine.lease_seconds),
         "claim_interval": read("CLAIM_INTERVAL", _seconds, defaults.engine.claim_interval),
         "max_running_jobs": read("MAX_RUNNING_JOBS", _count, defaults.engine.max_running_jobs),
+        "max_departments": read("MAX_DEPARTMENTS", _count, defaults.engine.max_departments),
     }
     retry_values = {
         "max_retries": read("MAX_RETRIES", _count, policy.max_retries),

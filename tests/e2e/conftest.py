@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import jwt
+import psycopg
 import pytest
 
 BIN = Path(sys.executable).parent
@@ -72,6 +74,16 @@ class ControlPlane:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         return self.process.wait(timeout=30)
+
+    def secrets(self) -> list[tuple[str, str]]:
+        """The sealed secrets in the job store, as (department, name): the vault's real world."""
+        query = "SELECT department_id, name FROM department_secrets ORDER BY 1, 2"
+        url = self.env.get("PROVISIONER_DATABASE_URL", "")
+        if url:
+            with psycopg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1)) as conn:
+                return [(d, n) for d, n in conn.execute(query).fetchall()]
+        with sqlite3.connect(f"file:{self.state_dir / 'provisioner.db'}?mode=ro", uri=True) as db:
+            return [(d, n) for d, n in db.execute(query).fetchall()]
 
     def http(self, role: str = "admin") -> httpx.Client:
         return httpx.Client(

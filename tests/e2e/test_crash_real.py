@@ -136,8 +136,7 @@ def test_a_kill_during_each_step_still_yields_one_working_department(crashes: Cr
 
     # Exactly one of everything: nothing was made twice by the step that ran again.
     assert Counter(d for d, _ in department_processes(plane.state_dir))[name] == 1
-    vault = plane.state_dir / "vault" / name
-    assert sorted(p.name for p in vault.iterdir()) == ["active.json"]
+    assert [n for d, n in plane.secrets() if d == name] == ["active"]
     directory = plane.state_dir / "departments" / name
     assert sorted(p.name for p in (directory / "workflows").iterdir()) == ["database.json", "email.json"]
     routes = json.loads((plane.state_dir / "envoy" / "dynamic" / "routes.json").read_text())
@@ -166,7 +165,7 @@ def test_nothing_exists_but_the_departments_that_were_provisioned(crashes: Crash
     living = {f"crash-{step}" for step in STEPS}
     found = (
         [p.name for p in (state / "departments").iterdir()]
-        + [p.name for p in (state / "vault").iterdir()]
+        + [d for d, _ in crashes.plane.secrets()]
         + [d for d, _ in department_processes(state)]
     )
     expected = {f"crash-{step}": pb.JOB_STATE_COMPLETED for step in STEPS}
@@ -180,5 +179,5 @@ def test_nothing_exists_but_the_departments_that_were_provisioned(crashes: Crash
     )
     assert crashes.kills == 9
     assert {p.name for p in (state / "departments").iterdir()} == living
-    assert {p.name for p in (state / "vault").iterdir()} == living
+    assert {d for d, _ in crashes.plane.secrets()} == living
     assert sorted(d for d, _ in department_processes(state)) == sorted(living)

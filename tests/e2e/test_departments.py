@@ -98,12 +98,12 @@ def executions(plane: ControlPlane, department_id: str) -> list[tuple[str, str]]
 def traces(plane: ControlPlane, department_id: str) -> dict[str, object]:
     """Everything of the department that exists in the real world, by kind."""
     directory = plane.state_dir / "departments" / department_id
-    vault = plane.state_dir / "vault" / department_id
+    secrets = [name for department, name in plane.secrets() if department == department_id]
     found: dict[str, object] = {}
     if directory.exists():
         found["files"] = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
-    if vault.exists():
-        found["secrets"] = sorted(p.name for p in vault.iterdir())
+    if secrets:
+        found["secrets"] = secrets
     if department_id in department_services(plane.state_dir):
         found["process"] = department_services(plane.state_dir)[department_id]
     routes = (plane.state_dir / "envoy" / "dynamic" / "routes.json").read_text()
@@ -219,8 +219,12 @@ def test_keys_rotate_while_the_server_runs_and_every_secret_still_works(real: Co
     assert rotated.returncode == 0, rotated.stderr
     new = {k["id"] for k in json.loads(keyfile.read_text())["keys"]}
     assert len(new) == 1 and not new & old
-    sealed = "".join(p.read_text() for p in (real.state_dir / "vault").rglob("*.json"))
+    with sqlite3.connect(f"file:{real.state_dir / 'provisioner.db'}?mode=ro", uri=True) as db:
+        sealed = "".join(s for (s,) in db.execute("SELECT sealed FROM department_secrets"))
+        recorded = db.execute("SELECT value FROM store_settings WHERE name = 'encryption_key_id'").fetchone()
+    assert sealed
     assert not any(f".{key}." in sealed for key in old)
+    assert recorded == (next(iter(new)),)  # every replica must now hold the new key
 
     # The running server reads the new key: health decrypts, and the department still
     # takes its client's calls; a department provisioned now is sealed with the new key.

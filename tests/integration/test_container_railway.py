@@ -35,8 +35,12 @@ def ctx(department_id: str = "sales") -> StepContext:
     return StepContext(job_id="job-1", spec=DepartmentSpec(department_id, "Sales"), attempt=1)
 
 
-def department_variables(department_id: str) -> dict[str, str]:
+def variables_of(department_id: str) -> dict[str, str]:
     return {"DEPARTMENT_ID": department_id, "DATABASE_URL": DB_URL}
+
+
+async def department_variables(department_id: str) -> dict[str, str]:
+    return variables_of(department_id)
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +84,7 @@ async def test_apply_creates_the_service_sets_variables_and_waits_for_success(
     service = railway.service_named("dept-sales")
     assert service is not None
     assert service.image == IMAGE
-    assert service.variables[ENVIRONMENT] == department_variables("sales")
+    assert service.variables[ENVIRONMENT] == variables_of("sales")
     assert service.settings[ENVIRONMENT] == {"healthcheckPath": "/healthz"}
     [domain] = service.domains[ENVIRONMENT]
     assert resources == {

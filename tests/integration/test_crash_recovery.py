@@ -87,12 +87,21 @@ async def world(tmp_path: Path, store_url: str) -> AsyncIterator[tuple[Server, O
         "PROVISIONER_LEASE_SECONDS": "3",
         "PROVISIONER_STEP_TIMEOUT": "10",
         "PROVISIONER_RETRY_BASE_SECONDS": "0.05",
+        "PROVISIONER_REPLICA_ID": "crash-server",
     }
     server = Server(env, tmp_path / "server.log")
-    # This process only accepts requests; the server subprocess runs every job.
+    # This process only accepts requests; the server subprocess runs every job. Its steps
+    # keep their resources on its machine, so the jobs accepted here are pinned to it.
     store = SqlJobStore(store_url)
     steps = {n: NoopStep(n) for n in StepName}
-    front = Orchestrator(store, EventHub(store, poll_interval=0.1), steps, EngineConfig(run_jobs=False))
+    front = Orchestrator(
+        store,
+        EventHub(store, poll_interval=0.1),
+        steps,
+        EngineConfig(run_jobs=False),
+        owner="crash-server",
+        pinned=True,
+    )
     server.start()
     await store.initialize()
     await front.start()

@@ -42,10 +42,10 @@ class Passwords(dict[str, str]):
         super().__init__()
         self.forgotten: list[str] = []
 
-    def password_for(self, department_id: str) -> str:
+    async def password_for(self, department_id: str) -> str:
         return self.setdefault(department_id, secrets.token_urlsafe(32))
 
-    def forget(self, department_id: str) -> None:
+    async def forget(self, department_id: str) -> None:
         self.forgotten.append(department_id)
         self.pop(department_id, None)
 
@@ -64,14 +64,16 @@ async def step(admin_url: str, passwords: Passwords) -> AsyncIterator[PostgresTe
         await adapter.close()
 
 
-def service_on(step: PostgresTenantDatabase, root: Path, department_id: str) -> RunningService:
+async def service_on(step: PostgresTenantDatabase, root: Path, department_id: str) -> RunningService:
     """The real service for `department_id`, on the database step's URL; no data.db at all."""
     directory = DepartmentDir(root / department_id, department_id)
     directory.write_credentials()
     directory.deploy("database", {"type": "database"})
     directory.deploy("email", {"type": "email", "to": "team@example.com", "subject": "Hello {name}"})
     return RunningService(
-        directory, root / f"{department_id}.log", env={"DATABASE_URL": step.department_url(department_id)}
+        directory,
+        root / f"{department_id}.log",
+        env={"DATABASE_URL": await step.department_url(department_id)},
     )
 
 
@@ -88,7 +90,7 @@ async def test_the_service_writes_to_its_own_schema_as_its_own_role(
     step: PostgresTenantDatabase, admin_url: str, tmp_path: Path, running: list[RunningService]
 ) -> None:
     await step.apply(ctx("hr"))
-    service = service_on(step, tmp_path, "hr")
+    service = await service_on(step, tmp_path, "hr")
     running.append(service)
 
     health = service.anonymous.get("/healthz").json()
@@ -130,7 +132,7 @@ async def test_a_department_sees_only_its_own_executions(
 ) -> None:
     await step.apply(ctx("hr"))
     await step.apply(ctx("ops"))
-    hr, ops = service_on(step, tmp_path, "hr"), service_on(step, tmp_path, "ops")
+    hr, ops = await service_on(step, tmp_path, "hr"), await service_on(step, tmp_path, "ops")
     running += [hr, ops]
     executed = hr.post("database", {"salary": 1}).json()["execution_id"]
 
@@ -143,7 +145,7 @@ async def test_without_its_database_the_service_says_so_and_the_password_is_forg
     step: PostgresTenantDatabase, passwords: Passwords, tmp_path: Path, running: list[RunningService]
 ) -> None:
     await step.apply(ctx("hr"))
-    service = service_on(step, tmp_path, "hr")
+    service = await service_on(step, tmp_path, "hr")
     running.append(service)
     assert service.anonymous.get("/healthz").status_code == 200
     password = passwords["hr"]
@@ -188,7 +190,7 @@ async def test_configured_by_its_environment_it_serves_its_data_to_its_client_on
     step: PostgresTenantDatabase, tmp_path: Path
 ) -> None:
     await step.apply(ctx("hr"))
-    await asyncio.to_thread(serve_from_environment, step.department_url("hr"), tmp_path)
+    await asyncio.to_thread(serve_from_environment, await step.department_url("hr"), tmp_path)
 
 
 def serve_from_environment(database_url: str, tmp_path: Path) -> None:

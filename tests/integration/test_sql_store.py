@@ -18,13 +18,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 from provisioner.core.department import AuditEntry
-from provisioner.core.errors import ConflictError, LeaseLostError
+from provisioner.core.errors import ConflictError, LeaseLostError, QuotaExceededError
 from provisioner.core.job import Event, EventType, Job, JobError
 from provisioner.core.spec import DepartmentSpec
 from provisioner.core.states import STEP_ORDER, DepartmentStatus, JobKind, State, StepName, StepStatus
 from provisioner.engine.config import EngineConfig
 from provisioner.engine.orchestrator import Orchestrator
 from provisioner.events.hub import EventHub
+from provisioner.steps.base import StepContext
 from provisioner.steps.noop import NoopStep
 from provisioner.store.migrations import alembic_config
 from provisioner.store.schema import metadata
@@ -631,3 +632,137 @@ async def test_orchestrator_provisions_a_department_end_to_end(sql_store: SqlJob
     finally:
         await orchestrator.stop()
         hub.close()
+
+
+# -- several replicas: pinned departments and an exact quota -------------------------------------
+
+
+async def test_a_pinned_job_is_claimed_by_its_home_replica_only(sql_store: SqlJobStore) -> None:
+    pinned, first = new_job("pinned")
+    await sql_store.create_job(pinned, first, audit_of(pinned), home=OWNER)
+    shared = await add_job(sql_store, "shared", owner=None)
+    now = datetime.now(UTC)
+    until = now + timedelta(seconds=30)
+
+    assert await sql_store.claim_jobs(OTHER, now, until, limit=10, pinned=True) == []
+    assert await sql_store.claim_jobs(OTHER, now, until, limit=10) == [shared.job_id]
+    assert await sql_store.claim_jobs(OWNER, now, until, limit=10, pinned=True) == [pinned.job_id]
+    department = await sql_store.get_department("pinned")
+    assert department is not None and department.home == OWNER
+    assert (await sql_store.get_department("shared")).home is None  # type: ignore[union-attr]
+
+
+async def test_the_quota_is_exact_across_replicas_under_concurrent_provisionings(
+    sql_store: SqlJobStore, store_url: str
+) -> None:
+    other = SqlJobStore(store_url)
+    await other.initialize()
+
+    async def provision(store: SqlJobStore, department_id: str) -> str:
+        job, first = new_job(department_id)
+        try:
+            await store.create_job(job, first, audit_of(job), quota=3)
+        except QuotaExceededError:
+            return "refused"
+        return "created"
+
+    try:
+        outcomes = await asyncio.gather(
+            *(provision(sql_store if i % 2 else other, f"dept-{i:02d}") for i in range(12))
+        )
+        assert outcomes.count("created") == 3
+        assert len(await sql_store.list_departments()) == 3  # a refused one leaves no row
+        assert await provision(other, "one-more") == "refused"
+    finally:
+        await other.close()
+
+
+async def test_the_quota_counts_departments_holding_resources(sql_store: SqlJobStore) -> None:
+    job = await add_job(sql_store, "hr")
+    await sql_store.commit(job, walk_to_completion(job, datetime.now(UTC)), OWNER)
+    extra, extra_first = new_job("it")
+    with pytest.raises(QuotaExceededError, match="quota of 1 departments"):
+        await sql_store.create_job(extra, extra_first, audit_of(extra), quota=1)
+    # The department already counted may get a new job (a teardown, a new provisioning).
+    again, again_first = new_job("hr")
+    await sql_store.create_job(again, again_first, audit_of(again), (OWNER, datetime.now(UTC)), quota=1)
+    # Failed with nothing left behind: it holds nothing, so it counts no more.
+    await sql_store.commit(again, fail_outright(again, datetime.now(UTC)), OWNER)
+    await sql_store.create_job(extra, extra_first, audit_of(extra), quota=1)
+
+
+class RecordingStep(NoopStep):
+    """A step that notes which replica ran what, so a test can see who did the work."""
+
+    def __init__(self, name: StepName, replica: str, ran: list[tuple[str, str, str]]) -> None:
+        super().__init__(name)
+        self._replica = replica
+        self._ran = ran
+
+    async def apply(self, ctx: StepContext) -> dict[str, str]:
+        self._ran.append((self._replica, ctx.department_id, f"apply {self.name}"))
+        return {"made_by": self._replica}
+
+    async def compensate(self, ctx: StepContext) -> None:
+        self._ran.append((self._replica, ctx.department_id, f"undo {self.name}"))
+
+
+def pinned_replica(store: SqlJobStore, replica: str, ran: list[tuple[str, str, str]]) -> Orchestrator:
+    """A replica whose steps keep resources on its own machine (the embedded profile)."""
+    return Orchestrator(
+        store,
+        EventHub(store, poll_interval=0.1),
+        {name: RecordingStep(name, replica, ran) for name in StepName},
+        EngineConfig(step_timeout=5.0, job_deadline=30.0, lease_seconds=0.6, claim_interval=0.1),
+        owner=replica,
+        pinned=True,
+    )
+
+
+async def test_a_pinned_department_is_only_ever_touched_by_the_replica_holding_it(
+    sql_store: SqlJobStore, store_url: str
+) -> None:
+    """Embedded steps on a shared store: whichever replica is asked, the department's home
+    does the work; with its home down a teardown waits instead of reporting a false
+    compensation, and finishes once the home is back."""
+    other = SqlJobStore(store_url)
+    await other.initialize()
+    ran: list[tuple[str, str, str]] = []
+    home, elsewhere = pinned_replica(sql_store, OWNER, ran), pinned_replica(other, OTHER, ran)
+    spec = make_spec("hr")
+    try:
+        await home.start()
+        await elsewhere.start()
+        made, _ = await home.provision(spec, principal="alice@example.com")
+        async with asyncio.timeout(20):
+            assert (await home.wait(made.job_id)).state is State.COMPLETED
+        hr = await elsewhere.get_department("hr")
+        assert hr.home == OWNER
+
+        # Asked elsewhere, done at home; a department asked for elsewhere lives there.
+        it, _ = await elsewhere.provision(make_spec("it"), principal="alice@example.com")
+        async with asyncio.timeout(20):
+            assert (await elsewhere.wait(it.job_id)).state is State.COMPLETED
+        assert {r for r, d, _ in ran if d == "hr"} == {OWNER}
+        assert {r for r, d, _ in ran if d == "it"} == {OTHER}
+
+        # Home down: the teardown asked elsewhere waits for it rather than pretend.
+        await home.stop()
+        ran.clear()
+        teardown, _ = await elsewhere.deprovision("hr", principal="alice@example.com")
+        await asyncio.sleep(1.5)  # more than a lease and several claim intervals
+        assert (await elsewhere.get_job(teardown.job_id)).state is State.PENDING
+        assert ran == []
+
+        await home.start()
+        async with asyncio.timeout(20):
+            done = await elsewhere.wait(teardown.job_id)
+        assert done.state is State.COMPLETED
+        assert {r for r, _, _ in ran} == {OWNER}
+        assert len([w for _, _, w in ran if w.startswith("undo")]) == len(StepName)
+    finally:
+        await home.stop()
+        await elsewhere.stop()
+        home.hub.close()
+        elsewhere.hub.close()
+        await other.close()

@@ -73,15 +73,27 @@ class Departments:
         return department_id
 
 
-@pytest.fixture
-def password_for() -> Callable[[str], str]:
+async def unused_password(_: str) -> str:
+    return "unused-password"
+
+
+class Passwords(dict[str, str]):
     """A random password per department, kept for the test (the product keeps it in the vault)."""
-    passwords: dict[str, str] = {}
-    return lambda department_id: passwords.setdefault(department_id, secrets.token_urlsafe(32))
+
+    def of(self, department_id: str) -> str:
+        return self.setdefault(department_id, secrets.token_urlsafe(32))
+
+    async def __call__(self, department_id: str) -> str:
+        return self.of(department_id)
 
 
 @pytest.fixture
-async def step(admin_url: str, password_for: Callable[[str], str]) -> AsyncIterator[PostgresTenantDatabase]:
+def password_for() -> Passwords:
+    return Passwords()
+
+
+@pytest.fixture
+async def step(admin_url: str, password_for: Passwords) -> AsyncIterator[PostgresTenantDatabase]:
     adapter = PostgresTenantDatabase(admin_url, password_for)
     try:
         yield adapter
@@ -90,7 +102,7 @@ async def step(admin_url: str, password_for: Callable[[str], str]) -> AsyncItera
 
 
 @pytest.fixture
-async def departments(admin_url: str, password_for: Callable[[str], str]) -> AsyncIterator[Departments]:
+async def departments(admin_url: str, password_for: Passwords) -> AsyncIterator[Departments]:
     made = Departments()
     yield made
     cleanup = PostgresTenantDatabase(admin_url, password_for)
@@ -112,7 +124,7 @@ async def admin(admin_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture
 def connect_as(
-    postgres_server: PostgresServer, admin_url: str, password_for: Callable[[str], str]
+    postgres_server: PostgresServer, admin_url: str, password_for: Passwords
 ) -> Callable[[str], asyncpg.Connection]:
     """Log in to the test database as a department's role, with its password."""
     database = urlsplit(admin_url).path.lstrip("/")
@@ -123,7 +135,7 @@ def connect_as(
             port=postgres_server.port,
             database=database,
             user=schema_of(department_id),
-            password=password_for(department_id),
+            password=password_for.of(department_id),
         )
 
     return connect
@@ -211,7 +223,7 @@ async def test_the_password_is_stored_only_as_its_scram_verifier(
     step: PostgresTenantDatabase,
     departments: Departments,
     admin: asyncpg.Connection,
-    password_for: Callable[[str], str],
+    password_for: Passwords,
 ) -> None:
     department_id = departments.new()
     await step.apply(ctx(department_id))
@@ -223,10 +235,10 @@ async def test_the_password_is_stored_only_as_its_scram_verifier(
     iterations, _, salt = rest.partition("$")[0].partition(":")
     assert mechanism == "SCRAM-SHA-256"
     expected = scram_sha256_verifier(
-        password_for(department_id), salt=base64.b64decode(salt), iterations=int(iterations)
+        password_for.of(department_id), salt=base64.b64decode(salt), iterations=int(iterations)
     )
     assert stored == expected
-    assert password_for(department_id) not in stored
+    assert password_for.of(department_id) not in stored
 
 
 async def test_the_verifier_is_the_one_postgresql_computes(admin: asyncpg.Connection) -> None:
@@ -252,7 +264,7 @@ async def test_quoting_round_trips_through_postgresql(admin: asyncpg.Connection)
 async def test_concurrent_applies_of_one_department_converge(
     admin_url: str,
     postgres_url: str,
-    password_for: Callable[[str], str],
+    password_for: Passwords,
     departments: Departments,
     admin: asyncpg.Connection,
 ) -> None:
@@ -276,7 +288,7 @@ async def test_a_failed_apply_leaves_nothing_and_says_one_safe_line(
     step: PostgresTenantDatabase,
     departments: Departments,
     admin: asyncpg.Connection,
-    password_for: Callable[[str], str],
+    password_for: Passwords,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -295,7 +307,7 @@ async def test_a_failed_apply_leaves_nothing_and_says_one_safe_line(
     assert "CREATE" not in error.message and "INDEX" not in error.message
     # One transaction: the role created before the failure was rolled back with it.
     assert await role_count(admin, department_id) == 0
-    password = password_for(department_id)
+    password = password_for.of(department_id)
     for text in (str(error), repr(error), str(error.__cause__), repr(error.__cause__), caplog.text):
         assert password not in text
         assert "SCRAM-SHA-256" not in text
@@ -304,12 +316,12 @@ async def test_a_failed_apply_leaves_nothing_and_says_one_safe_line(
 async def test_the_password_appears_in_no_resource_condition_or_log(
     step: PostgresTenantDatabase,
     departments: Departments,
-    password_for: Callable[[str], str],
+    password_for: Passwords,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     department_id = departments.new()
-    password = password_for(department_id)
+    password = password_for.of(department_id)
 
     resources = await step.apply(ctx(department_id))
     condition = await step.check(ctx(department_id))
@@ -326,7 +338,11 @@ async def test_a_non_ascii_password_is_refused_without_being_shown(
     admin_url: str, departments: Departments, admin: asyncpg.Connection
 ) -> None:
     department_id = departments.new()
-    step = PostgresTenantDatabase(admin_url, lambda _: "mot-de-passe-très-secret")
+
+    async def non_ascii(_: str) -> str:
+        return "mot-de-passe-très-secret"
+
+    step = PostgresTenantDatabase(admin_url, non_ascii)
     try:
         with pytest.raises(StepError) as raised:
             await step.apply(ctx(department_id))
@@ -588,7 +604,7 @@ async def test_check_reports_missing_and_unreachable_departments(
     never = await step.check(ctx(departments.new()))
     assert (never.healthy, never.reason) == (False, "NOT_PROVISIONED")
 
-    offline = PostgresTenantDatabase(closed_port_url(), lambda _: "unused-password")
+    offline = PostgresTenantDatabase(closed_port_url(), unused_password)
     try:
         condition = await offline.check(ctx(departments.new()))
     finally:
@@ -600,7 +616,7 @@ async def test_check_reports_missing_and_unreachable_departments(
 
 
 async def test_an_unreachable_server_is_a_retryable_error() -> None:
-    offline = PostgresTenantDatabase(closed_port_url(), lambda _: "unused-password")
+    offline = PostgresTenantDatabase(closed_port_url(), unused_password)
     try:
         for operation in (offline.apply, offline.compensate):
             with pytest.raises(TransientStepError) as raised:
@@ -615,7 +631,7 @@ async def test_an_unreachable_server_is_a_retryable_error() -> None:
 async def test_hostile_ids_are_refused_before_any_sql(department_id: str) -> None:
     asked: list[str] = []
 
-    def password_for(department: str) -> str:
+    async def password_for(department: str) -> str:
         asked.append(department)
         return "unused-password"
 
@@ -648,5 +664,5 @@ async def test_hostile_ids_are_refused_before_any_sql(department_id: str) -> Non
 )
 def test_bad_configuration_is_refused_when_built(url: str, options: dict[str, int]) -> None:
     with pytest.raises(ConfigurationError) as raised:
-        PostgresTenantDatabase(url, lambda _: "unused-password", **options)
+        PostgresTenantDatabase(url, unused_password, **options)
     assert "hunter2" not in str(raised.value)

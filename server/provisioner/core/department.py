@@ -17,10 +17,23 @@ class Department:
     current_job_id: str
     created_at: datetime
     updated_at: datetime
+    #: The replica keeping the department's resources on its own machine, if any.
+    home: str | None = None
 
     @property
     def department_id(self) -> str:
         return self.spec.department_id
+
+
+#: Statuses of a department that has (or may have) resources: what the quota counts.
+HOLDING_RESOURCES = frozenset(
+    {
+        DepartmentStatus.PROVISIONING,
+        DepartmentStatus.ACTIVE,
+        DepartmentStatus.DEPROVISIONING,
+        DepartmentStatus.NEEDS_ATTENTION,
+    }
+)
 
 
 def department_status(job: Job) -> DepartmentStatus:

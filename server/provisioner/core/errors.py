@@ -55,6 +55,22 @@ class FailedPreconditionError(ProvisioningError):
     reason = "FAILED_PRECONDITION"
 
 
+class QuotaExceededError(FailedPreconditionError):
+    """Provisioning one more department would pass the platform's quota.
+
+    A precondition, not a rate: trying again succeeds only once a department is gone.
+    """
+
+    reason = "QUOTA_EXCEEDED"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the quota of {limit} departments is reached; deprovision one first "
+            "(or raise PROVISIONER_MAX_DEPARTMENTS)"
+        )
+        self.limit = limit
+
+
 class StepError(ProvisioningError):
     """A step could not do its work. Fatal unless a subclass says otherwise."""
 

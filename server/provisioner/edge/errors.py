@@ -83,6 +83,18 @@ def status_for(exc: BaseException) -> status_pb2.Status:
                 )
             )
         )
+    if isinstance(exc, e.QuotaExceededError):
+        details.append(
+            _packed(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject="departments", description=exc.message
+                        )
+                    ]
+                )
+            )
+        )
     if exc.retryable or exc.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int((exc.retry_after or 1.0) * 1000))
@@ -94,6 +106,8 @@ def _info(exc: e.ProvisioningError) -> dict[str, str]:
     """What a machine needs beyond the reason to act on the error."""
     if isinstance(exc, PermissionDeniedError):
         return {"required_role": exc.required_role.value}
+    if isinstance(exc, e.QuotaExceededError):
+        return {"limit": str(exc.limit)}
     if isinstance(exc, RateLimitedError):
         return {"bucket": exc.bucket, "limit": str(exc.rate.count), "period_seconds": f"{exc.rate.period:g}"}
     return {}

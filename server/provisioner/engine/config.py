@@ -18,6 +18,8 @@ class EngineConfig:
     #: How often leases are renewed and orphaned jobs looked for.
     claim_interval: float = 1.0
     max_running_jobs: int = 5000
+    #: At most this many departments hold resources at once (reserved when a job is made).
+    max_departments: int = 1000
     #: False for a replica that only accepts requests and leaves running them to others.
     run_jobs: bool = True
 
@@ -35,3 +37,5 @@ class EngineConfig:
             )
         if self.max_running_jobs < 1:
             raise ConfigurationError("PROVISIONER_MAX_RUNNING_JOBS must be >= 1")
+        if self.max_departments < 1:
+            raise ConfigurationError("PROVISIONER_MAX_DEPARTMENTS must be >= 1")

@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from provisioner.core.department import AuditEntry, Department
+from provisioner.core.department import HOLDING_RESOURCES, AuditEntry, Department
 from provisioner.core.errors import (
     ConflictError,
     FailedPreconditionError,
@@ -80,7 +80,13 @@ class Orchestrator:
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
         issuer: CredentialIssuer | None = None,
+        pinned: bool = False,
     ) -> None:
+        """`pinned`: this replica's steps keep a department's resources on its own machine,
+        so each department is run only by the replica that made its resources (its
+        home); the others still accept its requests and answer its reads and watches.
+        A pinned replica is the home of the new departments it accepts, so it must run
+        jobs (`config.run_jobs`), or share its `owner` with the replica that does."""
         missing = set(StepName) - set(steps)
         if missing:
             raise ValueError(f"no implementation for steps: {sorted(missing)}")
@@ -92,6 +98,7 @@ class Orchestrator:
         self._clock = clock
         self._rng = rng or random.Random()
         self._issuer = issuer
+        self._pinned = pinned
         self._finished: OrderedDict[str, Job] = OrderedDict()
         self._runners: dict[str, tuple[JobRunner, asyncio.Task[None]]] = {}
         self._maintainer: asyncio.Task[None] | None = None
@@ -155,13 +162,17 @@ class Orchestrator:
         self._check_accepting()
         for attempt in range(2):
             # No department row means no job ever touched it: nothing to return or adopt.
-            known = await self.store.get_department(spec.department_id) is not None
+            department = await self.store.get_department(spec.department_id)
+            known = department is not None
             existing = await self._existing_provision(spec, request_id, principal, known)
             if existing is not None:
                 return existing, False
             inherited = await self._adoptable(spec.department_id) if known else {}
             try:
-                return await self._create(JobKind.PROVISION, spec, principal, request_id, inherited), True
+                job = await self._create(
+                    JobKind.PROVISION, spec, principal, request_id, inherited, department
+                )
+                return job, True
             except ConflictError:
                 if attempt == 1:
                     raise
@@ -194,7 +205,9 @@ class Orchestrator:
                     return job, False
                 await self._cancel_job(job.job_id)
             try:
-                job = await self._create(JobKind.DEPROVISION, department.spec, principal, request_id, {})
+                job = await self._create(
+                    JobKind.DEPROVISION, department.spec, principal, request_id, {}, department
+                )
             except ConflictError:
                 if attempt == 1:
                     raise
@@ -256,6 +269,7 @@ class Orchestrator:
         principal: str,
         request_id: str | None,
         inherited: dict[StepName, dict[str, str]],
+        department: Department | None,
     ) -> Job:
         now = self._clock()
         job_id = str(uuid.uuid4())
@@ -277,13 +291,22 @@ class Orchestrator:
             inherited=inherited,
         )
         audit = AuditEntry(now, principal, kind.value, spec.department_id, "accepted", job.job_id, request_id)
-        lease = (self.owner, self._lease_until()) if self.config.run_jobs else None
-        await self.store.create_job(job, first, audit, lease)
+        home = self._home(department)
+        runs_here = self.config.run_jobs and home == (self.owner if self._pinned else None)
+        lease = (self.owner, self._lease_until()) if runs_here else None
+        await self.store.create_job(job, first, audit, lease, home=home, quota=self.config.max_departments)
         self.hub.publish([first])
         snapshot = replace(job.snapshot(), issued_client=issued)
         if lease is not None:
             self._start_runner(job)
         return snapshot
+
+    def _home(self, department: Department | None) -> str | None:
+        """The replica that must run a new job of `department`: the one holding its
+        resources, or this one if its steps keep them here; None for any replica."""
+        if department is not None and department.status in HOLDING_RESOURCES:
+            return department.home
+        return self.owner if self._pinned else None
 
     async def _cancel_job(self, job_id: str) -> None:
         await self.store.request_cancel(job_id)
@@ -420,7 +443,9 @@ class Orchestrator:
         if capacity <= 0:
             return
         now = self._clock()
-        claimed = await self.store.claim_jobs(self.owner, now, self._lease_until(), capacity)
+        claimed = await self.store.claim_jobs(
+            self.owner, now, self._lease_until(), capacity, pinned=self._pinned
+        )
         for job_id in claimed:
             if job_id in self._runners:
                 continue

@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +137,7 @@ class LocalProcessContainer:
         *,
         host: str = "127.0.0.1",
         python: str = sys.executable,
-        environment: Callable[[str], Mapping[str, str]] | None = None,
+        environment: Callable[[str], Awaitable[Mapping[str, str]]] | None = None,
     ) -> None:
         self._dirs = dirs
         #: Extra environment for a department's service (its `DATABASE_URL` on PostgreSQL);
@@ -176,7 +176,7 @@ class LocalProcessContainer:
         remove(directory / SERVICE_FILE)
         environment = service_environment(os.environ)
         if self._environment is not None:
-            environment.update(self._environment(department_id))
+            environment.update(await self._environment(department_id))
         pid = await asyncio.to_thread(self._spawn, department_id, directory, desired, environment)
         deadline = time.monotonic() + _START_TIMEOUT
         while True:

@@ -1,7 +1,7 @@
 """The OAuth step: the department's client id and secret become its active credentials.
 
 The secret was made when the Provision call was accepted (`VaultIssuer`), returned once
-to that caller, and sealed in the vault. This step activates it and gives the department
+to that caller, and sealed in the vault (the job store). This step activates it and gives the department
 service what it needs to check callers: the client id and the secret's SHA-256, never
 the secret, in `credentials.json` beside a local service. (A service on a container
 platform gets them as variables from the container step instead; then `publish` is off
@@ -29,11 +29,11 @@ class VaultIssuer:
         self._vault = vault
 
     async def issue(self, department_id: str, job_id: str) -> IssuedClient:
-        client_id, secret = await asyncio.to_thread(self._vault.issue, department_id, job_id)
+        client_id, secret = await self._vault.issue(department_id, job_id)
         return IssuedClient(client_id, secret)
 
     async def discard(self, department_id: str, job_id: str) -> None:
-        await asyncio.to_thread(self._vault.discard, department_id, job_id)
+        await self._vault.discard(department_id, job_id)
 
 
 class OAuthCredentials:
@@ -45,37 +45,35 @@ class OAuthCredentials:
         self._publish = publish
 
     async def apply(self, ctx: StepContext) -> dict[str, str]:
-        return await settle(asyncio.to_thread(self._activate, ctx))
+        return await settle(self._activate(ctx))
 
-    def _activate(self, ctx: StepContext) -> dict[str, str]:
-        credential = self._vault.activate(ctx.department_id, ctx.job_id)
+    async def _activate(self, ctx: StepContext) -> dict[str, str]:
+        credential = await self._vault.activate(ctx.department_id, ctx.job_id)
         if self._publish:
             published = {
                 "client_id": credential.client_id,
                 "secret_sha256": credential.secret_sha256,
                 "revoked": False,
             }
-            write_json(self._dirs.ensure(ctx.department_id) / CREDENTIALS_FILE, published)
+            path = self._dirs.ensure(ctx.department_id) / CREDENTIALS_FILE
+            await asyncio.to_thread(write_json, path, published)
         return {"client_id": credential.client_id}
 
     async def compensate(self, ctx: StepContext) -> None:
-        await settle(asyncio.to_thread(self._revoke, ctx))
+        await settle(self._revoke(ctx))
 
-    def _revoke(self, ctx: StepContext) -> None:
+    async def _revoke(self, ctx: StepContext) -> None:
         # The service's copy first: from this moment no caller gets in.
         remove(self._dirs.path(ctx.department_id) / CREDENTIALS_FILE)
-        self._vault.revoke(ctx.department_id)
+        await self._vault.revoke(ctx.department_id)
         self._dirs.tidy(ctx.department_id)
 
     async def check(self, ctx: StepContext) -> Condition:
-        return await asyncio.to_thread(self._check, ctx)
-
-    def _check(self, ctx: StepContext) -> Condition:
-        credential = self._vault.active(ctx.department_id)
+        credential = await self._vault.active(ctx.department_id)
         if credential is None:
             return Condition(self.name, False, "REVOKED", "the department has no active client")
         try:
-            client_id, secret = self._vault.reveal(ctx.department_id)
+            client_id, secret = await self._vault.reveal(ctx.department_id)
         except Exception as exc:  # noqa: BLE001 - a health check reports, it does not raise
             return Condition(self.name, False, "UNREADABLE", str(exc))
         published = read_json(self._dirs.path(ctx.department_id) / CREDENTIALS_FILE) or {}

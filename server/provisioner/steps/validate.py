@@ -1,14 +1,15 @@
-"""The validate step: the spec's rules, a region this platform runs, and the quota.
+"""The validate step: the spec's rules and a region this platform runs.
 
 The edge already refused a spec breaking the contract's rules; they are checked again
 here because a job may come from another replica or an older server. Uniqueness of the
 department id is the engine's (one live provisioning per department, conflicting specs
-refused); the quota counts every other department that holds resources.
+refused), and so is the quota: the job store reserves it in the transaction that creates
+the job, so concurrent provisionings on any replicas never exceed it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from provisioner.core.errors import InvalidSpecError, StepError
 from provisioner.core.spec import validate
@@ -19,16 +20,8 @@ from provisioner.steps.base import Condition, StepContext
 class ValidateSpec:
     name = StepName.VALIDATE
 
-    def __init__(
-        self,
-        *,
-        regions: Sequence[str],
-        max_departments: int,
-        departments_holding_resources: Callable[[], Awaitable[set[str]]],
-    ) -> None:
+    def __init__(self, *, regions: Sequence[str]) -> None:
         self._regions = tuple(regions)
-        self._max = max_departments
-        self._holding = departments_holding_resources
 
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         try:
@@ -39,9 +32,6 @@ class ValidateSpec:
             raise StepError(
                 f"region {ctx.spec.region!r} is not one this platform runs in: {', '.join(self._regions)}"
             )
-        others = await self._holding() - {ctx.department_id}
-        if len(others) >= self._max:
-            raise StepError(f"the quota of {self._max} departments is reached; deprovision one first")
         return {"region": ctx.spec.region}
 
     async def compensate(self, ctx: StepContext) -> None:

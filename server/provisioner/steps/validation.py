@@ -18,7 +18,6 @@ the gateway answers SERVING, and the department accepts its own client.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Protocol
 
 import httpx
@@ -60,7 +59,7 @@ async def _live_condition(gateway: EnvoyGateway, vault: CredentialVault, departm
     if not serving:
         return Condition(name, False, "NOT_SERVING", f"/healthz through Envoy: {reply.status_code}")
     try:
-        client_id, secret = await asyncio.to_thread(vault.reveal, department_id)
+        client_id, secret = await vault.reveal(department_id)
         async with http_client() as client:
             own = gateway.url(department_id, "executions?limit=1")
             answered = await client.get(own, auth=(client_id, secret))
@@ -108,7 +107,7 @@ class DeploymentValidation:
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         department = ctx.department_id
         await _require_serving(self._gateway, department)
-        client_id, secret = await asyncio.to_thread(self._vault.reveal, department)
+        client_id, secret = await self._vault.reveal(department)
         workflow = sorted(ctx.spec.workflows)[0]
         url = self._gateway.url(department, f"workflows/{workflow}")
         async with http_client() as client:
@@ -143,7 +142,7 @@ class PlatformValidation:
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         department = ctx.department_id
         await _require_serving(self._gateway, department)
-        client_id, secret = await asyncio.to_thread(self._vault.reveal, department)
+        client_id, secret = await self._vault.reveal(department)
         own = self._gateway.url(department, "executions?limit=1")
         workflow = sorted(ctx.spec.workflows)[0]
         async with http_client() as client:

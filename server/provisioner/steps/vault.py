@@ -1,36 +1,41 @@
-"""Department secrets, encrypted at rest with AES-256-GCM.
+"""Department secrets, encrypted at rest with AES-256-GCM, kept in the job store.
 
 A department's OAuth client secret is made when its Provision call is accepted (so the
 caller can be given it once, in the response), sealed with the primary key of the
 keyring, and kept beside its SHA-256 for verification. Department services only ever see
-the hash. The plaintext is never written and never logged; `reveal` exists for the
+the hash. The plaintext is never stored and never logged; `reveal` exists for the
 validation step, which must call the department like a real client would.
 
+The sealed values live in the job store, not on one replica's disk: whichever replica
+runs or takes over a job can resume, verify and undo its steps. Every replica must
+therefore hold the same key; the store records the primary key's id and a replica with
+another key refuses to start (`check_key`).
+
 Every sealed value is bound to its department and purpose (GCM's associated data), so a
-file copied to another department does not decrypt there. Keys rotate without downtime:
-the keyring is re-read when its file changes, new values are sealed with the newest key
-while every key still opens what it sealed, and `reseal_all` moves old values over.
+value copied to another department does not decrypt there. Keys rotate without
+downtime: the keyring is re-read when its file changes, new values are sealed with the
+newest key while every key still opens what it sealed, and `reseal_all` moves old values
+over.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
 import secrets
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from provisioner.core.errors import ConfigurationError, StepError
+from provisioner.core.secrets import SealedSecret
 from provisioner.core.spec import check_department_id
 from provisioner.steps.files import write_atomically
 
@@ -173,149 +178,162 @@ def secret_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class CredentialVault:
-    """Department secrets under `root/<department>/`, one JSON file each, mode 0600.
+class SecretStore(Protocol):
+    """Where sealed secrets live: the job store (`store.secrets`), shared by every replica."""
 
-    `issued-<job>.json` is made when a provisioning job is accepted; the OAuth step makes
-    it `active.json`; revocation deletes both (the sealed secret goes with them).
+    async def get_secret(self, department_id: str, name: str) -> SealedSecret | None: ...
+
+    async def add_secret(self, secret: SealedSecret) -> SealedSecret:
+        """Store `secret` unless one by its name exists; return the stored one."""
+
+    async def promote_secret(
+        self, department_id: str, source: str, target: str, *, job_id: str, drop_prefix: str
+    ) -> SealedSecret | None: ...
+
+    async def delete_secrets(self, department_id: str, *, purpose: str, name: str | None = None) -> int: ...
+
+    async def all_secrets(self) -> list[SealedSecret]: ...
+
+    async def replace_sealed(self, secret: SealedSecret, sealed: str) -> bool: ...
+
+    async def claim_setting(self, name: str, value: str) -> str:
+        """Record `value` for `name` unless one is recorded; return the recorded one."""
+
+    async def put_setting(self, name: str, value: str) -> None: ...
+
+
+OAUTH = "oauth"
+ACTIVE = "active"
+_ISSUED = "issued:"
+#: The store-wide setting naming the key every replica must hold.
+KEY_SETTING = "encryption_key_id"
+
+
+class CredentialVault:
+    """A department's OAuth client and other secrets, sealed, in a `SecretStore`.
+
+    `issued:<job>` is made when a provisioning job is accepted; the OAuth step makes it
+    `active`; revocation deletes both (the sealed secret goes with them).
     """
 
-    def __init__(self, root: Path, keys: KeySource) -> None:
-        self.root = root
+    def __init__(self, store: SecretStore, keys: KeySource) -> None:
+        self.store = store
         self.keys = keys
 
-    def _dir(self, department_id: str) -> Path:
-        if check_department_id(department_id):
-            raise StepError(f"not a department id: {department_id!r}")
-        return self.root / department_id
+    async def check_key(self) -> str:
+        """Refuse a keyring that cannot open what the store's secrets are sealed with.
 
-    def issue(self, department_id: str, job_id: str) -> tuple[str, str]:
+        The first replica to start records its primary key's id; every later one must
+        hold that key (a rotation records the new one). Returns the recorded id.
+        """
+        keyring = self.keys.keyring()
+        recorded = await self.store.claim_setting(KEY_SETTING, keyring.primary)
+        if recorded not in keyring.ids:
+            source = "the key file" if self.keys.rotatable else "PROVISIONER_ENCRYPTION_KEY"
+            raise ConfigurationError(
+                f"the job store's secrets are sealed with key {recorded}, which {source} does not hold "
+                f"(it holds {', '.join(keyring.ids)}); every replica sharing a job store must be given "
+                "the same PROVISIONER_ENCRYPTION_KEY"
+            )
+        return recorded
+
+    async def issue(self, department_id: str, job_id: str) -> tuple[str, str]:
         """A new client id and secret for the job; returns them (the only plaintext copy).
 
         Other jobs' unused credentials stay: a request that loses the race to create the
         department's job must not void the winner's. They go when a credential is
         activated, when the department is revoked, or when their job fails (`discard`).
         """
+        _check(department_id)
         client_id = f"{department_id}.{secrets.token_hex(8)}"
         secret = secrets.token_urlsafe(32)
-        record = {
-            "client_id": client_id,
-            "secret_sha256": secret_digest(secret),
-            "sealed_secret": self.keys.keyring().seal(secret.encode(), self._context(department_id, "oauth")),
-            "job_id": job_id,
-            "issued_at": datetime.now(UTC).isoformat(),
-        }
-        write_atomically(self._dir(department_id) / f"issued-{job_id}.json", json.dumps(record, indent=2))
+        sealed = self.keys.keyring().seal(secret.encode(), _context(department_id, OAUTH))
+        await self.store.add_secret(
+            SealedSecret(
+                department_id, _ISSUED + job_id, OAUTH, sealed, job_id, client_id, secret_digest(secret)
+            )
+        )
         return client_id, secret
 
-    def discard(self, department_id: str, job_id: str) -> None:
+    async def discard(self, department_id: str, job_id: str) -> None:
         """Forget the credential issued to a job that will never use it."""
-        folder = self._dir(department_id)
-        (folder / f"issued-{job_id}.json").unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            folder.rmdir()
+        await self.store.delete_secrets(_check(department_id), purpose=OAUTH, name=_ISSUED + job_id)
 
-    def activate(self, department_id: str, job_id: str) -> Credential:
+    async def activate(self, department_id: str, job_id: str) -> Credential:
         """Make the job's issued credential the department's active one (idempotent)."""
-        folder = self._dir(department_id)
-        active = self._read(folder / "active.json")
-        if active is None or active["job_id"] != job_id:
-            issued = self._read(folder / f"issued-{job_id}.json")
-            if issued is None:
-                raise StepError(f"no credentials were issued for job {job_id}; provision again for new ones")
-            write_atomically(folder / "active.json", json.dumps(issued, indent=2))
-            active = issued
-        # Also when already active: a crash may have come between that write and this.
-        for other in folder.glob("issued-*.json"):
-            other.unlink(missing_ok=True)
-        return self._credential(active)
+        active = await self.store.promote_secret(
+            _check(department_id), _ISSUED + job_id, ACTIVE, job_id=job_id, drop_prefix=_ISSUED
+        )
+        if active is None:
+            raise StepError(f"no credentials were issued for job {job_id}; provision again for new ones")
+        return _credential(active)
 
-    def active(self, department_id: str) -> Credential | None:
-        record = self._read(self._dir(department_id) / "active.json")
-        return None if record is None else self._credential(record)
+    async def active(self, department_id: str) -> Credential | None:
+        record = await self.store.get_secret(_check(department_id), ACTIVE)
+        return None if record is None else _credential(record)
 
-    def reveal(self, department_id: str) -> tuple[str, str]:
+    async def reveal(self, department_id: str) -> tuple[str, str]:
         """The active client id and secret in plaintext; for calling the department."""
-        record = self._read(self._dir(department_id) / "active.json")
-        if record is None:
+        record = await self.store.get_secret(_check(department_id), ACTIVE)
+        if record is None or record.client_id is None:
             raise StepError(f"department {department_id} has no active credentials")
-        secret = self.keys.keyring().open(record["sealed_secret"], self._context(department_id, "oauth"))
-        return record["client_id"], secret.decode()
+        secret = self.keys.keyring().open(record.sealed, _context(department_id, OAUTH))
+        return record.client_id, secret.decode()
 
-    def revoke(self, department_id: str) -> bool:
+    async def revoke(self, department_id: str) -> bool:
         """Delete every credential of the department; True if there was one."""
-        folder = self._dir(department_id)
-        found = False
-        for path in [folder / "active.json", *folder.glob("issued-*.json")]:
-            if path.exists():
-                path.unlink()
-                found = True
-        with contextlib.suppress(OSError):
-            folder.rmdir()  # gone unless other secrets of the department remain
-        return found
+        return await self.store.delete_secrets(_check(department_id), purpose=OAUTH) > 0
 
-    def secret(self, department_id: str, name: str) -> str:
-        """A random secret of the department's (e.g. its database password), made on first use."""
-        path = self._dir(department_id) / f"{name}.secret.json"
-        context = self._context(department_id, name)
-        record = self._read(path)
+    async def secret(self, department_id: str, name: str) -> str:
+        """A random secret of the department's (e.g. its database password), made on first use.
+
+        Replicas racing to make it agree on the first one stored.
+        """
+        context = _context(_check(department_id), name)
+        record = await self.store.get_secret(department_id, name)
         if record is None:
             value = secrets.token_urlsafe(32)
-            write_atomically(path, json.dumps({"sealed": self.keys.keyring().seal(value.encode(), context)}))
-            return value
-        return self.keys.keyring().open(record["sealed"], context).decode()
+            sealed = self.keys.keyring().seal(value.encode(), context)
+            record = await self.store.add_secret(SealedSecret(department_id, name, name, sealed))
+        return self.keys.keyring().open(record.sealed, context).decode()
 
-    def forget(self, department_id: str, name: str) -> None:
-        folder = self._dir(department_id)
-        (folder / f"{name}.secret.json").unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            folder.rmdir()
+    async def forget(self, department_id: str, name: str) -> None:
+        await self.store.delete_secrets(_check(department_id), purpose=name, name=name)
 
-    def reseal_all(self) -> int:
+    async def reseal_all(self) -> int:
         """Seal every stored value again with the primary key; returns how many moved."""
         keyring = self.keys.keyring()
         moved = 0
-        for path, department_id, purpose, field in self._sealed_values():
-            record = self._read(path)
-            if record is None or Keyring.sealed_with(record[field]) == keyring.primary:
+        for record in await self.store.all_secrets():
+            if Keyring.sealed_with(record.sealed) == keyring.primary:
                 continue
-            context = self._context(department_id, purpose)
-            record[field] = keyring.seal(keyring.open(record[field], context), context)
-            write_atomically(path, json.dumps(record, indent=2))
-            moved += 1
+            context = _context(record.department_id, record.purpose)
+            resealed = keyring.seal(keyring.open(record.sealed, context), context)
+            if await self.store.replace_sealed(record, resealed):
+                moved += 1
         return moved
 
-    def sealed_key_ids(self) -> set[str]:
+    async def sealed_key_ids(self) -> set[str]:
         """The ids of the keys that sealed what is stored now."""
-        found = set()
-        for path, _, _, field in self._sealed_values():
-            record = self._read(path)
-            if record is not None:
-                found.add(Keyring.sealed_with(record[field]))
-        return found
+        return {Keyring.sealed_with(r.sealed) for r in await self.store.all_secrets()}
 
-    def _sealed_values(self) -> Iterator[tuple[Path, str, str, str]]:
-        if not self.root.exists():
-            return
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            for path in sorted(folder.glob("*.json")):
-                if path.name.endswith(".secret.json"):
-                    yield path, folder.name, path.name.removesuffix(".secret.json"), "sealed"
-                else:
-                    yield path, folder.name, "oauth", "sealed_secret"
+    async def record_primary(self) -> None:
+        """Tell every replica that the store's secrets are now sealed with our primary key."""
+        await self.store.put_setting(KEY_SETTING, self.keys.keyring().primary)
 
-    @staticmethod
-    def _context(department_id: str, purpose: str) -> bytes:
-        return f"provisioner/{department_id}/{purpose}".encode()
 
-    @staticmethod
-    def _read(path: Path) -> dict[str, Any] | None:
-        try:
-            data: dict[str, Any] = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        return data
+def _check(department_id: str) -> str:
+    if check_department_id(department_id):
+        raise StepError(f"not a department id: {department_id!r}")
+    return department_id
 
-    @staticmethod
-    def _credential(record: dict[str, Any]) -> Credential:
-        return Credential(record["client_id"], record["secret_sha256"], record["job_id"])
+
+def _context(department_id: str, purpose: str) -> bytes:
+    return f"provisioner/{department_id}/{purpose}".encode()
+
+
+def _credential(record: SealedSecret) -> Credential:
+    assert record.client_id is not None
+    assert record.secret_sha256 is not None
+    assert record.job_id is not None
+    return Credential(record.client_id, record.secret_sha256, record.job_id)

@@ -77,6 +77,10 @@ def error_to_json(error: JobError | None) -> dict[str, Any] | None:
     }
 
 
+#: A row as the driver gives it (SQLAlchemy's RowMapping is keyed by name or column).
+Row = Mapping[Any, Any]
+
+
 def error_from_json(data: Mapping[str, Any] | None) -> JobError | None:
     if not data:
         return None
@@ -84,7 +88,7 @@ def error_from_json(data: Mapping[str, Any] | None) -> JobError | None:
     return JobError(str(data["reason"]), str(data["message"]), StepName(step) if step else None)
 
 
-def job_from_rows(row: Mapping[str, Any], steps: Iterable[Mapping[str, Any]]) -> Job:
+def job_from_rows(row: Row, steps: Iterable[Row]) -> Job:
     records = {
         StepName(s["name"]): StepRecord(
             name=StepName(s["name"]),
@@ -115,7 +119,7 @@ def job_from_rows(row: Mapping[str, Any], steps: Iterable[Mapping[str, Any]]) ->
     )
 
 
-def event_from_row(row: Mapping[str, Any]) -> Event:
+def event_from_row(row: Row) -> Event:
     return Event(
         job_id=row["job_id"],
         sequence=row["sequence"],
@@ -130,13 +134,14 @@ def event_from_row(row: Mapping[str, Any]) -> Event:
     )
 
 
-def department_from_row(row: Mapping[str, Any]) -> Department:
+def department_from_row(row: Row) -> Department:
     return Department(
         spec=DepartmentSpec.from_dict(row["spec"]),
         status=DepartmentStatus(row["status"]),
         current_job_id=row["current_job_id"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        home=row["home"],
     )
 
 
@@ -153,7 +158,7 @@ def audit_row(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
-def audit_from_row(row: Mapping[str, Any]) -> AuditEntry:
+def audit_from_row(row: Row) -> AuditEntry:
     return AuditEntry(
         at=row["at"],
         principal=row["principal"],

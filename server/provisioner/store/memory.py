@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 
-from provisioner.core.department import AuditEntry, Department, department_status
-from provisioner.core.errors import ConflictError, LeaseLostError
+from provisioner.core.department import HOLDING_RESOURCES, AuditEntry, Department, department_status
+from provisioner.core.errors import ConflictError, LeaseLostError, QuotaExceededError
 from provisioner.core.job import Event, Job
+from provisioner.core.secrets import SealedSecret
 from provisioner.core.states import DepartmentStatus, JobKind
 from provisioner.store.protocol import JobHead
 
@@ -22,6 +24,7 @@ class InMemoryJobStore:
         self._leases: dict[str, tuple[str, datetime]] = {}
         self._cancel: set[str] = set()
         self._audit: list[AuditEntry] = []
+        self._pins: dict[str, str | None] = {}
 
     async def initialize(self) -> None:
         return None
@@ -30,7 +33,14 @@ class InMemoryJobStore:
         return None
 
     async def create_job(
-        self, job: Job, event: Event, audit: AuditEntry, lease: tuple[str, datetime] | None = None
+        self,
+        job: Job,
+        event: Event,
+        audit: AuditEntry,
+        lease: tuple[str, datetime] | None = None,
+        *,
+        home: str | None = None,
+        quota: int | None = None,
     ) -> None:
         if job.request_id is not None and any(j.request_id == job.request_id for j in self._jobs.values()):
             raise ConflictError(f"request id {job.request_id} was already used")
@@ -39,11 +49,16 @@ class InMemoryJobStore:
             for j in self._jobs.values()
         ):
             raise ConflictError(f"department {job.department_id} already has an unfinished {job.kind} job")
+        if quota is not None and job.kind is JobKind.PROVISION:
+            holding = {d for d, dept in self._departments.items() if dept.status in HOLDING_RESOURCES}
+            if job.department_id not in holding and len(holding) >= quota:
+                raise QuotaExceededError(quota)
         self._jobs[job.job_id] = job.snapshot()
+        self._pins[job.job_id] = home
         self._events[job.job_id] = [event]
         if lease is not None:
             self._leases[job.job_id] = lease
-        self._touch_department(job)
+        self._touch_department(job, home if job.kind is JobKind.PROVISION else None)
         self._audit.append(audit)
 
     async def commit(self, job: Job, events: Sequence[Event], owner: str) -> None:
@@ -60,17 +75,20 @@ class InMemoryJobStore:
         # Like the SQL store: only a finished job moves the department, and only while it
         # is still the department's current job (a deprovisioning may have taken over).
         if job.is_finished and current is not None and current.current_job_id == job.job_id:
-            self._touch_department(job)
+            self._touch_department(job, current.home)
 
-    def _touch_department(self, job: Job) -> None:
+    def _touch_department(self, job: Job, home: str | None = None) -> None:
         current = self._departments.get(job.department_id)
         spec = job.spec if job.kind is JobKind.PROVISION or current is None else current.spec
+        if job.kind is not JobKind.PROVISION and current is not None:
+            home = current.home
         self._departments[job.department_id] = Department(
             spec=spec,
             status=department_status(job),
             current_job_id=job.job_id,
             created_at=current.created_at if current else job.created_at,
             updated_at=job.updated_at or job.created_at,
+            home=home,
         )
 
     async def job_head(self, job_id: str) -> JobHead | None:
@@ -130,13 +148,17 @@ class InMemoryJobStore:
     async def count_departments(self, statuses: frozenset[DepartmentStatus]) -> int:
         return sum(1 for d in self._departments.values() if d.status in statuses)
 
-    async def claim_jobs(self, owner: str, now: datetime, lease_until: datetime, limit: int) -> list[str]:
+    async def claim_jobs(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int, *, pinned: bool = False
+    ) -> list[str]:
         claimed: list[str] = []
         for job_id, job in sorted(self._jobs.items(), key=lambda kv: kv[1].created_at):
             if len(claimed) >= limit:
                 break
             lease = self._leases.get(job_id)
             if job.is_finished or (lease and lease[0] != owner and lease[1] > now):
+                continue
+            if self._pins.get(job_id) != (owner if pinned else None):
                 continue
             self._leases[job_id] = (owner, lease_until)
             claimed.append(job_id)
@@ -169,3 +191,55 @@ class InMemoryJobStore:
 
     async def audit_since(self, action: str, since: datetime) -> list[AuditEntry]:
         return sorted((a for a in self._audit if a.action == action and a.at >= since), key=lambda a: a.at)
+
+
+class InMemorySecretStore:
+    """The `SecretStore` of `steps.vault` in dicts, with the SQL one's semantics."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[tuple[str, str], SealedSecret] = {}
+        self.settings: dict[str, str] = {}
+
+    async def get_secret(self, department_id: str, name: str) -> SealedSecret | None:
+        return self.secrets.get((department_id, name))
+
+    async def add_secret(self, secret: SealedSecret) -> SealedSecret:
+        return self.secrets.setdefault((secret.department_id, secret.name), secret)
+
+    async def promote_secret(
+        self, department_id: str, source: str, target: str, *, job_id: str, drop_prefix: str
+    ) -> SealedSecret | None:
+        issued = self.secrets.get((department_id, source))
+        if issued is not None:
+            self.secrets[(department_id, target)] = replace(issued, name=target)
+        active = self.secrets.get((department_id, target))
+        if active is None or active.job_id != job_id:
+            return None
+        for key in [k for k in self.secrets if k[0] == department_id and k[1].startswith(drop_prefix)]:
+            del self.secrets[key]
+        return active
+
+    async def delete_secrets(self, department_id: str, *, purpose: str, name: str | None = None) -> int:
+        gone = [
+            k for k, s in self.secrets.items()
+            if k[0] == department_id and s.purpose == purpose and (name is None or k[1] == name)
+        ]  # fmt: skip
+        for key in gone:
+            del self.secrets[key]
+        return len(gone)
+
+    async def all_secrets(self) -> list[SealedSecret]:
+        return [self.secrets[k] for k in sorted(self.secrets)]
+
+    async def replace_sealed(self, secret: SealedSecret, sealed: str) -> bool:
+        key = (secret.department_id, secret.name)
+        if self.secrets.get(key) != secret:
+            return False
+        self.secrets[key] = replace(secret, sealed=sealed)
+        return True
+
+    async def claim_setting(self, name: str, value: str) -> str:
+        return self.settings.setdefault(name, value)
+
+    async def put_setting(self, name: str, value: str) -> None:
+        self.settings[name] = value

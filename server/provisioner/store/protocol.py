@@ -30,13 +30,24 @@ class JobStore(Protocol):
     async def close(self) -> None: ...
 
     async def create_job(
-        self, job: Job, event: Event, audit: AuditEntry, lease: tuple[str, datetime] | None = None
+        self,
+        job: Job,
+        event: Event,
+        audit: AuditEntry,
+        lease: tuple[str, datetime] | None = None,
+        *,
+        home: str | None = None,
+        quota: int | None = None,
     ) -> None:
         """Insert a new job (leased to `lease`'s owner if given), its steps, first event,
         department row and audit entry, atomically.
 
-        Raises `ConflictError` if the request id was used before or the department
-        already has an unfinished job of the same kind.
+        `home` pins the job to one replica (and, for a provisioning, makes it the
+        department's home). With `quota`, a provisioning is refused with
+        `QuotaExceededError` when its department would be one more than `quota` holding
+        resources; the check and the reservation are one transaction, whatever replica
+        asks. Raises `ConflictError` if the request id was used before or the
+        department already has an unfinished job of the same kind.
         """
 
     async def commit(self, job: Job, events: Sequence[Event], owner: str) -> None: ...
@@ -67,8 +78,11 @@ class JobStore(Protocol):
 
     async def count_departments(self, statuses: frozenset[DepartmentStatus]) -> int: ...
 
-    async def claim_jobs(self, owner: str, now: datetime, lease_until: datetime, limit: int) -> list[str]:
-        """Lease unfinished jobs that nobody holds (or whose lease expired) to `owner`."""
+    async def claim_jobs(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int, *, pinned: bool = False
+    ) -> list[str]:
+        """Lease unfinished jobs that nobody holds (or whose lease expired) to `owner`: those
+        pinned to `owner` if `pinned`, else those pinned to nobody."""
 
     async def renew_leases(
         self, owner: str, job_ids: Sequence[str], until: datetime

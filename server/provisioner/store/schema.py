@@ -49,6 +49,9 @@ departments = sa.Table(
     sa.Column("current_job_id", sa.String(36), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # The replica keeping the department's resources on its own machine (embedded steps);
+    # None when they live in shared systems any replica can reach (migration 0003).
+    sa.Column("home", sa.String(64), nullable=True),
     sa.Index(None, "status", "department_id"),
     sa.Index(None, "region", "department_id"),
 )
@@ -74,6 +77,9 @@ jobs = sa.Table(
     sa.Column("lease_owner", sa.String(64), nullable=True),
     sa.Column("lease_expires_at", UTCDateTime, nullable=True),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Only this replica may run the job (its department's home); None: any replica whose
+    # steps are shared.
+    sa.Column("pinned_to", sa.String(64), nullable=True),
     sa.Index(None, "department_id", "created_at"),
     # At most one unfinished job of each kind per department, whatever replica asks.
     sa.Index(
@@ -135,4 +141,27 @@ audit_log = sa.Table(
     sa.Index(None, "department_id", "at"),
     # The rate limiter's start-up read: the last window of one action (migration 0002).
     sa.Index(None, "action", "at"),
+)
+
+department_secrets = sa.Table(
+    "department_secrets",
+    metadata,
+    sa.Column("department_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(80), primary_key=True),
+    sa.Column("purpose", sa.String(32), nullable=False),
+    sa.Column("sealed", sa.Text, nullable=False),
+    sa.Column("job_id", sa.String(36), nullable=True),
+    sa.Column("client_id", sa.String(128), nullable=True),
+    sa.Column("secret_sha256", sa.String(64), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+#: Facts about the store as a whole that every replica must agree on (the encryption
+#: key's id, which replica holds embedded resources), set once and checked at start.
+store_settings = sa.Table(
+    "store_settings",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )

@@ -6,7 +6,6 @@ the audit log and every read use a pool of their own.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -22,9 +21,11 @@ from provisioner.core.errors import StoreUnavailableError
 from provisioner.core.job import Event, Job
 from provisioner.core.states import DepartmentStatus, JobKind
 from provisioner.store import codec
+from provisioner.store.connections import reading, writing
 from provisioner.store.migrations import upgrade_to_head
 from provisioner.store.protocol import JobHead
 from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs
+from provisioner.store.secrets import SqlSecretStore
 from provisioner.store.writer import GroupCommitWriter, PendingCommit, PendingCreate
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_own_transactions(dbapi_connection: Any, _record: Any) -> None:
+    # The sqlite3 module would BEGIN only before the first INSERT/UPDATE/DELETE, so a
+    # batch's checks (unique jobs, the quota) would read outside its transaction.
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin_immediate(conn: Any) -> None:
+    # The writer's transactions take SQLite's write lock when they start: what a batch
+    # reads cannot change before it commits, even with other replicas on the same file.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 class SqlJobStore:
     """`JobStore` on any SQLAlchemy async URL (sqlite+aiosqlite, postgresql+asyncpg)."""
 
@@ -62,8 +75,12 @@ class SqlJobStore:
         )
         if self._dialect == "sqlite":
             sa_event.listen(write_engine.sync_engine, "connect", _sqlite_pragmas)
+            sa_event.listen(write_engine.sync_engine, "connect", _sqlite_own_transactions)
+            sa_event.listen(write_engine.sync_engine, "begin", _sqlite_begin_immediate)
         self._writer = GroupCommitWriter(write_engine)
         self._write_engine = write_engine
+        #: Department secrets and store-wide settings, on the same database.
+        self.secrets = SqlSecretStore(self._engine)
         #: Step rows as last committed per running job, so commits send only what changed.
         self._written_steps: dict[str, list[dict[str, Any]]] = {}
 
@@ -88,11 +105,21 @@ class SqlJobStore:
     # -- writes -----------------------------------------------------------------------------
 
     async def create_job(
-        self, job: Job, event: Event, audit: AuditEntry, lease: tuple[str, datetime] | None = None
+        self,
+        job: Job,
+        event: Event,
+        audit: AuditEntry,
+        lease: tuple[str, datetime] | None = None,
+        *,
+        home: str | None = None,
+        quota: int | None = None,
     ) -> None:
         dept = self._department_values(job)
+        if job.kind is JobKind.PROVISION:
+            dept["home"] = home
         row = codec.new_job_row(job)
         row["lease_owner"], row["lease_expires_at"] = lease or (None, None)
+        row["pinned_to"] = home
         pending = PendingCreate(
             job_row=row,
             steps=[codec.step_row(job.job_id, s) for s in job.steps.values()],
@@ -102,10 +129,12 @@ class SqlJobStore:
                 "created_at": job.created_at,
                 "spec": job.spec.to_dict(),
                 "region": job.spec.region,
+                "home": home,
                 **dept,
             },
             department_keys=tuple(sorted(dept)),
             audit=codec.audit_row(audit),
+            quota=quota if job.kind is JobKind.PROVISION else None,
         )
         await self._writer.write(pending)
 
@@ -146,11 +175,14 @@ class SqlJobStore:
 
     # -- leases -----------------------------------------------------------------------------
 
-    async def claim_jobs(self, owner: str, now: datetime, lease_until: datetime, limit: int) -> list[str]:
+    async def claim_jobs(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int, *, pinned: bool = False
+    ) -> list[str]:
         candidates = (
             sa.select(jobs.c.job_id)
             .where(
                 jobs.c.finished_at.is_(None),
+                jobs.c.pinned_to == owner if pinned else jobs.c.pinned_to.is_(None),
                 sa.or_(
                     jobs.c.lease_owner.is_(None),
                     jobs.c.lease_owner == owner,
@@ -168,7 +200,7 @@ class SqlJobStore:
             .values(lease_owner=owner, lease_expires_at=lease_until)
             .returning(jobs.c.job_id)
         )
-        async with self._writing() as conn:
+        async with writing(self._engine) as conn:
             return list((await conn.execute(stmt)).scalars())
 
     async def renew_leases(
@@ -182,14 +214,14 @@ class SqlJobStore:
             .values(lease_expires_at=until)
             .returning(jobs.c.job_id, jobs.c.cancel_requested)
         )
-        async with self._writing() as conn:
+        async with writing(self._engine) as conn:
             rows = (await conn.execute(stmt)).all()
         return {r.job_id for r in rows}, {r.job_id for r in rows if r.cancel_requested}
 
     async def release(self, owner: str, job_ids: Sequence[str]) -> None:
         if not job_ids:
             return
-        async with self._writing() as conn:
+        async with writing(self._engine) as conn:
             await conn.execute(
                 jobs.update()
                 .where(jobs.c.lease_owner == owner, jobs.c.job_id.in_(list(job_ids)))
@@ -197,20 +229,12 @@ class SqlJobStore:
             )
 
     async def request_cancel(self, job_id: str) -> None:
-        async with self._writing() as conn:
+        async with writing(self._engine) as conn:
             await conn.execute(jobs.update().where(jobs.c.job_id == job_id).values(cancel_requested=True))
 
     async def record_audit(self, entry: AuditEntry) -> None:
-        async with self._writing() as conn:
+        async with writing(self._engine) as conn:
             await conn.execute(audit_log.insert(), [codec.audit_row(entry)])
-
-    @contextlib.asynccontextmanager
-    async def _writing(self) -> Any:
-        try:
-            async with self._engine.begin() as conn:
-                yield conn
-        except (OperationalError, DBAPIError, OSError) as exc:
-            raise StoreUnavailableError(f"job store unavailable: {exc.__class__.__name__}") from exc
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -220,7 +244,7 @@ class SqlJobStore:
             query = query.order_by(order)
         if limit is not None:
             query = query.limit(limit)
-        async with self._reading() as conn:
+        async with reading(self._engine) as conn:
             rows = (await conn.execute(query)).mappings().all()
             if not rows:
                 return []
@@ -233,21 +257,13 @@ class SqlJobStore:
             by_job.setdefault(s["job_id"], []).append(s)
         return [codec.job_from_rows(r, by_job.get(r["job_id"], [])) for r in rows]
 
-    @contextlib.asynccontextmanager
-    async def _reading(self) -> Any:
-        try:
-            async with self._engine.connect() as conn:
-                yield conn
-        except (OperationalError, DBAPIError, OSError) as exc:
-            raise StoreUnavailableError(f"job store unavailable: {exc.__class__.__name__}") from exc
-
     async def get_job(self, job_id: str) -> Job | None:
         found = await self._jobs_where(jobs.c.job_id == job_id)
         return found[0] if found else None
 
     async def job_head(self, job_id: str) -> JobHead | None:
         query = sa.select(jobs.c.finished_at, jobs.c.last_sequence).where(jobs.c.job_id == job_id)
-        async with self._reading() as conn:
+        async with reading(self._engine) as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else JobHead(row.finished_at is not None, row.last_sequence)
 
@@ -274,13 +290,13 @@ class SqlJobStore:
             .order_by(job_events.c.sequence)
             .limit(limit)
         )
-        async with self._reading() as conn:
+        async with reading(self._engine) as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [codec.event_from_row(r) for r in rows]
 
     async def get_department(self, department_id: str) -> Department | None:
         query = sa.select(departments).where(departments.c.department_id == department_id)
-        async with self._reading() as conn:
+        async with reading(self._engine) as conn:
             row = (await conn.execute(query)).mappings().first()
         return codec.department_from_row(row) if row else None
 
@@ -298,7 +314,7 @@ class SqlJobStore:
         if region is not None:
             query = query.where(departments.c.region == region)
         query = query.order_by(departments.c.department_id).limit(limit)
-        async with self._reading() as conn:
+        async with reading(self._engine) as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [codec.department_from_row(r) for r in rows]
 
@@ -308,14 +324,14 @@ class SqlJobStore:
             .select_from(departments)
             .where(departments.c.status.in_([s.value for s in statuses]))
         )
-        async with self._reading() as conn:
+        async with reading(self._engine) as conn:
             return int((await conn.execute(query)).scalar_one())
 
     async def audit_log(self, department_id: str) -> list[AuditEntry]:
         query = (
             sa.select(audit_log).where(audit_log.c.department_id == department_id).order_by(audit_log.c.id)
         )
-        async with self._reading() as conn:
+        async with reading(self._engine) as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [codec.audit_from_row(r) for r in rows]
 
@@ -325,6 +341,6 @@ class SqlJobStore:
             .where(audit_log.c.action == action, audit_log.c.at >= since)
             .order_by(audit_log.c.at, audit_log.c.id)
         )
-        async with self._reading() as conn:
+        async with reading(self._engine) as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [codec.audit_from_row(r) for r in rows]

@@ -19,12 +19,23 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from provisioner.core.errors import ConflictError, LeaseLostError, StoreUnavailableError
+from provisioner.core.department import HOLDING_RESOURCES
+from provisioner.core.errors import (
+    ConflictError,
+    LeaseLostError,
+    ProvisioningError,
+    QuotaExceededError,
+    StoreUnavailableError,
+)
 from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs
 
 log = logging.getLogger(__name__)
 
 _BATCH_LIMIT = 512
+#: The PostgreSQL advisory lock that makes quota checks of concurrent creations take turns
+#: across replicas (SQLite has one writer at a time anyway).
+_QUOTA_LOCK = 0x70726F76  # "prov"
+_HOLDING = [s.value for s in HOLDING_RESOURCES]
 
 _JOB_COLUMNS = ("state", "progress", "error", "cleanup", "last_sequence", "updated_at", "finished_at")
 _UPDATE_JOB = (
@@ -57,6 +68,8 @@ class PendingCreate:
     department: dict[str, Any]
     department_keys: tuple[str, ...]
     audit: dict[str, Any]
+    #: For a provisioning: how many departments may hold resources, this one included.
+    quota: int | None = None
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -123,12 +136,13 @@ class GroupCommitWriter:
         creates = [p for p in items if isinstance(p, PendingCreate)]
         batch = [p for p in items if isinstance(p, PendingCommit)]
         lost: set[int] = set()
-        conflicts: set[int] = set()
+        refused: dict[int, ProvisioningError] = {}
         try:
             async with self._engine.begin() as conn:
                 if creates:
-                    conflicts = await self._create_conflicts(conn, creates)
-                    await self._insert_creates(conn, [c for i, c in enumerate(creates) if i not in conflicts])
+                    refused = await self._create_conflicts(conn, creates)
+                    refused |= await self._over_quota(conn, creates, refused)
+                    await self._insert_creates(conn, [c for i, c in enumerate(creates) if i not in refused])
                 if batch:
                     lost = await self._update_jobs(conn, batch)
                     kept = [p for i, p in enumerate(batch) if i not in lost]
@@ -152,8 +166,8 @@ class GroupCommitWriter:
         for index, created in enumerate(creates):
             if created.future.done():
                 continue
-            if index in conflicts:
-                created.future.set_exception(_conflict(created.job_row))
+            if index in refused:
+                created.future.set_exception(refused[index])
             else:
                 created.future.set_result(None)
         for index, pending in enumerate(batch):
@@ -181,7 +195,9 @@ class GroupCommitWriter:
         owners = {row.job_id: row.lease_owner for row in rows}
         return {i for i, p in enumerate(batch) if owners.get(p.job_id) != p.owner}
 
-    async def _create_conflicts(self, conn: AsyncConnection, creates: list[PendingCreate]) -> set[int]:
+    async def _create_conflicts(
+        self, conn: AsyncConnection, creates: list[PendingCreate]
+    ) -> dict[int, ProvisioningError]:
         """Creations that would break a unique index, found up front (and within the batch)."""
         wanted = list({c.job_row["department_id"] for c in creates})
         busy = {
@@ -202,17 +218,58 @@ class GroupCommitWriter:
                 .scalars()
                 .all()
             )
-        conflicts: set[int] = set()
+        conflicts: dict[int, ProvisioningError] = {}
         for index, c in enumerate(creates):
             key = (c.job_row["department_id"], c.job_row["kind"])
             rid = c.job_row["request_id"]
             if key in busy or (rid and rid in used):
-                conflicts.add(index)
+                conflicts[index] = _conflict(c.job_row)
                 continue
             busy.add(key)
             if rid:
                 used.add(rid)
         return conflicts
+
+    async def _over_quota(
+        self, conn: AsyncConnection, creates: list[PendingCreate], refused: dict[int, ProvisioningError]
+    ) -> dict[int, ProvisioningError]:
+        """Provisionings that would take one department more than their quota.
+
+        Counted in the transaction that inserts them, after every other replica's
+        creations committed (PostgreSQL: an advisory lock; SQLite: its single writer), so
+        concurrent provisionings can never exceed the quota together.
+        """
+        checked = [i for i, c in enumerate(creates) if c.quota is not None and i not in refused]
+        if not checked:
+            return {}
+        if self._dialect == "postgresql":
+            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_QUOTA_LOCK)))
+        holding = departments.c.status.in_(_HOLDING)
+        count = int((await conn.execute(sa.select(sa.func.count()).where(holding))).scalar_one())
+        asking = list({creates[i].job_row["department_id"] for i in checked})
+        counted = set(
+            (
+                await conn.execute(
+                    sa.select(departments.c.department_id).where(
+                        holding, departments.c.department_id.in_(asking)
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        over: dict[int, ProvisioningError] = {}
+        for index in checked:
+            department_id, quota = creates[index].job_row["department_id"], creates[index].quota
+            assert quota is not None
+            if department_id in counted:
+                continue
+            if count >= quota:
+                over[index] = QuotaExceededError(quota)
+                continue
+            counted.add(department_id)
+            count += 1
+        return over
 
     async def _insert_creates(self, conn: AsyncConnection, creates: list[PendingCreate]) -> None:
         if not creates:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from provisioner.core.errors import ConfigurationError, StepError, TransientStepError
 from provisioner.core.spec import check_department_id
@@ -68,7 +68,7 @@ class RailwayContainer:
         image: str,
         *,
         endpoint: str = DEFAULT_ENDPOINT,
-        variables: Callable[[str], Mapping[str, str]] | None = None,
+        variables: Callable[[str], Awaitable[Mapping[str, str]]] | None = None,
         timeout: float = 10.0,
         deploy_timeout: float = 300.0,
         poll_interval: float = 2.0,
@@ -114,7 +114,7 @@ class RailwayContainer:
                 ops.set_healthcheck_path(self._api, service_id, self._environment_id, HEALTHCHECK_PATH)
             )
             domain = await self._ensure_domain(service_id, ctx.department_id)
-            variables = dict(self._variables(ctx.department_id)) if self._variables is not None else {}
+            variables = dict(await self._variables(ctx.department_id)) if self._variables is not None else {}
             if variables:
                 await settle(
                     ops.upsert_variables(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -83,9 +83,9 @@ class PostgresTenantDatabase:
     def __init__(
         self,
         admin_url: str,
-        password_for: Callable[[str], str],
+        password_for: Callable[[str], Awaitable[str]],
         *,
-        forget_password: Callable[[str], None] | None = None,
+        forget_password: Callable[[str], Awaitable[None]] | None = None,
         template_version: int = 1,
         connection_limit: int = 20,
         timeout: float = 10.0,
@@ -119,7 +119,7 @@ class PostgresTenantDatabase:
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         """Create or adopt the department's role and schema and converge them to the template."""
         names = department_names(ctx.department_id)  # before any SQL: a bad id never reaches it
-        verifier = self._verifier(names)
+        verifier = self._verifier(await self._password_for(names.department_id))
         # settle: a cancelled caller still waits for COMMIT or ROLLBACK, so nothing this
         # transaction does can land after a rollback of the job has begun.
         await settle(self._provision(names, verifier))
@@ -140,7 +140,7 @@ class PostgresTenantDatabase:
         names = department_names(ctx.department_id)
         await settle(self._deprovision(names))
         if self._forget_password is not None:
-            self._forget_password(names.department_id)  # only once the role that used it is gone
+            await self._forget_password(names.department_id)  # only once the role that used it is gone
         log.info("database step: department %s removed (schema and role %s)", names.department_id, names.role)
 
     async def check(self, ctx: StepContext) -> Condition:
@@ -154,20 +154,20 @@ class PostgresTenantDatabase:
         reason, message = await inspect_department(
             self._dsn,
             names,
-            password=self._password_for(names.department_id),
+            password=await self._password_for(names.department_id),
             tables=self._tables,
             template_version=self._template_version,
             seconds=self._timeout,
         )
         return Condition(self.name, reason == "READY", reason, message)
 
-    def department_url(self, department_id: str) -> str:
+    async def department_url(self, department_id: str) -> str:
         """The URL the department's service connects with: its own role, on the admin URL's server.
 
         Holds the role's password: pass it to the service in its environment, never log it.
         """
         names = department_names(department_id)
-        url = make_url(self._dsn).set(username=names.role, password=self._password_for(department_id))
+        url = make_url(self._dsn).set(username=names.role, password=await self._password_for(department_id))
         return url.render_as_string(hide_password=False)
 
     async def execution_status(self, department_id: str, execution_id: str) -> str | None:
@@ -177,7 +177,7 @@ class PostgresTenantDatabase:
             conn = await asyncpg.connect(
                 self._dsn,
                 user=names.role,
-                password=self._password_for(department_id),
+                password=await self._password_for(department_id),
                 timeout=self._timeout,
                 command_timeout=self._timeout,
             )
@@ -190,9 +190,10 @@ class PostgresTenantDatabase:
                 await conn.close()
         return None if status is None else str(status)
 
-    def _verifier(self, names: DepartmentNames) -> str:
+    @staticmethod
+    def _verifier(password: str) -> str:
         try:
-            return scram_sha256_verifier(self._password_for(names.department_id))
+            return scram_sha256_verifier(password)
         except ValueError:
             # Not chained: nothing about the password belongs in an error.
             raise StepError("database step: the department role's password is not printable ASCII") from None
