@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from provisioner.core.errors import (
     FailedPreconditionError,
     InvalidSpecError,
     NotFoundError,
+    QuotaExceededError,
     ServiceDrainingError,
 )
 from provisioner.core.job import Event, EventType, Job
@@ -28,7 +30,9 @@ from provisioner.steps.base import Step
 from provisioner.steps.faults import FaultInjectingStep, SlowedStep, parse_fault_plan
 from provisioner.steps.local import LocalMarkerStep
 from provisioner.steps.noop import NoopStep
-from provisioner.store.memory import InMemoryJobStore
+from provisioner.steps.oauth import VaultIssuer
+from provisioner.steps.vault import CredentialVault, KeySource
+from provisioner.store.memory import InMemoryJobStore, InMemorySecretStore
 from tests.unit.factories import spec
 
 FAST = EngineConfig(
@@ -352,3 +356,23 @@ async def test_a_finished_job_is_read_once_from_the_store_then_from_memory(
     again = await orchestrator.get_job(finished.job_id)
     assert first.state is again.state is State.COMPLETED
     assert reads == []
+
+
+async def test_a_provisioning_past_the_quota_is_refused_and_its_client_forgotten(
+    store: InMemoryJobStore, tmp_path: Path
+) -> None:
+    secrets = InMemorySecretStore()
+    vault = CredentialVault(secrets, KeySource(path=tmp_path / "keys.json"))
+    config = dataclasses.replace(FAST, max_departments=1)
+    steps = {n: NoopStep(n) for n in StepName}
+    orchestrator = Orchestrator(store, EventHub(store), steps, config, issuer=VaultIssuer(vault))
+    await orchestrator.start()
+    try:
+        job, _ = await orchestrator.provision(spec("hr"), principal="alice")
+        await orchestrator.wait(job.job_id)
+        with pytest.raises(QuotaExceededError, match="quota of 1 departments"):
+            await orchestrator.provision(spec("it"), principal="alice")
+        assert {d for d, _ in secrets.secrets} == {"hr"}  # no sealed client left for "it"
+        assert [a.outcome for a in await store.audit_log("it")] == ["rejected: QUOTA_EXCEEDED"]
+    finally:
+        await orchestrator.stop()

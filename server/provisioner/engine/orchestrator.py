@@ -274,7 +274,8 @@ class Orchestrator:
         now = self._clock()
         job_id = str(uuid.uuid4())
         # Issued before the job exists, so its runner can never reach the OAuth step first;
-        # a job that then fails to be created leaves only an unused, sealed credential.
+        # a job then refused forgets it, and only a crash in between leaves an unused,
+        # sealed credential (made void by the department's next activation or revocation).
         issued = (
             await self._issuer.issue(spec.department_id, job_id)
             if self._issuer is not None and kind is JobKind.PROVISION
@@ -294,7 +295,15 @@ class Orchestrator:
         home = self._home(department)
         runs_here = self.config.run_jobs and home == (self.owner if self._pinned else None)
         lease = (self.owner, self._lease_until()) if runs_here else None
-        await self.store.create_job(job, first, audit, lease, home=home, quota=self.config.max_departments)
+        try:
+            await self.store.create_job(
+                job, first, audit, lease, home=home, quota=self.config.max_departments
+            )
+        except ProvisioningError:
+            if issued is not None and self._issuer is not None:
+                # Refused (quota, a lost race): this job's client is void. A rival's stays.
+                await self._issuer.discard(spec.department_id, job_id)
+            raise
         self.hub.publish([first])
         snapshot = replace(job.snapshot(), issued_client=issued)
         if lease is not None:
