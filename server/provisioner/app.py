@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from provisioner import logs
-from provisioner.compose import StepKit, build_steps, rotate_key
+from provisioner.compose import Shared, StepKit, build_steps, rotate_key
 from provisioner.core.errors import ConfigurationError, ProvisioningError
 from provisioner.core.states import StepName
 from provisioner.edge.auth import Authenticator
@@ -90,8 +90,13 @@ async def runtime(
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_state_dir(settings.state_dir)
     store = SqlJobStore(settings.effective_database_url)
-    kit = StepKit(dict(steps)) if steps is not None else build_steps(settings, store.secrets)
-    supervisor: asyncio.Task[None] | None = None
+    replica = _replica_id(settings)
+    kit = (
+        StepKit(dict(steps))
+        if steps is not None
+        else build_steps(settings, Shared(store.secrets, store.routes, replica))
+    )
+    background: list[asyncio.Task[None]] = []
     try:
         await store.initialize()
         if kit.vault is not None:
@@ -100,21 +105,22 @@ async def runtime(
         if swept:
             log.warning("removed %d files of writes an earlier crash interrupted", len(swept))
         if kit.gateway is not None:
-            # Envoy's route files follow the departments on disk, whatever happened before.
-            await asyncio.to_thread(kit.gateway.sync)
+            if adopted := await kit.gateway.adopt_route_files():
+                log.info("moved %d gateway routes from route.json files into the job store", adopted)
+            # Envoy's route files follow the store, whatever happened before, and keep
+            # following it: other replicas add and remove routes too.
+            await kit.gateway.sync()
+            background.append(asyncio.create_task(kit.gateway.follow(), name="gateway-routes"))
         if kit.container is not None:
             # Adopt the department services still running; restart those that died.
             await kit.container.reconcile()
-            supervisor = asyncio.create_task(kit.container.supervise(), name="department-supervisor")
+            background.append(asyncio.create_task(kit.container.supervise(), name="department-supervisor"))
         hub = EventHub(store)
+        listener = store.listener(on_heads=hub.notify, on_state=hub.pushed)
+        if listener is not None:
+            background.append(asyncio.create_task(listener.run(), name="event-notifications"))
         orchestrator = Orchestrator(
-            store,
-            hub,
-            kit.steps,
-            settings.engine,
-            owner=_replica_id(settings),
-            issuer=kit.issuer,
-            pinned=kit.pinned,
+            store, hub, kit.steps, settings.engine, owner=replica, issuer=kit.issuer, pinned=kit.pinned
         )
         await orchestrator.start()
         try:
@@ -123,8 +129,8 @@ async def runtime(
             hub.close()
             await orchestrator.stop()
     finally:
-        if supervisor is not None:
-            await cancel_and_wait(supervisor)
+        for task in background:
+            await cancel_and_wait(task)
         await kit.close()
         await store.close()
         lock.close()

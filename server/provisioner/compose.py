@@ -24,7 +24,7 @@ from provisioner.steps.container_railway import RailwayContainer
 from provisioner.steps.database import SqliteTenantDatabase
 from provisioner.steps.departments import DepartmentDirs
 from provisioner.steps.faults import FaultInjectingStep, SlowedStep
-from provisioner.steps.gateway import EnvoyGateway
+from provisioner.steps.gateway import EnvoyGateway, RouteStore
 from provisioner.steps.local import LocalMarkerStep
 from provisioner.steps.noop import NoopStep
 from provisioner.steps.oauth import OAuthCredentials, VaultIssuer
@@ -60,7 +60,17 @@ class StepKit:
             await close()
 
 
-def build_steps(settings: Settings, secrets: SecretStore) -> StepKit:
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What the steps keep in the job store, for every replica: secrets and routes."""
+
+    secrets: SecretStore
+    routes: RouteStore
+    #: This replica's id (the lease owner).
+    replica: str
+
+
+def build_steps(settings: Settings, shared: Shared) -> StepKit:
     kit = StepKit({})
     if settings.steps == "noop":
         kit.steps = {name: NoopStep(name) for name in StepName}
@@ -70,7 +80,7 @@ def build_steps(settings: Settings, secrets: SecretStore) -> StepKit:
         kit.steps = {name: LocalMarkerStep(name, root) for name in StepName}
         kit.pinned = True
     else:
-        kit = embedded_steps(settings, secrets)
+        kit = embedded_steps(settings, shared)
     if settings.step_delay:
         kit.steps = {n: SlowedStep(s, settings.step_delay) for n, s in kit.steps.items()}
     if settings.faults:
@@ -100,7 +110,7 @@ def vault_of(settings: Settings, secrets: SecretStore) -> CredentialVault:
     return CredentialVault(secrets, keys)
 
 
-def embedded_steps(settings: Settings, secrets: SecretStore) -> StepKit:
+def embedded_steps(settings: Settings, shared: Shared) -> StepKit:
     """The real steps: on this machine, except where a production adapter's settings are set.
 
     `PROVISIONER_TENANT_DATABASE_URL` puts each department's data in a schema of that
@@ -110,7 +120,7 @@ def embedded_steps(settings: Settings, secrets: SecretStore) -> StepKit:
     """
     state = settings.state_dir.absolute()
     dirs = DepartmentDirs(state / "departments")
-    vault = vault_of(settings, secrets)
+    vault = vault_of(settings, shared.secrets)
     database, database_url = _tenant_database(settings, dirs, vault)
     local: LocalProcessContainer | None = None
     container: LocalProcessContainer | RailwayContainer
@@ -120,6 +130,9 @@ def embedded_steps(settings: Settings, secrets: SecretStore) -> StepKit:
         container = local = LocalProcessContainer(dirs, environment=_service_database(database_url))
     gateway = EnvoyGateway(
         dirs,
+        routes=shared.routes,
+        replica=shared.replica,
+        local_services=local is not None,
         services=container,
         dynamic_dir=state / "envoy" / "dynamic",
         http_addr=settings.http_addr,
@@ -152,9 +165,11 @@ def embedded_steps(settings: Settings, secrets: SecretStore) -> StepKit:
     closers = tuple(
         step.close for step in (database, container, workflows) if not isinstance(step, _LOCAL_STEPS)
     )
-    # Every embedded or production step set is pinned while any of its steps keeps state on
-    # this machine; today the gateway's routes always do (see docs/replicas.md).
-    return StepKit(steps, VaultIssuer(vault), vault, True, local, gateway, roots, closers)
+    # With services on Railway (and so, by the settings' rules, data in PostgreSQL and
+    # workflows on n8n) nothing of a department is on this machine: any replica runs its
+    # jobs. Otherwise it is pinned to the replica that made it (see docs/replicas.md).
+    pinned = local is not None
+    return StepKit(steps, VaultIssuer(vault), vault, pinned, local, gateway, roots, closers)
 
 
 _LOCAL_STEPS = (SqliteTenantDatabase, LocalProcessContainer, EmbeddedWorkflows)

@@ -75,15 +75,23 @@ class ControlPlane:
             self.process.send_signal(sig)
         return self.process.wait(timeout=30)
 
-    def secrets(self) -> list[tuple[str, str]]:
-        """The sealed secrets in the job store, as (department, name): the vault's real world."""
-        query = "SELECT department_id, name FROM department_secrets ORDER BY 1, 2"
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        """Rows of the job store (SQLite in the state dir, or PROVISIONER_DATABASE_URL)."""
         url = self.env.get("PROVISIONER_DATABASE_URL", "")
         if url:
             with psycopg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1)) as conn:
-                return [(d, n) for d, n in conn.execute(query).fetchall()]
+                return [tuple(row) for row in conn.execute(sql).fetchall()]  # type: ignore[arg-type]
         with sqlite3.connect(f"file:{self.state_dir / 'provisioner.db'}?mode=ro", uri=True) as db:
-            return [(d, n) for d, n in db.execute(query).fetchall()]
+            return [tuple(row) for row in db.execute(sql).fetchall()]
+
+    def secrets(self) -> list[tuple[str, str]]:
+        """The sealed secrets in the job store, as (department, name): the vault's real world."""
+        rows = self.query("SELECT department_id, name FROM department_secrets ORDER BY 1, 2")
+        return [(str(d), str(n)) for d, n in rows]
+
+    def routes(self) -> set[str]:
+        """The departments the job store says the gateway routes."""
+        return {str(d) for (d,) in self.query("SELECT department_id FROM department_routes")}
 
     def http(self, role: str = "admin") -> httpx.Client:
         return httpx.Client(

@@ -104,6 +104,8 @@ def traces(plane: ControlPlane, department_id: str) -> dict[str, object]:
         found["files"] = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
     if secrets:
         found["secrets"] = secrets
+    if department_id in plane.routes():
+        found["route"] = True
     if department_id in department_services(plane.state_dir):
         found["process"] = department_services(plane.state_dir)[department_id]
     routes = (plane.state_dir / "envoy" / "dynamic" / "routes.json").read_text()

@@ -30,7 +30,7 @@ LEFT_BEHIND = {
     "oauth": {"files", "secrets"},
     "container": {"files", "process"},
     "workflows": {"files"},
-    "gateway": {"files", "envoy_route", "envoy_answers"},
+    "gateway": {"route", "envoy_route", "envoy_answers"},
     "validation": set(),
 }
 

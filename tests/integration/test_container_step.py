@@ -63,7 +63,11 @@ async def test_a_dead_service_is_restarted_on_its_port_and_a_taken_port_is_left(
 ) -> None:
     ctx = context(tmp_path)
     moved: list[bool] = []
-    container.on_moved = lambda: moved.append(True)
+
+    async def told() -> None:
+        moved.append(True)
+
+    container.on_moved = told
     first = await container.apply(ctx)
     directory = tmp_path / "departments" / "hr"
     await kill(int(first["pid"]), directory)

@@ -122,6 +122,13 @@ class ServiceDrainingError(ProvisioningError):
     retryable = True
 
 
+class ElsewhereError(ProvisioningError):
+    """Only another replica can answer: the department's resources are on its machine."""
+
+    reason = "ON_ANOTHER_REPLICA"
+    retryable = True
+
+
 class ConfigurationError(ProvisioningError):
     """A setting is missing or malformed; the message names it."""
 

@@ -52,6 +52,7 @@ _CODES: tuple[tuple[type[e.ProvisioningError], grpc.StatusCode], ...] = (
     (e.SubscriberTooSlowError, grpc.StatusCode.UNAVAILABLE),
     (e.StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (e.LeaseLostError, grpc.StatusCode.UNAVAILABLE),
+    (e.ElsewhereError, grpc.StatusCode.UNAVAILABLE),
     (e.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),

@@ -21,6 +21,7 @@ from typing import Protocol
 from provisioner.core.department import HOLDING_RESOURCES, AuditEntry, Department
 from provisioner.core.errors import (
     ConflictError,
+    ElsewhereError,
     FailedPreconditionError,
     FieldViolation,
     InvalidSpecError,
@@ -382,6 +383,13 @@ class Orchestrator:
         department = await self.get_department(department_id)
         if department.status in (DepartmentStatus.DEPROVISIONED, DepartmentStatus.DEPROVISIONING):
             raise FailedPreconditionError(f"department {department_id} is {department.status.value}")
+        if department.home is not None and department.home != self.owner:
+            # Its resources are on the home replica's machine: checked here, they would
+            # all look missing.
+            raise ElsewhereError(
+                f"department {department_id} is checked by replica {department.home}, which holds "
+                "its resources; retry (another replica will be asked)"
+            )
         latest = await self.store.latest_job(department_id, JobKind.PROVISION)
         resources = {n: s.resources for n, s in latest.steps.items()} if latest else {}
         job_id = latest.job_id if latest else ""

@@ -1,10 +1,17 @@
-"""In-process fan-out of committed events, backed by the store for replay and catch-up.
+"""Fan-out of committed events to watchers, backed by the store for replay and catch-up.
 
 `subscribe(job_id, after_sequence)` registers for live events *before* replaying the
 stored ones, so nothing committed in between is missed; duplicates from that overlap are
-dropped by sequence, and a gap (an event committed by another replica, or published while
-a subscriber was busy) is filled from the store. The engine never waits for a subscriber:
-a subscriber whose queue overflows is ended with a resumable error.
+dropped by sequence, and a gap (an event published while a subscriber was busy) is filled
+from the store. The engine never waits for a subscriber: a subscriber whose queue
+overflows is ended with a resumable error.
+
+Events committed on this replica are published by its runners. Those committed by other
+replicas arrive as notifications (`notify`, PostgreSQL's LISTEN/NOTIFY): each job with
+watchers here is read from the store once per notification and its new events fanned out.
+While notifications flow (`pushed(True)`), idle watchers look at the store only every
+`push_poll_interval` as a safety net; without them (SQLite, or the listening connection
+down) every `poll_interval`.
 """
 
 from __future__ import annotations
@@ -14,16 +21,28 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from provisioner.core.errors import NotFoundError, ServiceDrainingError, SubscriberTooSlowError
+from provisioner.core.errors import (
+    NotFoundError,
+    ProvisioningError,
+    ServiceDrainingError,
+    SubscriberTooSlowError,
+)
 from provisioner.core.job import Event
 from provisioner.store.protocol import JobStore
 
 _PAGE = 500
 
 
+class _Poke:
+    """Tells a subscriber to look at the store now (notifications just came back)."""
+
+
+_POKE = _Poke()
+
+
 @dataclass(eq=False, slots=True)
 class _Subscriber:
-    queue: asyncio.Queue[Event | None]
+    queue: asyncio.Queue[Event | _Poke | None]
     overflowed: bool = False
     closed: bool = False
 
@@ -31,13 +50,26 @@ class _Subscriber:
 class EventHub:
     """Delivers each job's events in order, exactly once, ending after the terminal one."""
 
-    def __init__(self, store: JobStore, *, queue_size: int = 1024, poll_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        queue_size: int = 1024,
+        poll_interval: float = 1.0,
+        push_poll_interval: float = 30.0,
+    ) -> None:
         if queue_size < 1:
             raise ValueError("event hub: queue_size must be >= 1")
         self._store = store
         self._queue_size = queue_size
         self._poll_interval = poll_interval
+        self._push_poll_interval = push_poll_interval
+        self._pushed = False
         self._subscribers: dict[str, set[_Subscriber]] = {}
+        #: Per job with subscribers: the highest sequence handed to them live.
+        self._seen: dict[str, int] = {}
+        #: Jobs being read after a notification, with the highest sequence announced since.
+        self._fetching: dict[str, int] = {}
         self._closed = False
 
     @property
@@ -47,13 +79,56 @@ class EventHub:
     def publish(self, events: Sequence[Event]) -> None:
         """Hand committed events to live subscribers; never blocks, never raises."""
         for event in events:
-            for sub in self._subscribers.get(event.job_id, ()):
-                if sub.overflowed:
-                    continue
-                try:
-                    sub.queue.put_nowait(event)
-                except asyncio.QueueFull:
-                    sub.overflowed = True
+            subs = self._subscribers.get(event.job_id)
+            if not subs:
+                continue
+            if event.sequence > self._seen.get(event.job_id, 0):
+                self._seen[event.job_id] = event.sequence
+            for sub in subs:
+                self._offer(sub, event)
+
+    @staticmethod
+    def _offer(sub: _Subscriber, item: Event | _Poke | None) -> None:
+        if sub.overflowed:
+            return
+        try:
+            sub.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            sub.overflowed = True
+
+    def pushed(self, listening: bool) -> None:
+        """Whether notifications of other replicas' commits are flowing. When they start
+        (again), every watcher looks at the store once: what was committed meanwhile
+        was announced to nobody."""
+        self._pushed = listening
+        if listening:
+            for subs in self._subscribers.values():
+                for sub in subs:
+                    self._offer(sub, _POKE)
+
+    def notify(self, heads: Sequence[tuple[str, int]]) -> None:
+        """Other replicas committed up to these sequences: fetch and fan out what is new."""
+        for job_id, sequence in heads:
+            if job_id not in self._subscribers or sequence <= self._seen.get(job_id, 0):
+                continue
+            if job_id in self._fetching:
+                self._fetching[job_id] = max(self._fetching[job_id], sequence)
+                continue
+            self._fetching[job_id] = sequence
+            asyncio.get_running_loop().create_task(self._fetch(job_id), name=f"hub-fetch-{job_id}")
+
+    async def _fetch(self, job_id: str) -> None:
+        """Read a job's new events once for all its subscribers, until nothing more was announced."""
+        try:
+            while job_id in self._subscribers and self._fetching[job_id] > self._seen.get(job_id, 0):
+                page = await self._store.events_after(job_id, self._seen.get(job_id, 0), _PAGE)
+                if not page:
+                    return
+                self.publish(page)
+        except ProvisioningError:
+            return  # the store is away: the watchers' own polling catches up
+        finally:
+            self._fetching.pop(job_id, None)
 
     def close(self) -> None:
         """End every subscription with a resumable error (server shutting down)."""
@@ -78,6 +153,8 @@ class EventHub:
             head = await self._store.job_head(job_id)
             if head is None:
                 raise NotFoundError(f"job {job_id} not found")
+            # What is stored now is replayed below: only later sequences are news.
+            self._seen[job_id] = max(self._seen.get(job_id, 0), head.last_sequence)
             last = after_sequence
             if head.finished and last >= head.last_sequence:
                 return
@@ -113,17 +190,20 @@ class EventHub:
                 subs.discard(sub)
                 if not subs:
                     del self._subscribers[job_id]
+                    self._seen.pop(job_id, None)
 
     async def _next_live(self, sub: _Subscriber) -> Event | None:
+        """The next live event; None when the store should be looked at instead."""
         if sub.overflowed:
             raise SubscriberTooSlowError("the watcher fell behind; resume from the last sequence seen")
+        interval = self._push_poll_interval if self._pushed else self._poll_interval
         try:
-            event = await asyncio.wait_for(sub.queue.get(), self._poll_interval)
+            item = await asyncio.wait_for(sub.queue.get(), interval)
         except TimeoutError:
             return None
-        if event is None or sub.closed:
+        if item is None or sub.closed:
             raise ServiceDrainingError("the server is shutting down; resume the watch elsewhere")
-        return event
+        return None if isinstance(item, _Poke) else item
 
     async def _catch_up(self, job_id: str, after: int, until: int | None = None) -> AsyncIterator[Event]:
         while True:

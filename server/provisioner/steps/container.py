@@ -146,7 +146,7 @@ class LocalProcessContainer:
         self._host = host
         self._python = python
         #: Called after a service had to move to another port, so routes can follow it.
-        self.on_moved: Callable[[], None] | None = None
+        self.on_moved: Callable[[], Awaitable[None]] | None = None
         # The step and the supervisor never act on one department at the same time.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -191,7 +191,7 @@ class LocalProcessContainer:
                     # new one (routes follow container.json) and let the retry use it.
                     Placement(desired.host, free_port(desired.host)).write(directory)
                     if self.on_moved is not None:
-                        await asyncio.to_thread(self.on_moved)
+                        await self.on_moved()
                 raise TransientStepError(
                     f"the department service exited with status {status} while starting; "
                     f"see {directory / LOG_FILE}"

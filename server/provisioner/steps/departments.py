@@ -8,9 +8,9 @@ Each department has one directory, `<state dir>/departments/<id>/`, shared by th
     service.json       the running process, written by the department service itself
     service.log        the service's log
     workflows/*.json   deployed workflow definitions (workflows step)
-    route.json         present while Envoy routes to the department (gateway step)
 
-Each step removes only its own files; the directory goes when it is empty.
+Each step removes only its own files; the directory goes when it is empty. The gateway's
+route and the department's secrets are in the job store.
 """
 
 from __future__ import annotations

@@ -1,29 +1,36 @@
 """The gateway step: a route `/departments/<id>/` on the Envoy that serves the REST API.
 
-A department is routed while its `route.json` exists, which records where the route
-leads: the container step's answer to `upstream` (a local service's address, or a
-container platform's public domain over TLS). Every change rewrites Envoy's dynamic
-route and cluster files from all routed departments (atomically; Envoy watches the
-directory and applies them without a restart), and is then verified through Envoy
-itself: the department's `/healthz` must answer through the new route, and must stop
-answering once the route is removed.
+A department is routed while the job store holds its route, which records where the
+route leads: the container step's answer to `upstream` (a local service's address, or a
+container platform's public domain over TLS). Every replica writes its Envoy's dynamic
+route and cluster files from the store (atomically; Envoy watches the directory and
+applies them without a restart) when its own step changes a route and, for the routes
+other replicas change, within `follow`'s interval. A route to a service on one
+replica's machine is served by that replica's Envoy only. Each change is verified
+through this replica's Envoy: the department's `/healthz` must answer through the new
+route, and must stop answering once the route is removed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from provisioner.core.errors import StepError, TransientStepError
+from provisioner.core.errors import ProvisioningError, StepError, TransientStepError
+from provisioner.core.routes import Route
 from provisioner.core.states import StepName
 from provisioner.steps.base import Condition, StepContext, settle
 from provisioner.steps.container import Placement
-from provisioner.steps.departments import DepartmentDirs, get, read_json, remove, write_json
+from provisioner.steps.departments import DepartmentDirs, get, read_json, remove
 from provisioner.steps.envoy_config import SYSTEM_CA_FILE, Address, Upstream, http_url, write_dynamic_config
 
+log = logging.getLogger(__name__)
+
+#: Where a route was kept before the store held routes; imported once at start.
 ROUTE_FILE = "route.json"
 _CONVERGE_TIMEOUT = 10.0
 
@@ -34,6 +41,20 @@ class Routable(Protocol):
     async def upstream(self, department_id: str) -> Upstream | None: ...
 
 
+class RouteStore(Protocol):
+    """Where routes live: the job store (`store.routes`), shared by every replica."""
+
+    async def put_route(self, route: Route) -> None: ...
+
+    async def delete_route(self, department_id: str) -> bool:
+        """Forget the department's route; True if there was one."""
+
+    async def get_route(self, department_id: str) -> Route | None: ...
+
+    async def routes_for(self, replica: str) -> list[Route]:
+        """The routes `replica`'s Envoy serves."""
+
+
 class EnvoyGateway:
     name = StepName.GATEWAY
 
@@ -41,6 +62,9 @@ class EnvoyGateway:
         self,
         dirs: DepartmentDirs,
         *,
+        routes: RouteStore,
+        replica: str,
+        local_services: bool,
         services: Routable,
         dynamic_dir: Path,
         http_addr: Address,
@@ -48,7 +72,12 @@ class EnvoyGateway:
         cors_origins: Sequence[str] = (),
         ca_file: Path = SYSTEM_CA_FILE,
     ) -> None:
+        """`replica` is this replica's id; with `local_services` the services run on this
+        machine, so only this replica's Envoy can serve the routes made here."""
         self._dirs = dirs
+        self._routes = routes
+        self._replica = replica
+        self._local_services = local_services
         self._services = services
         self._ca_file = ca_file
         self._dynamic_dir = dynamic_dir
@@ -57,6 +86,7 @@ class EnvoyGateway:
         self._cors_origins = tuple(cors_origins)
         # One writer of the route files at a time: each write is the whole table.
         self._lock = asyncio.Lock()
+        self._written: Mapping[str, Upstream] | None = None
 
     def url(self, department_id: str, path: str = "") -> str:
         """Where the department answers through Envoy."""
@@ -67,58 +97,98 @@ class EnvoyGateway:
         upstream = await self._services.upstream(ctx.department_id)
         if upstream is None:
             raise StepError("the department has no service to route to")
-        directory = self._dirs.ensure(ctx.department_id)
+        route = Route(ctx.department_id, upstream.host, upstream.port, upstream.tls, self._served_by())
         async with self._lock:
-            await settle(asyncio.to_thread(self._route, directory, upstream))
+            await settle(self._publish(route))
         await self._converge(ctx.department_id, lambda status: status == 200, "answer through")
         return {
             "route": f"/departments/{ctx.department_id}/",
             "upstream": str(upstream),
         }
 
-    def _route(self, directory: Path, upstream: Upstream) -> None:
-        record = {"host": upstream.host, "port": upstream.port, "tls": upstream.tls}
-        write_json(directory / ROUTE_FILE, record, mode=0o644)
-        self.sync()
+    def _served_by(self) -> str | None:
+        return self._replica if self._local_services else None
+
+    async def _publish(self, route: Route) -> None:
+        await self._routes.put_route(route)
+        await self._write()
 
     async def compensate(self, ctx: StepContext) -> None:
-        directory = self._dirs.path(ctx.department_id)
         async with self._lock:
-            routed = await settle(asyncio.to_thread(self._unroute, directory))
+            routed = await settle(self._withdraw(ctx.department_id))
         if routed and await self._envoy_running():
             await self._converge(ctx.department_id, lambda status: status == 404, "stop answering on")
         self._dirs.tidy(ctx.department_id)
 
-    def _unroute(self, directory: Path) -> bool:
-        routed = remove(directory / ROUTE_FILE)
-        self.sync()
+    async def _withdraw(self, department_id: str) -> bool:
+        routed = await self._routes.delete_route(department_id)
+        await self._write()
         return routed
 
-    def sync(self) -> None:
-        """Write Envoy's files from every department that has a route.
+    async def sync(self) -> None:
+        """Write Envoy's files from the store's routes, if they changed since the last write."""
+        async with self._lock:
+            await self._write()
 
-        The upstream is a local service's desired place when there is one, so a route
-        follows its service when the service had to move to another port; else the place
-        recorded when the route was made (a platform's domain; or a route whose removal
-        failed, which stays as it was).
-        """
-        routes = {}
-        for department_id in self._dirs.ids():
-            directory = self._dirs.path(department_id)
-            route = read_json(directory / ROUTE_FILE)
-            if route is not None:
-                placed = Placement.read(directory)
-                routes[department_id] = (
-                    Upstream(placed.host, placed.port)
-                    if placed is not None
-                    else Upstream(str(route["host"]), int(route["port"]), tls=bool(route.get("tls", False)))
+    async def follow(self, interval: float = 0.5) -> None:
+        """Keep this Envoy's routes in step with the store (routes made on other replicas)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sync()
+            except ProvisioningError as exc:
+                log.warning("gateway routes not refreshed: %s", exc.message)
+
+    async def _write(self) -> None:
+        table = await asyncio.to_thread(self._table, await self._routes.routes_for(self._replica))
+        if table != self._written:
+            await asyncio.to_thread(
+                write_dynamic_config,
+                self._dynamic_dir,
+                table,
+                cors_origins=self._cors_origins,
+                ca_file=self._ca_file,
+            )
+            self._written = table
+
+    def _table(self, routes: list[Route]) -> dict[str, Upstream]:
+        """The upstream of a route to this machine is its service's desired place when
+        there is one, so a route follows its service when the service had to move to
+        another port; else the place recorded when the route was made."""
+        table: dict[str, Upstream] = {}
+        for route in routes:
+            placed = Placement.read(self._dirs.path(route.department_id)) if route.replica else None
+            table[route.department_id] = (
+                Upstream(placed.host, placed.port)
+                if placed is not None
+                else Upstream(route.host, route.port, tls=route.tls)
+            )
+        return table
+
+    async def adopt_route_files(self) -> int:
+        """Move routes kept as `route.json` files (before the store held them) into the store."""
+        adopted = 0
+        for department_id in await asyncio.to_thread(self._dirs.ids):
+            path = self._dirs.path(department_id) / ROUTE_FILE
+            record = read_json(path)
+            if record is None:
+                continue
+            if await self._routes.get_route(department_id) is None:
+                await self._routes.put_route(
+                    Route(
+                        department_id,
+                        str(record["host"]),
+                        int(record["port"]),
+                        bool(record.get("tls", False)),
+                        self._served_by(),
+                    )
                 )
-        write_dynamic_config(
-            self._dynamic_dir, routes, cors_origins=self._cors_origins, ca_file=self._ca_file
-        )
+                adopted += 1
+            remove(path)
+        return adopted
 
     async def check(self, ctx: StepContext) -> Condition:
-        if read_json(self._dirs.path(ctx.department_id) / ROUTE_FILE) is None:
+        if await self._routes.get_route(ctx.department_id) is None:
             return Condition(self.name, False, "NOT_ROUTED", "no route for the department")
         try:
             reply = await get(self.url(ctx.department_id, "healthz"))

@@ -9,6 +9,7 @@ from datetime import datetime
 from provisioner.core.department import HOLDING_RESOURCES, AuditEntry, Department, department_status
 from provisioner.core.errors import ConflictError, LeaseLostError, QuotaExceededError
 from provisioner.core.job import Event, Job
+from provisioner.core.routes import Route
 from provisioner.core.secrets import SealedSecret
 from provisioner.core.states import DepartmentStatus, JobKind
 from provisioner.store.protocol import JobHead
@@ -243,3 +244,22 @@ class InMemorySecretStore:
 
     async def put_setting(self, name: str, value: str) -> None:
         self.settings[name] = value
+
+
+class InMemoryRouteStore:
+    """The `RouteStore` of `steps.gateway` in a dict."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+
+    async def put_route(self, route: Route) -> None:
+        self.routes[route.department_id] = route
+
+    async def delete_route(self, department_id: str) -> bool:
+        return self.routes.pop(department_id, None) is not None
+
+    async def get_route(self, department_id: str) -> Route | None:
+        return self.routes.get(department_id)
+
+    async def routes_for(self, replica: str) -> list[Route]:
+        return [r for _, r in sorted(self.routes.items()) if r.replica in (None, replica)]

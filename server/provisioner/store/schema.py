@@ -165,3 +165,16 @@ store_settings = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+#: Where each routed department's `/departments/<id>/` leads; every replica's Envoy is
+#: written from this table (`steps.gateway`).
+department_routes = sa.Table(
+    "department_routes",
+    metadata,
+    sa.Column("department_id", sa.String(64), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("port", sa.Integer, nullable=False),
+    sa.Column("tls", sa.Boolean, nullable=False),
+    sa.Column("replica", sa.String(64), nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)

@@ -7,7 +7,7 @@ the audit log and every read use a pool of their own.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +23,9 @@ from provisioner.core.states import DepartmentStatus, JobKind
 from provisioner.store import codec
 from provisioner.store.connections import reading, writing
 from provisioner.store.migrations import upgrade_to_head
+from provisioner.store.notify import Head, Listener
 from provisioner.store.protocol import JobHead
+from provisioner.store.routes import SqlRouteStore
 from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs
 from provisioner.store.secrets import SqlSecretStore
 from provisioner.store.writer import GroupCommitWriter, PendingCommit, PendingCreate
@@ -81,6 +83,8 @@ class SqlJobStore:
         self._write_engine = write_engine
         #: Department secrets and store-wide settings, on the same database.
         self.secrets = SqlSecretStore(self._engine)
+        #: The gateway's routes, on the same database.
+        self.routes = SqlRouteStore(self._engine)
         #: Step rows as last committed per running job, so commits send only what changed.
         self._written_steps: dict[str, list[dict[str, Any]]] = {}
 
@@ -101,6 +105,15 @@ class SqlJobStore:
         await self._writer.stop()
         await self._engine.dispose()
         await self._write_engine.dispose()
+
+    def listener(
+        self, *, on_heads: Callable[[list[Head]], None], on_state: Callable[[bool], None]
+    ) -> Listener | None:
+        """Who hears of commits by other replicas: on PostgreSQL a LISTEN connection; on
+        SQLite nobody (its watchers poll)."""
+        if self._dialect != "postgresql":
+            return None
+        return Listener(self.url, on_heads=on_heads, on_state=on_state)
 
     # -- writes -----------------------------------------------------------------------------
 

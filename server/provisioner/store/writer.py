@@ -27,6 +27,7 @@ from provisioner.core.errors import (
     QuotaExceededError,
     StoreUnavailableError,
 )
+from provisioner.store.notify import CHANNEL, payloads
 from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,16 @@ class GroupCommitWriter:
                     lost = await self._update_jobs(conn, batch)
                     kept = [p for i, p in enumerate(batch) if i not in lost]
                     await self._write_children(conn, kept)
+                if self._dialect == "postgresql":
+                    await self._announce(
+                        conn,
+                        [(c.job_row["job_id"], 1) for i, c in enumerate(creates) if i not in refused]
+                        + [
+                            (p.job_id, p.events[-1]["sequence"])
+                            for i, p in enumerate(batch)
+                            if i not in lost and p.events
+                        ],
+                    )
         except Exception as exc:
             if len(items) > 1:
                 for pending in items:
@@ -179,6 +190,13 @@ class GroupCommitWriter:
                 )
             else:
                 pending.future.set_result(None)
+
+    @staticmethod
+    async def _announce(conn: AsyncConnection, heads: list[tuple[str, int]]) -> None:
+        """Tell every replica's listener (`store.notify`) what this batch commits; sent by
+        PostgreSQL only if, and when, the transaction commits."""
+        for payload in payloads(heads):
+            await conn.execute(sa.select(sa.func.pg_notify(CHANNEL, payload)))
 
     async def _update_jobs(self, conn: AsyncConnection, batch: list[PendingCommit]) -> set[int]:
         """Update every job row whose lease is still held; return the indexes of the others."""

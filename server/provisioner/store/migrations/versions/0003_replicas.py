@@ -8,6 +8,9 @@
   on its own machine (the embedded steps) is run only by that replica. Until now one
   replica ran everything, so existing departments and unfinished jobs get the replica
   that last held their job's lease.
+- `department_routes`: the gateway's routes, from which every replica writes its Envoy's
+  files (they were `route.json` files beside one replica's departments; a replica
+  imports its own at start).
 
 Revision ID: 0003
 Revises: 0002
@@ -56,8 +59,20 @@ def upgrade() -> None:
         "(SELECT lease_owner FROM jobs WHERE jobs.job_id = departments.current_job_id)"
     )
 
+    op.create_table(
+        "department_routes",
+        sa.Column("department_id", sa.String(64), nullable=False),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("port", sa.Integer, nullable=False),
+        sa.Column("tls", sa.Boolean, nullable=False),
+        sa.Column("replica", sa.String(64), nullable=True),
+        sa.Column("updated_at", UTCDateTime, nullable=False),
+        sa.PrimaryKeyConstraint("department_id", name="pk_department_routes"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("department_routes")
     with op.batch_alter_table("departments") as batch:
         batch.drop_column("home")
     with op.batch_alter_table("jobs") as batch:
