@@ -18,7 +18,6 @@ import os
 import secrets
 import signal
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from provisioner.core.states import StepName
 from provisioner.edge.auth import Authenticator
 from provisioner.edge.gateway import EnvoyProcess
 from provisioner.edge.interceptors import server_interceptors
-from provisioner.edge.ratelimit import RateLimiter, seed_from_audit
+from provisioner.edge.ratelimit import RateLimiter
 from provisioner.edge.server import GrpcEdge
 from provisioner.engine.orchestrator import Orchestrator
 from provisioner.engine.runner import cancel_and_wait
@@ -208,13 +207,15 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
         audience=settings.jwt_audience,
         leeway=settings.jwt_leeway,
     )
-    limiter = RateLimiter(
-        provision=settings.rate_provision, deprovision=settings.rate_deprovision, read=settings.rate_read
-    )
     async with runtime(settings) as rt:
-        # The provision and deprovision windows survive a restart: they are rebuilt from
-        # the durable audit log before the first call is admitted.
-        await seed_from_audit(limiter, rt.store, time.time())
+        # The provision and deprovision windows are in the job store: every replica
+        # counts the same calls, and a restart forgets none.
+        limiter = RateLimiter(
+            provision=settings.rate_provision,
+            deprovision=settings.rate_deprovision,
+            read=settings.rate_read,
+            shared=rt.store.admissions,
+        )
         edge = GrpcEdge(
             rt.orchestrator,
             interceptors=server_interceptors(authenticator, limiter),

@@ -122,6 +122,8 @@ class Harness:
         self.auth = AuthRecorder()
         self.port = 0
         self._server: grpc.aio.Server | None = None
+        #: More listeners in front of the same engine: replicas, as a client sees them.
+        self.replicas: list[tuple[grpc.aio.Server, AuthRecorder, int]] = []
 
     @property
     def target(self) -> str:
@@ -132,13 +134,28 @@ class Harness:
         await self._serve()
 
     async def _serve(self) -> None:
-        server = grpc.aio.server(interceptors=[self.auth])
-        pb_grpc.add_ProvisioningServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            ProvisioningServicer(self.orchestrator, heartbeat_seconds=0.5), server
-        )
+        server, _ = self._grpc_server(self.auth)
         self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         await server.start()
         self._server = server
+
+    async def add_replica(self) -> tuple[AuthRecorder, int]:
+        """Another listener on the same engine (its own port and call log)."""
+        server, recorder = self._grpc_server(AuthRecorder())
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        self.replicas.append((server, recorder, port))
+        return recorder, port
+
+    async def stop_replica(self, index: int) -> None:
+        await self.replicas[index][0].stop(None)
+
+    def _grpc_server(self, auth: AuthRecorder) -> tuple[grpc.aio.Server, AuthRecorder]:
+        server = grpc.aio.server(interceptors=[auth])
+        pb_grpc.add_ProvisioningServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            ProvisioningServicer(self.orchestrator, heartbeat_seconds=0.5), server
+        )
+        return server, auth
 
     async def stop_serving(self) -> None:
         """Cut every call off (clients see UNAVAILABLE); the engine keeps running jobs."""
@@ -153,6 +170,8 @@ class Harness:
 
     async def close(self) -> None:
         await self.stop_serving()
+        for server, _, _ in self.replicas:
+            await server.stop(None)
         self.orchestrator.hub.close()
         await self.orchestrator.stop()
 

@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from provisioner.core.states import StepName
 from provisioner.edge.auth import Authenticator, mint_token
 from provisioner.edge.interceptors import server_interceptors
-from provisioner.edge.ratelimit import Rate, RateLimiter, seed_from_audit
+from provisioner.edge.ratelimit import Rate, RateLimiter
 from provisioner.edge.server import GrpcEdge
 from provisioner.engine.orchestrator import Orchestrator
 from provisioner.events.hub import EventHub
@@ -84,8 +84,15 @@ class Api:
     clock: Clock
 
 
-def limiter(provision: Rate = LOOSE, deprovision: Rate = LOOSE, read: Rate = LOOSE) -> RateLimiter:
-    return RateLimiter(provision=provision, deprovision=deprovision, read=read)
+def limiter(
+    provision: Rate = LOOSE, deprovision: Rate = LOOSE, read: Rate = LOOSE, shared: SqlJobStore | None = None
+) -> RateLimiter:
+    return RateLimiter(
+        provision=provision,
+        deprovision=deprovision,
+        read=read,
+        shared=shared.admissions if shared is not None else None,
+    )
 
 
 async def serve(
@@ -293,26 +300,28 @@ async def test_rate_limits_per_principal_with_the_exact_retry_delay(tmp_path: Pa
         await api.stub.ListDepartments(pb.ListDepartmentsRequest(), metadata=bearer(VIEWER))
 
 
-async def test_the_limit_holds_across_a_restart(tmp_path: Path, store_url: str) -> None:
+async def test_the_limit_holds_across_a_restart_and_across_replicas(tmp_path: Path, store_url: str) -> None:
     store = SqlJobStore(store_url)
     await store.initialize()
     hourly = Rate(2, 3600.0)
     try:
-        async for api in serve(tmp_path, store, limiter(provision=hourly)):
+        async for api in serve(tmp_path, store, limiter(provision=hourly, shared=store)):
             first = await api.stub.Provision(request("hr"), metadata=bearer(ADMIN))
-            await api.stub.Provision(request("it"), metadata=bearer(ADMIN))
-        # A new process: its limiter starts empty, then counts the audit log's last hour.
-        fresh = limiter(provision=hourly)
-        now = time.time()
-        assert await seed_from_audit(fresh, store, now) == 2
-        async for api in serve(tmp_path, store, fresh):
-            error = await refused(api.stub.Provision(request("ops"), metadata=bearer(ADMIN)))
-            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            delay = details(error)["RetryInfo"].retry_delay.ToMilliseconds() / 1000  # type: ignore[attr-defined]
-            created = first.create_time.ToDatetime().timestamp()
-            assert delay == pytest.approx(3600 - (time.time() - created), abs=2)
-            job = await api.stub.Provision(request("ops"), metadata=bearer(token("bob", "admin")))
-            assert job.principal == "bob"
+        # Another replica (or this one restarted): its limiter counts the same window.
+        other = SqlJobStore(store_url)
+        await other.initialize()
+        try:
+            async for api in serve(tmp_path, other, limiter(provision=hourly, shared=other)):
+                await api.stub.Provision(request("it"), metadata=bearer(ADMIN))
+                error = await refused(api.stub.Provision(request("ops"), metadata=bearer(ADMIN)))
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                delay = details(error)["RetryInfo"].retry_delay.ToMilliseconds() / 1000  # type: ignore[attr-defined]
+                created = first.create_time.ToDatetime().timestamp()
+                assert delay == pytest.approx(3600 - (time.time() - created), abs=2)
+                job = await api.stub.Provision(request("ops"), metadata=bearer(token("bob", "admin")))
+                assert job.principal == "bob"
+        finally:
+            await other.close()
     finally:
         await store.close()
 

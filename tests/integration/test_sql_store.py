@@ -766,3 +766,29 @@ async def test_a_pinned_department_is_only_ever_touched_by_the_replica_holding_i
         home.hub.close()
         elsewhere.hub.close()
         await other.close()
+
+
+async def test_rate_windows_admit_exactly_their_count_across_replicas(
+    sql_store: SqlJobStore, store_url: str
+) -> None:
+    others = [SqlJobStore(store_url) for _ in range(2)]
+    for store in others:
+        await store.initialize()
+    replicas = [sql_store, *others]
+    now = datetime.now(UTC).timestamp()
+    try:
+        waits = await asyncio.gather(
+            *(
+                replicas[i % 3].admissions.admit("provision", "alice", 5, 3600.0, now + i * 0.001)
+                for i in range(30)
+            )
+        )
+        assert sum(w is None for w in waits) == 5
+        assert all(w is None or 3599 < w < 3601 for w in waits)
+        # Other principals and buckets have windows of their own; old admissions expire.
+        assert await others[0].admissions.admit("provision", "bob", 5, 3600.0, now) is None
+        assert await others[0].admissions.admit("deprovision", "alice", 5, 3600.0, now) is None
+        assert await others[1].admissions.admit("provision", "alice", 5, 3600.0, now + 3601) is None
+    finally:
+        for store in others:
+            await store.close()

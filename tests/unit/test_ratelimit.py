@@ -1,14 +1,11 @@
-"""Rate limits: exact sliding windows per principal, their memory, and seeding after a restart."""
+"""Rate limits: exact sliding windows per principal, their memory, and windows shared in a store."""
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from provisioner.core.department import AuditEntry
 from provisioner.edge import context as caller
 from provisioner.edge.errors import status_for, trailers_for
 from provisioner.edge.ratelimit import (
@@ -18,9 +15,8 @@ from provisioner.edge.ratelimit import (
     SlidingWindow,
     bucket_for,
     parse_rate,
-    seed_from_audit,
 )
-from provisioner.store.memory import InMemoryJobStore
+from provisioner.store.memory import InMemoryAdmissions
 
 T = 1_800_000_000.0
 SERVICE = "/provisioning.v1.ProvisioningService"
@@ -67,31 +63,16 @@ def test_memory_follows_the_active_callers() -> None:
     assert len(window._log["alice"]) == 5
 
 
-def test_seeding_counts_earlier_admissions() -> None:
-    window = SlidingWindow(Rate(3, 3600.0))
-    window.seed("alice", [T - 4000, T - 3000, T - 10], T)
-    window.seed("bob", [T - 5000], T)
-    assert len(window) == 1  # bob's only admission had left the window already
-    assert window.admit("alice", T) is None
-    assert window.admit("alice", T + 1) == pytest.approx(599.0)  # T - 3000 leaves at T + 600
-    assert window.admit("bob", T) is None
-
-
-def test_seeding_more_than_the_limit_keeps_the_latest() -> None:
-    window = SlidingWindow(Rate(2, 100.0))
-    window.seed("alice", [T - 90, T - 50, T - 40, T - 30], T)
-    # Two of the four must leave before a call fits: the 3rd newest (T - 50) is irrelevant,
-    # the window opens when T - 40 leaves.
-    assert window.admit("alice", T) == pytest.approx(60.0)
-
-
-def test_the_limiter_raises_with_bucket_rate_and_wait() -> None:
-    limiter = RateLimiter(provision=Rate(1, 3600.0), deprovision=Rate(1, 3600.0), read=Rate(2, 60.0))
-    limiter.acquire("alice", "provision", T)
-    limiter.acquire("alice", "deprovision", T)
-    limiter.acquire("alice", "read", T)
+@pytest.mark.parametrize("shared", [None, InMemoryAdmissions()], ids=["memory", "shared"])
+async def test_the_limiter_raises_with_bucket_rate_and_wait(shared: InMemoryAdmissions | None) -> None:
+    limiter = RateLimiter(
+        provision=Rate(1, 3600.0), deprovision=Rate(1, 3600.0), read=Rate(2, 60.0), shared=shared
+    )
+    await limiter.acquire("alice", "provision", T)
+    await limiter.acquire("alice", "deprovision", T)
+    await limiter.acquire("alice", "read", T)
     with pytest.raises(RateLimitedError) as caught:
-        limiter.acquire("alice", "provision", T + 100)
+        await limiter.acquire("alice", "provision", T + 100)
     error = caught.value
     assert (error.bucket, error.rate, error.retry_after) == ("provision", Rate(1, 3600.0), 3500.0)
     assert error.retryable
@@ -140,28 +121,18 @@ def test_a_rate_limited_status_carries_retry_info_and_a_retry_after_trailer() ->
     assert trailers_for(status_for(RateLimitedError("read", Rate(1, 1.0), 0.001))) == (("retry-after", "1"),)
 
 
-async def test_seeding_from_the_audit_log() -> None:
-    store = InMemoryJobStore()
-
-    def entry(seconds_ago: float, principal: str, action: str, outcome: str = "accepted") -> AuditEntry:
-        return AuditEntry(datetime.fromtimestamp(T - seconds_ago, UTC), principal, action, "hr", outcome)
-
-    for audit in [
-        entry(4000, "alice", "provision"),  # before the window
-        entry(3000, "alice", "provision"),
-        entry(2000, "alice", "provision", "rejected: CONFLICT"),  # reached the engine all the same
-        entry(1000, "alice", "provision", "replayed"),
-        entry(500, "bob", "provision"),
-        entry(100, "alice", "deprovision"),
-    ]:
-        await store.record_audit(audit)
-    limiter = RateLimiter(provision=Rate(3, 3600.0), deprovision=Rate(1, 3600.0), read=Rate(5, 60.0))
-    assert await seed_from_audit(limiter, store, T) == 5
-    with pytest.raises(RateLimitedError) as caught:
-        limiter.acquire("alice", "provision", T)
-    assert caught.value.retry_after == pytest.approx(600.0)
-    with pytest.raises(RateLimitedError) as caught:
-        limiter.acquire("alice", "deprovision", T)
-    assert caught.value.retry_after == pytest.approx(3500.0)
-    limiter.acquire("bob", "provision", T)
-    limiter.acquire("alice", "read", T)
+async def test_limiters_sharing_a_store_admit_the_rate_together_and_reads_each_their_own() -> None:
+    shared = InMemoryAdmissions()
+    replicas = [
+        RateLimiter(provision=Rate(3, 3600.0), deprovision=Rate(3, 3600.0), read=Rate(1, 60.0), shared=shared)
+        for _ in range(2)
+    ]
+    for i in range(3):
+        await replicas[i % 2].acquire("alice", "provision", T + i)
+    for i in range(3, 10):
+        with pytest.raises(RateLimitedError) as refused:
+            await replicas[i % 2].acquire("alice", "provision", T + i)
+        assert refused.value.retry_after == pytest.approx(3600 - i)
+    assert shared.times == {("provision", "alice"): [T, T + 1, T + 2]}
+    for replica in replicas:  # reads stay in each replica's memory
+        await replica.acquire("alice", "read", T)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
 
+from provisioner.core.errors import ProvisioningError
 from provisioner.edge import context as caller
 from provisioner.edge import errors
 from provisioner.edge.auth import (
@@ -34,7 +35,7 @@ from provisioner.edge.auth import (
     authorize,
     roles_needed,
 )
-from provisioner.edge.ratelimit import RateLimitedError, RateLimiter, bucket_for
+from provisioner.edge.ratelimit import RateLimiter, bucket_for
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +304,7 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or bucket is None:
             return handler
         try:
-            self._limiter.acquire(caller.principal.get(), bucket, self._clock())
-        except RateLimitedError as exc:
+            await self._limiter.acquire(caller.principal.get(), bucket, self._clock())
+        except ProvisioningError as exc:  # rate limited, or the shared windows unreachable
             return _refusal(exc)
         return handler

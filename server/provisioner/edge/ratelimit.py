@@ -1,10 +1,15 @@
-"""Per-principal rate limits for the API: exact sliding windows, seeded from the audit log.
+"""Per-principal rate limits for the API: exact sliding windows.
 
 A call is admitted when fewer than `count` calls of the same principal and bucket were
 admitted in the last `period` seconds; a refused call learns exactly when the oldest
-admission leaves the window. The windows are plain data over times passed in (`now`, in
-seconds since the epoch, because the audit log that seeds them after a restart keeps
-wall-clock times); only `seed_from_audit` does I/O.
+admission leaves the window. Times are passed in (`now`, seconds since the epoch: the
+shared windows are compared across replicas and restarts).
+
+Provision and deprovision windows are kept in the job store (`AdmissionStore`), so every
+replica counts the same calls and a restart forgets none: N replicas admit exactly the
+configured number. Reads are counted in each replica's memory: a read changes nothing,
+and a store write per read would cost more than the read it limits; behind N replicas a
+principal may make up to N times the read rate.
 """
 
 from __future__ import annotations
@@ -12,12 +17,9 @@ from __future__ import annotations
 import math
 import re
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Protocol
 
-from provisioner.core.department import AuditEntry
 from provisioner.core.errors import ProvisioningError
 from provisioner.edge.auth import DEPROVISION, PROVISION, SERVICE
 
@@ -27,8 +29,8 @@ _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
 PROVISION_BUCKET = "provision"
 DEPROVISION_BUCKET = "deprovision"
 READ_BUCKET = "read"
-#: Buckets whose calls the engine audits, by the audit action that records them.
-AUDITED_BUCKETS = {PROVISION_BUCKET: "provision", DEPROVISION_BUCKET: "deprovision"}
+#: Buckets counted in the job store, by every replica together.
+SHARED_BUCKETS = (PROVISION_BUCKET, DEPROVISION_BUCKET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,15 +108,6 @@ class SlidingWindow:
         times.append(now)
         return None
 
-    def seed(self, key: str, times: Iterable[float], now: float) -> None:
-        """Count earlier admissions of `key` (from before a restart) as if made here."""
-        recent = [t for t in times if now - self.rate.period < t <= now]
-        merged = sorted([*self._log.get(key, ()), *recent])[-self.rate.count :]
-        # Beyond `count`, only the latest matter: the window frees up when the
-        # `count`-th newest leaves it.
-        if merged:
-            self._log[key] = deque(merged)
-
     def _expire(self, times: deque[float], now: float) -> None:
         horizon = now - self.rate.period
         while times and times[0] <= horizon:
@@ -130,47 +123,35 @@ class SlidingWindow:
             del self._log[key]
 
 
-class RateLimiter:
-    """The three buckets of the API, each an exact sliding window per principal."""
+class AdmissionStore(Protocol):
+    """Where shared windows are counted: the job store (`store.admissions`)."""
 
-    def __init__(self, *, provision: Rate, deprovision: Rate, read: Rate) -> None:
+    async def admit(self, bucket: str, principal: str, count: int, period: float, now: float) -> float | None:
+        """Record an admission and return None, or return the seconds to wait."""
+
+
+class RateLimiter:
+    """The three buckets of the API, each an exact sliding window per principal; with
+    `shared`, the provision and deprovision windows are counted there."""
+
+    def __init__(
+        self, *, provision: Rate, deprovision: Rate, read: Rate, shared: AdmissionStore | None = None
+    ) -> None:
         self.windows = {
             PROVISION_BUCKET: SlidingWindow(provision),
             DEPROVISION_BUCKET: SlidingWindow(deprovision),
             READ_BUCKET: SlidingWindow(read),
         }
+        self._shared = shared
 
-    def acquire(self, principal: str, bucket: str, now: float) -> None:
-        """Admit one call, or raise `RateLimitedError` with the exact wait."""
+    async def acquire(self, principal: str, bucket: str, now: float) -> None:
+        """Admit one call, or raise `RateLimitedError` with the exact wait (or
+        `StoreUnavailableError` when a shared window cannot be counted)."""
         window = self.windows[bucket]
-        wait = window.admit(principal, now)
+        if self._shared is not None and bucket in SHARED_BUCKETS:
+            rate = window.rate
+            wait = await self._shared.admit(bucket, principal, rate.count, rate.period, now)
+        else:
+            wait = window.admit(principal, now)
         if wait is not None:
             raise RateLimitedError(bucket, window.rate, wait)
-
-    def seed(self, principal: str, bucket: str, times: Iterable[float], now: float) -> None:
-        self.windows[bucket].seed(principal, times, now)
-
-
-class AuditSource(Protocol):
-    """The part of the job store the limiter reads at start (`JobStore.audit_since`)."""
-
-    async def audit_since(self, action: str, since: datetime) -> list[AuditEntry]: ...
-
-
-async def seed_from_audit(limiter: RateLimiter, audit: AuditSource, now: float) -> int:
-    """Count the audited calls of the last window, so a restart does not reset the limit.
-
-    The engine audits every provision and deprovision request that reaches it, accepted or
-    not, under the caller's principal. Returns how many entries were read.
-    """
-    read = 0
-    for bucket, action in AUDITED_BUCKETS.items():
-        window = limiter.windows[bucket]
-        since = datetime.fromtimestamp(now - window.rate.period, UTC)
-        by_principal: dict[str, list[float]] = {}
-        for entry in await audit.audit_since(action, since):
-            by_principal.setdefault(entry.principal, []).append(entry.at.timestamp())
-        for principal, times in by_principal.items():
-            window.seed(principal, times, now)
-            read += len(times)
-    return read

@@ -190,9 +190,6 @@ class InMemoryJobStore:
     async def audit_log(self, department_id: str) -> list[AuditEntry]:
         return [a for a in self._audit if a.department_id == department_id]
 
-    async def audit_since(self, action: str, since: datetime) -> list[AuditEntry]:
-        return sorted((a for a in self._audit if a.action == action and a.at >= since), key=lambda a: a.at)
-
 
 class InMemorySecretStore:
     """The `SecretStore` of `steps.vault` in dicts, with the SQL one's semantics."""
@@ -263,3 +260,18 @@ class InMemoryRouteStore:
 
     async def routes_for(self, replica: str) -> list[Route]:
         return [r for _, r in sorted(self.routes.items()) if r.replica in (None, replica)]
+
+
+class InMemoryAdmissions:
+    """The `AdmissionStore` of `edge.ratelimit` in lists, with the SQL one's semantics."""
+
+    def __init__(self) -> None:
+        self.times: dict[tuple[str, str], list[float]] = {}
+
+    async def admit(self, bucket: str, principal: str, count: int, period: float, now: float) -> float | None:
+        times = sorted(t for t in self.times.get((bucket, principal), []) if t > now - period)
+        self.times[(bucket, principal)] = times
+        if len(times) >= count:
+            return max(times[-count] + period - now, 1e-6)
+        times.append(now)
+        return None

@@ -96,7 +96,3 @@ class JobStore(Protocol):
     async def record_audit(self, entry: AuditEntry) -> None: ...
 
     async def audit_log(self, department_id: str) -> list[AuditEntry]: ...
-
-    async def audit_since(self, action: str, since: datetime) -> list[AuditEntry]:
-        """Every audit entry of `action` recorded at or after `since`, oldest first (what the
-        API's rate limiter counts again after a restart)."""

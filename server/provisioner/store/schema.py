@@ -178,3 +178,15 @@ department_routes = sa.Table(
     sa.Column("replica", sa.String(64), nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+#: The API's rate-limit admissions, `at` in seconds since the epoch; every replica counts
+#: the same windows (`store.admissions`).
+rate_admissions = sa.Table(
+    "rate_admissions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("bucket", sa.String(32), nullable=False),
+    sa.Column("principal", sa.String(255), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Index(None, "bucket", "principal", "at"),
+)

@@ -21,6 +21,7 @@ from provisioner.core.errors import StoreUnavailableError
 from provisioner.core.job import Event, Job
 from provisioner.core.states import DepartmentStatus, JobKind
 from provisioner.store import codec
+from provisioner.store.admissions import SqlAdmissions
 from provisioner.store.connections import reading, writing
 from provisioner.store.migrations import upgrade_to_head
 from provisioner.store.notify import Head, Listener
@@ -85,6 +86,8 @@ class SqlJobStore:
         self.secrets = SqlSecretStore(self._engine)
         #: The gateway's routes, on the same database.
         self.routes = SqlRouteStore(self._engine)
+        #: The API's rate-limit windows, shared by every replica.
+        self.admissions = SqlAdmissions(self._engine if self._dialect == "postgresql" else write_engine)
         #: Step rows as last committed per running job, so commits send only what changed.
         self._written_steps: dict[str, list[dict[str, Any]]] = {}
 
@@ -343,16 +346,6 @@ class SqlJobStore:
     async def audit_log(self, department_id: str) -> list[AuditEntry]:
         query = (
             sa.select(audit_log).where(audit_log.c.department_id == department_id).order_by(audit_log.c.id)
-        )
-        async with reading(self._engine) as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [codec.audit_from_row(r) for r in rows]
-
-    async def audit_since(self, action: str, since: datetime) -> list[AuditEntry]:
-        query = (
-            sa.select(audit_log)
-            .where(audit_log.c.action == action, audit_log.c.at >= since)
-            .order_by(audit_log.c.at, audit_log.c.id)
         )
         async with reading(self._engine) as conn:
             rows = (await conn.execute(query)).mappings().all()

@@ -11,6 +11,8 @@
 - `department_routes`: the gateway's routes, from which every replica writes its Envoy's
   files (they were `route.json` files beside one replica's departments; a replica
   imports its own at start).
+- `rate_admissions`: the API's rate-limit windows, counted by every replica together
+  (they were rebuilt from the audit log in each replica's memory).
 
 Revision ID: 0003
 Revises: 0002
@@ -70,8 +72,21 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("department_id", name="pk_department_routes"),
     )
 
+    op.create_table(
+        "rate_admissions",
+        sa.Column("id", sa.Integer, autoincrement=True, nullable=False),
+        sa.Column("bucket", sa.String(32), nullable=False),
+        sa.Column("principal", sa.String(255), nullable=False),
+        sa.Column("at", sa.Float, nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_rate_admissions"),
+    )
+    op.create_index(
+        "ix_rate_admissions_bucket_principal_at", "rate_admissions", ["bucket", "principal", "at"]
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("rate_admissions")
     op.drop_table("department_routes")
     with op.batch_alter_table("departments") as batch:
         batch.drop_column("home")
