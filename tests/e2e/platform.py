@@ -113,12 +113,22 @@ class TlsFront:
             client.close()
             return
         upstream.settimeout(None)
-        threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+        back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
+        back.start()
         _pipe(client, upstream)
+        back.join()
+        for end in (client, upstream):
+            end.close()
 
 
 def _pipe(source: socket.socket, sink: socket.socket) -> None:
-    """Copy until either side ends, then close both (so the other direction ends too)."""
+    """Copy until either side ends, then shut both down, so the other direction ends too.
+
+    Closing is left to the relay once both directions are done: a socket closed while
+    another thread still reads it frees its descriptor, which the next socket of this
+    process (a database connection of the test's) may get, and that thread would then
+    read the new socket's bytes.
+    """
     try:
         while data := source.recv(65536):
             sink.sendall(data)
@@ -127,7 +137,7 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
     finally:
         for end in (source, sink):
             with contextlib.suppress(OSError):
-                end.close()
+                end.shutdown(socket.SHUT_RDWR)
 
 
 class LocalPlatform:

@@ -1,52 +1,78 @@
 """Rate-limit windows in the SQL job store, counted by every replica together.
 
-Each admission is one row (principal, bucket, time). Admitting is one transaction per
-call that drops the key's expired rows, counts the rest and inserts one if there is room;
-calls of one key take turns (PostgreSQL: a transaction advisory lock on the key; SQLite:
-the store's single writer connection, whose transactions begin IMMEDIATE), so N replicas
-admit exactly the configured number, and a restart forgets nothing.
+Each admission is one row (bucket, principal, time). Admitting drops the key's expired
+rows, counts the rest and inserts one if there is room, in the commit writer's
+transaction: calls of one key take turns (PostgreSQL: a transaction advisory lock on
+the key, taken in key order; SQLite: its single writer, which begins IMMEDIATE), so N
+replicas admit exactly the configured number, and a restart forgets nothing.
 
-On SQLite the admissions share the commit writer's connection: a connection of their
-own would fight it for the database's write lock, and SQLite's busy handler waits by
-sleeping (a thousand concurrent provisionings slowed to a crawl that way).
+Admissions go through the writer's queue rather than a connection of their own: on
+SQLite a second writing connection fights the writer for the database's lock (and
+SQLite's busy handler waits by sleeping); sharing the writer's one pooled connection
+with request tasks, which may be cancelled, lost it for good.
 """
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from provisioner.store.connections import writing
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from provisioner.store.schema import rate_admissions
 
 _T = rate_admissions
 
 
+@dataclass(slots=True)
+class PendingAdmission:
+    """One call to admit, or to learn how long to wait; answered by the writer."""
+
+    bucket: str
+    principal: str
+    count: int
+    period: float
+    now: float
+    future: asyncio.Future[float | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class _Writer(Protocol):
+    async def admit(self, item: PendingAdmission) -> float | None: ...
+
+
 class SqlAdmissions:
-    """The `AdmissionStore` of `edge.ratelimit`, on the job store's database.
+    """The `AdmissionStore` of `edge.ratelimit`, on the job store's database."""
 
-    `engine`: on PostgreSQL any pool; on SQLite the writer's own connection.
-    """
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._postgres = engine.dialect.name == "postgresql"
+    def __init__(self, writer: _Writer) -> None:
+        self._writer = writer
 
     async def admit(self, bucket: str, principal: str, count: int, period: float, now: float) -> float | None:
         """Record an admission at `now` and return None, or return the seconds until the
         oldest admission in the window leaves it (and record nothing)."""
-        key = (_T.c.bucket == bucket, _T.c.principal == principal)
-        async with writing(self._engine) as conn:
-            if self._postgres:
-                await conn.execute(
-                    sa.select(
-                        sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(f"{bucket}/{principal}", 0))
-                    )
-                )
-            await conn.execute(_T.delete().where(*key, _T.c.at <= now - period))
-            times = (await conn.execute(sa.select(_T.c.at).where(*key).order_by(_T.c.at))).scalars().all()
-            if len(times) >= count:
-                # The window opens when the count-th newest admission leaves it.
-                return max(float(times[-count]) + period - now, 1e-6)
-            await conn.execute(_T.insert().values(bucket=bucket, principal=principal, at=now))
-        return None
+        return await self._writer.admit(PendingAdmission(bucket, principal, count, period, now))
+
+
+async def decide(
+    conn: AsyncConnection, admissions: Sequence[PendingAdmission], postgres: bool
+) -> list[float | None]:
+    """Admit or refuse each, in order, inside the caller's transaction."""
+    if postgres:
+        for name in sorted({f"{a.bucket}/{a.principal}" for a in admissions}):
+            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(name, 0))))
+    waits: list[float | None] = []
+    for item in admissions:
+        key = (_T.c.bucket == item.bucket, _T.c.principal == item.principal)
+        await conn.execute(_T.delete().where(*key, _T.c.at <= item.now - item.period))
+        times = (await conn.execute(sa.select(_T.c.at).where(*key).order_by(_T.c.at))).scalars().all()
+        if len(times) >= item.count:
+            # The window opens when the count-th newest admission leaves it.
+            waits.append(max(float(times[-item.count]) + item.period - item.now, 1e-6))
+            continue
+        await conn.execute(_T.insert().values(bucket=item.bucket, principal=item.principal, at=item.now))
+        waits.append(None)
+    return waits

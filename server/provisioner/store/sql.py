@@ -87,7 +87,7 @@ class SqlJobStore:
         #: The gateway's routes, on the same database.
         self.routes = SqlRouteStore(self._engine)
         #: The API's rate-limit windows, shared by every replica.
-        self.admissions = SqlAdmissions(self._engine if self._dialect == "postgresql" else write_engine)
+        self.admissions = SqlAdmissions(self._writer)
         #: Step rows as last committed per running job, so commits send only what changed.
         self._written_steps: dict[str, list[dict[str, Any]]] = {}
 

@@ -27,6 +27,7 @@ from provisioner.core.errors import (
     QuotaExceededError,
     StoreUnavailableError,
 )
+from provisioner.store.admissions import PendingAdmission, decide
 from provisioner.store.notify import CHANNEL, payloads
 from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs
 
@@ -74,6 +75,9 @@ class PendingCreate:
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+_Item = PendingCommit | PendingCreate | PendingAdmission
+
+
 def _is_unique_violation(exc: IntegrityError) -> bool:
     original = exc.orig
     if getattr(original, "sqlstate", None) == "23505":  # PostgreSQL unique_violation
@@ -94,7 +98,7 @@ class GroupCommitWriter:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
-        self._queue: asyncio.Queue[PendingCommit | PendingCreate | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -111,10 +115,19 @@ class GroupCommitWriter:
 
     async def write(self, item: PendingCommit | PendingCreate) -> None:
         """Queue `item` and wait until its transaction committed (or failed)."""
+        await self._queued(item)
+
+    async def admit(self, item: PendingAdmission) -> float | None:
+        """Queue a rate-limit admission; None once admitted and committed, else the wait."""
+        wait = await self._queued(item)
+        assert wait is None or isinstance(wait, float)
+        return wait
+
+    async def _queued(self, item: _Item) -> object:
         if self._task is None:
             raise RuntimeError("job store used before initialize()")
         self._queue.put_nowait(item)
-        await item.future
+        return await item.future
 
     async def _write_loop(self) -> None:
         while True:
@@ -133,13 +146,17 @@ class GroupCommitWriter:
             if stop:
                 return
 
-    async def _write_batch(self, items: list[PendingCommit | PendingCreate]) -> None:
+    async def _write_batch(self, items: list[_Item]) -> None:
         creates = [p for p in items if isinstance(p, PendingCreate)]
         batch = [p for p in items if isinstance(p, PendingCommit)]
+        admissions = [p for p in items if isinstance(p, PendingAdmission)]
         lost: set[int] = set()
         refused: dict[int, ProvisioningError] = {}
+        waits: list[float | None] = []
         try:
             async with self._engine.begin() as conn:
+                if admissions:
+                    waits = await decide(conn, admissions, self._dialect == "postgresql")
                 if creates:
                     refused = await self._create_conflicts(conn, creates)
                     refused |= await self._over_quota(conn, creates, refused)
@@ -174,6 +191,9 @@ class GroupCommitWriter:
                 if not pending.future.done():
                     pending.future.set_exception(error)
             return
+        for admission, wait in zip(admissions, waits, strict=True):
+            if not admission.future.done():
+                admission.future.set_result(wait)
         for index, created in enumerate(creates):
             if created.future.done():
                 continue
