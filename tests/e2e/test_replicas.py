@@ -46,7 +46,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 TOKEN, PROJECT, ENVIRONMENT = "railway-test-token-0123456789", "project-1", "environment-1"
 STEPS = ("validate", "database", "oauth", "container", "workflows", "gateway", "validation")
-LEASE = 3.0
+LEASE = 2.0
 PATIENT = RetryPolicy(max_attempts=20, initial_delay=0.1, max_delay=1.0)
 
 
@@ -182,7 +182,7 @@ def test_three_replicas_lose_one_in_every_step_and_keep_every_promise(
         tmp_path,
         postgres_url,
         admin_url,
-        PROVISIONER_STEP_DELAY="0.4",
+        PROVISIONER_STEP_DELAY="0.3",
         PROVISIONER_FAULT_INJECTION=f"validation=fail@{doomed}",
         PROVISIONER_MAX_RETRIES="0",
     ) as cluster:
