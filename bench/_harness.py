@@ -30,7 +30,9 @@ def quantile(values: Sequence[float], q: float) -> float:
 
 
 class Server:
-    def __init__(self, state_dir: Path, *, steps: str, settings: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, *, steps: str, settings: Mapping[str, str] | None = None, envoy: bool = True
+    ) -> None:
         self.grpc = f"127.0.0.1:{free_port()}"
         self.rest = f"http://127.0.0.1:{free_port()}"
         self.env = {
@@ -48,6 +50,7 @@ class Server:
             "PROVISIONER_LOG_LEVEL": "WARNING",
             **(settings or {}),
         }
+        self.args = [] if envoy else ["--no-envoy"]
         self.log = state_dir.parent / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -55,7 +58,7 @@ class Server:
         out = self.log.with_suffix(".out")
         with self.log.open("wb") as log, out.open("wb") as sink:
             self.process = subprocess.Popen(
-                [str(BIN / "provisioning-server")], env=self.env, stdout=sink, stderr=log
+                [str(BIN / "provisioning-server"), *self.args], env=self.env, stdout=sink, stderr=log
             )
         deadline = time.monotonic() + 60
         while "control plane ready" not in out.read_text():

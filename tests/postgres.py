@@ -8,6 +8,7 @@ touched the production backend.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -36,7 +37,7 @@ class PostgresServer:
         return f"postgresql+asyncpg://{_SUPERUSER}@{self.host}:{self.port}/{database}"
 
 
-def _find_bindir() -> Path | None:
+def find_bindir() -> Path | None:
     """The directory holding initdb and pg_ctl: pg_config's answer first, then the newest
     Debian-style /usr/lib/postgresql/<version>/bin."""
     candidates: list[Path] = []
@@ -74,19 +75,14 @@ def _run(command: list[str], what: str) -> None:
         raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of our own for the whole session, on a private port."""
-    bindir = _find_bindir()
-    if bindir is None:
-        message = (
-            "PostgreSQL binaries (initdb, pg_ctl) not found via `pg_config --bindir` "
-            "or /usr/lib/postgresql/*/bin; install PostgreSQL to run the postgres tests"
-        )
-        if os.environ.get(_REQUIRE_ENV) == "1":
-            pytest.fail(f"{message} ({_REQUIRE_ENV}=1 demands them)", pytrace=False)
-        pytest.skip(message)
+#: What the tests' server trades for speed: nothing here must survive a machine crash.
+FAST = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 
+
+@contextlib.contextmanager
+def throwaway_postgres(bindir: Path, options: str = FAST) -> Iterator[PostgresServer]:
+    """A PostgreSQL server of our own on a private port, removed afterwards (the benchmarks
+    use it too, with durable `options`)."""
     root = Path(tempfile.mkdtemp(prefix="provisioner-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, user="postgres", group="postgres")
@@ -116,9 +112,9 @@ def postgres_server() -> Iterator[PostgresServer]:
         # Another process may take the port between our probe and the server's bind; retry.
         for attempt in range(_START_ATTEMPTS):
             port = _free_port()
-            options = (
+            settings = (
                 f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+                f"-c max_connections=200 {options}"
             )
             try:
                 _run(
@@ -134,7 +130,7 @@ def postgres_server() -> Iterator[PostgresServer]:
                         "--log",
                         str(root / "server.log"),
                         "-o",
-                        options,
+                        settings,
                     ],
                     "pg_ctl start",
                 )
@@ -155,6 +151,22 @@ def postgres_server() -> Iterator[PostgresServer]:
                 check=False,
             )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of our own for the whole session, on a private port."""
+    bindir = find_bindir()
+    if bindir is None:
+        message = (
+            "PostgreSQL binaries (initdb, pg_ctl) not found via `pg_config --bindir` "
+            "or /usr/lib/postgresql/*/bin; install PostgreSQL to run the postgres tests"
+        )
+        if os.environ.get(_REQUIRE_ENV) == "1":
+            pytest.fail(f"{message} ({_REQUIRE_ENV}=1 demands them)", pytrace=False)
+        pytest.skip(message)
+    with throwaway_postgres(bindir) as server:
+        yield server
 
 
 @pytest.fixture

@@ -2,12 +2,13 @@
 
 The replicas run the production profile (PostgreSQL for departments and jobs, the
 Railway fake whose deployments really run, the n8n fake), with their steps slowed so
-that each can be killed mid-step. Departments are asked of any replica through the SDK
-given all three addresses; one replica is SIGKILLed while each of the seven steps runs,
-once during a rollback and once during a teardown, and comes back only after its leases
-expired, so another replica takes its jobs over. Afterwards every job is finished with a
-true report, and PostgreSQL, Railway, n8n and every replica's Envoy hold exactly the
-completed departments; every watcher saw every event of its job once, in order.
+that each can be killed mid-step. Thirty departments are asked of any replica through
+the SDK given all three addresses; one replica is SIGKILLed while each of the seven
+steps runs, once during a rollback and once during a teardown, and comes back only after
+its leases expired, so another replica takes its jobs over. Afterwards every job is
+finished with a true report, and PostgreSQL, Railway, n8n and every replica's Envoy hold
+exactly the completed departments; every watcher saw every event of its job once, in
+order.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def test_three_replicas_lose_one_in_every_step_and_keep_every_promise(
         # In each step: a wave of departments asked of any replica, and the replica
         # running one of them through that step killed.
         for step in STEPS:
-            names = [f"{step[:5]}-{i}-{uuid.uuid4().hex[:4]}" for i in range(3)]
+            names = [f"{step[:5]}-{i}-{uuid.uuid4().hex[:4]}" for i in range(4)]
             wave(names)
             killed.append(cluster.kill_when(f"{step} running", running_step(step, names)))
 
