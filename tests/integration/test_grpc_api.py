@@ -5,6 +5,7 @@ Every status a caller can provoke is asserted, with its `google.rpc` details.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -113,6 +114,16 @@ async def test_a_watch_resumed_after_a_sequence_misses_nothing_and_repeats_nothi
         if m.WhichOneof("kind") == "event"
     ]
     assert resumed == everything[5:]
+
+
+async def test_a_watch_after_a_sequence_never_sent_is_refused_not_left_waiting(tmp_path: Path) -> None:
+    async for api in serve(tmp_path, delay=0.3):
+        job = await api.stub.Provision(request())  # running: its last event is still to come
+        watch = api.stub.WatchProgress(pb.WatchProgressRequest(job_id=job.job_id, after_sequence=2**63 - 1))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(anext(aiter(watch)), 5)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "after_sequence" in (caught.value.details() or "")
 
 
 async def test_heartbeats_flow_while_nothing_happens(tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ async def serve(
     # The server provisioning-server runs, with the interceptors under test.
     edge = GrpcEdge(
         orchestrator,
-        interceptors=server_interceptors(Authenticator(secret=SECRET, clock=clock), limits, clock=clock),
+        interceptors=server_interceptors(Authenticator(secret=SECRET), limits, clock=clock),
     )
     port = await edge.start("127.0.0.1:0")
     await edge.serving()

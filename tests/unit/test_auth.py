@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ from provisioner.edge.auth import (
 )
 
 SECRET = "a-development-secret-of-at-least-32-chars"
-NOW = 1_800_000_000.0
 SERVICE = "/provisioning.v1.ProvisioningService"
 
 
@@ -65,7 +65,8 @@ def jwks(tmp_path: Path, rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePri
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {"sub": "alice", "roles": ["admin"], "iat": NOW, "exp": NOW + 60}
+    now = int(time.time())
+    values: dict[str, Any] = {"sub": "alice", "roles": ["admin"], "iat": now, "exp": now + 60}
     values.update(overrides)
     return {k: v for k, v in values.items() if v is not None}
 
@@ -87,7 +88,7 @@ def forged(header: dict[str, Any], payload: dict[str, Any], hmac_key: bytes | No
 
 def make(jwks: Path | None = None, **options: Any) -> Authenticator:
     options.setdefault("secret", SECRET)
-    return Authenticator(jwks_file=jwks, clock=lambda: NOW, **options)
+    return Authenticator(jwks_file=jwks, **options)
 
 
 def refusal(authenticator: Authenticator, token: str) -> str:
@@ -132,11 +133,17 @@ def test_a_token_naming_a_key_of_another_type_is_refused(
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"exp": NOW - 11}, "token expired"),
-        ({"nbf": NOW + 11}, "token is not valid yet"),
         ({"exp": None}, "token has no expiry"),
-        ({"exp": "tomorrow"}, "token times are malformed"),
+        ({"exp": "tomorrow"}, "token is malformed"),
+        ({"exp": "4102444800"}, "token times are malformed"),
         ({"nbf": True}, "token times are malformed"),
+        ({"iat": "now"}, "token times are malformed"),
+        # Past every clock, or not finite: refused, never "valid forever" nor a crash.
+        ({"exp": 10**400}, "token times are malformed"),
+        ({"nbf": 10**400}, "token is not valid yet"),
+        ({"exp": float("inf")}, "token is malformed"),
+        ({"nbf": float("nan")}, "token is malformed"),
+        ({"exp": 253_402_300_800}, "token times are malformed"),
         ({"sub": None}, "token has no subject"),
         ({"sub": ""}, "token has no subject"),
         ({"sub": 42}, "token has no subject"),
@@ -151,8 +158,12 @@ def test_bad_claims_are_refused_with_one_sentence(overrides: dict[str, Any], mes
 
 
 def test_leeway_tolerates_small_clock_skew_only() -> None:
-    assert make().verify(hs256(exp=NOW - 9, nbf=NOW + 9)).principal == "alice"
-    assert refusal(make(leeway=0), hs256(exp=NOW)) == "token expired"
+    now = int(time.time())
+    assert make().verify(hs256(exp=now - 8, nbf=now + 8, iat=now + 8)).principal == "alice"
+    assert refusal(make(), hs256(exp=now - 11)) == "token expired"
+    assert refusal(make(), hs256(nbf=now + 12)) == "token is not valid yet"
+    assert refusal(make(), hs256(iat=now + 12)) == "token is not valid yet"
+    assert refusal(make(leeway=0), hs256(exp=now)) == "token expired"
 
 
 def test_issuer_and_audience_are_checked_when_configured() -> None:
@@ -248,12 +259,12 @@ def test_roles_we_do_not_know_are_ignored() -> None:
 
 
 def test_mint_token_makes_what_the_authenticator_accepts() -> None:
-    token = mint_token(SECRET, "bob", ["viewer"], ttl=60, issuer="iss", audience="aud", now=NOW)
+    token = mint_token(SECRET, "bob", ["viewer"], ttl=60, issuer="iss", audience="aud")
     assert make(issuer="iss", audience="aud").verify(token) == Identity("bob", frozenset({Role.VIEWER}))
     assert jwt.get_unverified_header(token)["alg"] == "HS256"
-    later = Authenticator(secret=SECRET, clock=lambda: NOW + 71)
+    stale = mint_token(SECRET, "bob", ["viewer"], ttl=60, now=time.time() - 71)
     with pytest.raises(UnauthenticatedError, match="token expired"):
-        later.verify(token)
+        make().verify(stale)
 
 
 # -- the JWKS file ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from provisioner.core.errors import FieldViolation, InvalidSpecError
 from provisioner.core.spec import DepartmentSpec
 from provisioner.core.spec import violations as core_violations
 from provisioner.edge.validation import violations
@@ -43,6 +44,19 @@ def test_every_broken_rule_is_reported_with_its_field() -> None:
     described = {v.field: v.description for v in violations(bad)}
     assert described["department_id"].startswith("must be 2-32 characters")
     assert described["workflows[2]"] == "'email' is listed twice"
+
+
+def test_a_list_too_long_is_one_violation_and_an_error_lists_ten_at_most() -> None:
+    flood = pb.ProvisionRequest()
+    flood.CopyFrom(GOOD)
+    flood.workflows[:] = ["email"] * 10_000
+    assert [(v.field, v.description) for v in violations(flood)] == [
+        ("workflows", "must list at most 3 item(s)")
+    ]
+
+    error = InvalidSpecError([FieldViolation(f"f{i % 3}", "is wrong") for i in range(300)])
+    assert len(error.violations) == InvalidSpecError.MAX_VIOLATIONS
+    assert error.message == "invalid request: f0, f1, f2 and 290 more (see the field violations)"
 
 
 def test_optional_request_ids_may_be_empty_but_not_malformed() -> None:

@@ -31,12 +31,23 @@ class ProvisioningError(Exception):
 
 
 class InvalidSpecError(ProvisioningError):
+    """The request breaks field rules: the first `MAX_VIOLATIONS` of them are listed (and
+    counted in the message), so a hostile request cannot make a large error."""
+
     reason = "INVALID_SPEC"
+    MAX_VIOLATIONS = 10
 
     def __init__(self, violations: list[FieldViolation]) -> None:
-        fields = ", ".join(v.field for v in violations)
-        super().__init__(f"invalid request: {fields} (see the field violations)")
-        self.violations = violations
+        listed = violations[: self.MAX_VIOLATIONS]
+        if len(violations) == 1:
+            message = f"invalid request: {violations[0].field} {violations[0].description}"
+        else:
+            fields = ", ".join(dict.fromkeys(v.field for v in listed))
+            more = len(violations) - len(listed)
+            also = f" and {more} more" if more else ""
+            message = f"invalid request: {fields}{also} (see the field violations)"
+        super().__init__(message)
+        self.violations = listed
 
 
 class NotFoundError(ProvisioningError):

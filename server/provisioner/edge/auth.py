@@ -218,22 +218,43 @@ def _why(exc: BaseException) -> str:
 
 # -- tokens --------------------------------------------------------------------------------------
 
-#: PyJWT checks the signature (and the header's alg against the one we allow); the claims
-#: are checked below, against our own clock.
-_SIGNATURE_ONLY: Any = {
-    "verify_signature": True,
-    "verify_exp": False,
-    "verify_nbf": False,
-    "verify_iat": False,
-    "verify_aud": False,
-    "verify_iss": False,
-    "verify_sub": False,
-    "verify_jti": False,
+#: The latest NumericDate taken (9999-12-31T23:59:59Z): a later time is malformed, not
+#: "valid forever".
+_LAST_DATE = 253_402_300_799
+_TIMES = ("exp", "nbf", "iat")
+_MESSAGES: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
+    (jwt.InvalidSignatureError, "token signature is invalid"),
+    (jwt.ExpiredSignatureError, "token expired"),
+    (jwt.ImmatureSignatureError, "token is not valid yet"),
+    (jwt.InvalidIssuedAtError, "token times are malformed"),
+    (jwt.InvalidIssuerError, "token issuer is not accepted"),
+    (jwt.InvalidAudienceError, "token audience is not accepted"),
+    (jwt.exceptions.InvalidSubjectError, "token has no subject"),
+)
+_MISSING = {
+    "exp": "token has no expiry",
+    "sub": "token has no subject",
+    "iss": "token issuer is not accepted",
+    "aud": "token audience is not accepted",
 }
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _sane_time(value: Any) -> bool:
+    """A NumericDate: a JSON number within years 0001-9999. PyJWT's checks take `true`
+    for 1, a numeric string for its number and 10^400 for a time."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) <= _LAST_DATE  # False for inf and nan too
+
+
+def _refusal_message(exc: jwt.InvalidTokenError) -> str:
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return _MISSING.get(exc.claim, "token is malformed")
+    return next((message for kind, message in _MESSAGES if isinstance(exc, kind)), "token is malformed")
 
 
 class Authenticator:
@@ -245,8 +266,10 @@ class Authenticator:
             the token's `kid` and re-read when the file changes; None for none.
         issuer: when set, the `iss` every token must carry.
         audience: when set, the audience every token's `aud` must include.
-        leeway: seconds of clock skew tolerated on `exp` and `nbf`.
-        clock: seconds since the epoch (`time.time`); tests pass their own.
+        leeway: seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
+
+    PyJWT checks the signature and the registered claims against the system clock: `exp`
+    and `sub` required, `nbf` and `iat` when present, `iss` and `aud` when configured.
 
     Raises `ConfigurationError` when neither a secret nor a JWKS file is given, the secret
     is too short, the leeway is negative or the JWKS file cannot be read at start.
@@ -260,7 +283,6 @@ class Authenticator:
         issuer: str = "",
         audience: str = "",
         leeway: float = 10.0,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         if not secret and jwks_file is None:
             raise ConfigurationError("authentication needs a JWT secret or a JWKS file")
@@ -275,7 +297,7 @@ class Authenticator:
         self._issuer = issuer
         self._audience = audience
         self._leeway = float(leeway)
-        self._clock = clock
+        self._options: Any = {"require": ["exp", "sub"], "verify_aud": bool(audience)}
 
     def authenticate(self, authorization: Sequence[str]) -> Identity:
         """The caller named by the values of the `authorization` metadata (normally one)."""
@@ -295,12 +317,18 @@ class Authenticator:
         """The caller a bare JWT names, or `UnauthenticatedError` saying what is wrong."""
         key = self._key_for(token)
         try:
-            claims = jwt.decode(token, key.key, algorithms=[key.algorithm], options=_SIGNATURE_ONLY)
-        except jwt.InvalidSignatureError:
-            raise UnauthenticatedError("token signature is invalid") from None
-        except jwt.InvalidTokenError:
-            raise UnauthenticatedError("token is malformed") from None
-        return self._identity(claims)
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.algorithm],
+                options=self._options,
+                issuer=self._issuer or None,
+                audience=self._audience or None,
+                leeway=self._leeway,
+            )
+        except jwt.InvalidTokenError as exc:
+            raise UnauthenticatedError(_refusal_message(exc)) from None
+        return _identity(claims)
 
     def _key_for(self, token: str) -> VerificationKey:
         try:
@@ -324,34 +352,21 @@ class Authenticator:
             raise UnauthenticatedError("token algorithm does not match its key")
         return found
 
-    def _identity(self, claims: dict[str, Any]) -> Identity:
-        now, leeway = self._clock(), self._leeway
-        exp, nbf = claims.get("exp"), claims.get("nbf")
-        if exp is None:
-            raise UnauthenticatedError("token has no expiry")
-        if not _number(exp) or (nbf is not None and not _number(nbf)):
-            raise UnauthenticatedError("token times are malformed")
-        if exp <= now - leeway:
-            raise UnauthenticatedError("token expired")
-        if nbf is not None and nbf > now + leeway:
-            raise UnauthenticatedError("token is not valid yet")
-        if self._issuer and claims.get("iss") != self._issuer:
-            raise UnauthenticatedError("token issuer is not accepted")
-        if self._audience:
-            aud = claims.get("aud")
-            audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-            if self._audience not in audiences:
-                raise UnauthenticatedError("token audience is not accepted")
-        subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject.strip():
-            raise UnauthenticatedError("token has no subject")
-        if len(subject) > MAX_SUBJECT_LENGTH or not subject.isprintable():
-            raise UnauthenticatedError("token subject is too long or not printable")
-        roles = claims.get("roles", [])
-        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise UnauthenticatedError("token roles claim must be a list of strings")
-        known = {r.value for r in Role}
-        return Identity(subject, frozenset(Role(r) for r in roles if r in known))
+
+def _identity(claims: dict[str, Any]) -> Identity:
+    """The caller named by claims PyJWT has checked, or why they are unusable."""
+    if not all(_sane_time(claims[name]) for name in _TIMES if name in claims):
+        raise UnauthenticatedError("token times are malformed")
+    subject = claims["sub"]
+    if not subject.strip():
+        raise UnauthenticatedError("token has no subject")
+    if len(subject) > MAX_SUBJECT_LENGTH or not subject.isprintable():
+        raise UnauthenticatedError("token subject is too long or not printable")
+    roles = claims.get("roles", [])
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise UnauthenticatedError("token roles claim must be a list of strings")
+    known = {r.value for r in Role}
+    return Identity(subject, frozenset(Role(r) for r in roles if r in known))
 
 
 def mint_token(

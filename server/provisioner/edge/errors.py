@@ -148,11 +148,18 @@ def _method(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return caller.method.get() or "?"
 
 
-class UndecodableRequest:
-    """What a handler receives instead of a request whose bytes did not decode."""
+#: The largest request message decoded. The largest valid request is a few KiB; grpc's
+#: own limit (`edge.server`) is above this one, so that a larger message is refused here,
+#: as INVALID_ARGUMENT, rather than by grpc as RESOURCE_EXHAUSTED, which REST callers
+#: would read as 429, "slow down".
+MAX_REQUEST_BYTES = 64 * 1024
 
-    def __init__(self, error: Exception) -> None:
-        self.error = error
+
+class UndecodableRequest:
+    """What a handler receives instead of a request whose bytes were not decoded."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
 
 
 def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -160,25 +167,26 @@ def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
     Left to grpc, a request that is not valid protobuf (or has bad UTF-8 in a string)
     ends UNKNOWN with the parser's internals in the message; the handler decorators below
-    refuse it as INVALID_ARGUMENT like any other bad request.
+    refuse it as INVALID_ARGUMENT like any other bad request. So is a request larger than
+    `MAX_REQUEST_BYTES`, without being parsed.
     """
     if deserializer is None:
         return None
 
     def decode(data: bytes) -> Any:
+        if len(data) > MAX_REQUEST_BYTES:
+            return UndecodableRequest(f"is {len(data)} bytes; at most {MAX_REQUEST_BYTES} are accepted")
         try:
             return deserializer(data)
-        except DecodeError as exc:
-            return UndecodableRequest(exc)
+        except DecodeError:
+            return UndecodableRequest("is not a valid protobuf message for this method")
 
     return decode
 
 
 def _decoded(request: Any) -> None:
     if isinstance(request, UndecodableRequest):
-        raise e.InvalidSpecError(
-            [e.FieldViolation("request", "is not a valid protobuf message for this method")]
-        )
+        raise e.InvalidSpecError([e.FieldViolation("request", request.problem)])
 
 
 Request = TypeVar("Request")

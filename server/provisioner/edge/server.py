@@ -30,6 +30,12 @@ _OPTIONS = (
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_concurrent_streams", 10_000),
+    # Above `edge.errors.MAX_REQUEST_BYTES`, which refuses larger requests as
+    # INVALID_ARGUMENT; what grpc refuses itself is RESOURCE_EXHAUSTED. Metadata: above
+    # what Envoy forwards (`steps.envoy_config`), so REST callers get 431 from Envoy.
+    ("grpc.max_receive_message_length", 1024 * 1024),
+    ("grpc.max_metadata_size", 32 * 1024),
+    ("grpc.absolute_max_metadata_size", 32 * 1024),
 )
 
 

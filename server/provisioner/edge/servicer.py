@@ -63,6 +63,12 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
     ) -> AsyncIterator[pb.WatchProgressResponse]:
         _validated(request)
         job = await self._orchestrator.get_job(request.job_id)
+        if request.after_sequence > job.last_sequence:
+            # Every sequence a watcher was sent is committed, so this one was never sent:
+            # waiting for it would be waiting forever.
+            raise InvalidSpecError(
+                [FieldViolation("after_sequence", f"is past the job's last event, {job.last_sequence}")]
+            )
         yield pb.WatchProgressResponse(snapshot=convert.job(job))
         last = max(request.after_sequence, 0)
         stream = self._orchestrator.hub.subscribe(request.job_id, last)

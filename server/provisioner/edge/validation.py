@@ -102,11 +102,12 @@ def _check_string(path: str, value: str, rules: rules_pb2.StringRules) -> list[F
 
 
 def _check_repeated(path: str, items: list[str], rules: rules_pb2.RepeatedRules) -> list[FieldViolation]:
+    if rules.max_items and len(items) > rules.max_items:
+        # One violation for the list, not one per item: the items are not looked at.
+        return [FieldViolation(path, f"must list at most {rules.max_items} item(s)")]
     found = []
     if len(items) < rules.min_items:
         found.append(FieldViolation(path, f"must list at least {rules.min_items} item(s)"))
-    if rules.max_items and len(items) > rules.max_items:
-        found.append(FieldViolation(path, f"must list at most {rules.max_items} item(s)"))
     for index, item in enumerate(items):
         if rules.HasField("items") and _string_problem(item, rules.items):
             found.append(FieldViolation(f"{path}[{index}]", f"must be {rules.items.description}"))

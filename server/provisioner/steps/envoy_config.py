@@ -34,10 +34,18 @@ ROUTE_CONFIG_NAME = "provisioning_routes"
 GRPC_CLUSTER = "provisioning_grpc"
 ROUTES_FILE = "routes.json"
 CLUSTERS_FILE = "clusters.json"
+#: Edge limits (see `render_envoy_config`).
+BUFFER_LIMIT_BYTES = 32 * 1024
+MAX_REQUEST_BODY_BYTES = 64 * 1024
+MAX_RESPONSE_BODY_BYTES = 4 * 1024 * 1024
+MAX_REQUEST_HEADERS_KB = 16
+MAX_CONNECTIONS = 10_000
+MAX_HEAP_BYTES = 512 * 1024 * 1024
 
 _TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 _CORS = "envoy.filters.http.cors"
 _ROUTER = "envoy.filters.http.router"
+_BUFFER = "envoy.filters.http.buffer"
 _TYPE = "type.googleapis.com/"
 # Envoy may run as another user; nothing in these files is secret.
 _PUBLIC = 0o644
@@ -122,11 +130,23 @@ def render_envoy_config(
                 "reject_unknown_method": True,
                 "reject_unknown_query_parameters": True,
             },
+            # A reply (a page of 500 departments) may be larger than the connection's buffer.
+            "max_response_body_size": MAX_RESPONSE_BODY_BYTES,
         },
     }
     # CORS goes first: a preflight is an OPTIONS request no gRPC method binds, which the
     # transcoder (reject_unknown_method) would answer with 404 before CORS saw it.
     cors = [{"name": _CORS, "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.cors.v3.Cors"}}]
+    # An API request's body is read whole, up to a bound, before the transcoder: larger is
+    # 413 from Envoy. The transcoder streams a body through (its own size option does
+    # not stop it), and grpc would refuse a large message as RESOURCE_EXHAUSTED, 429.
+    buffer = {
+        "name": _BUFFER,
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.filters.http.buffer.v3.Buffer",
+            "max_request_bytes": MAX_REQUEST_BODY_BYTES,
+        },
+    }
     router = {
         "name": _ROUTER,
         "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
@@ -139,7 +159,7 @@ def render_envoy_config(
             "route_config_name": ROUTE_CONFIG_NAME,
             "config_source": _file_source(dynamic_dir, ROUTES_FILE),
         },
-        "http_filters": [*(cors if cors_origins else []), transcoder, router],
+        "http_filters": [*(cors if cors_origins else []), buffer, transcoder, router],
         # gRPC status travels in trailers; the transcoder needs them to map errors.
         "http_protocol_options": {"enable_trailers": True},
         # Edge hardening: `/departments/a/../b/` must not reach department b's route, and
@@ -149,7 +169,25 @@ def render_envoy_config(
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "use_remote_address": True,
-        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
+        # An untrusted edge, as Envoy's edge best practices have it: a connection that has
+        # not sent its request's headers within 10 s is closed, one idle for a minute too;
+        # a stream idle for 5 min (a watch sends a heartbeat every 15 s) is reset; no
+        # overall request timeout, for watches. Headers above 16 KiB get 431, under the
+        # server's own metadata limit, so REST callers never see grpc's RESOURCE_EXHAUSTED.
+        "request_headers_timeout": "10s",
+        "stream_idle_timeout": "300s",
+        "request_timeout": "0s",
+        "max_request_headers_kb": MAX_REQUEST_HEADERS_KB,
+        "common_http_protocol_options": {
+            "headers_with_underscores_action": "REJECT_REQUEST",
+            "idle_timeout": "60s",
+            "max_requests_per_connection": 10_000,
+        },
+        "http2_protocol_options": {
+            "max_concurrent_streams": 100,
+            "initial_stream_window_size": 65_536,
+            "initial_connection_window_size": 1_048_576,
+        },
         # Every reply Envoy makes itself (no route, unknown method, upstream down) is
         # JSON, like the API's own errors, instead of Envoy's text/plain.
         "local_reply_config": _local_replies(),
@@ -162,6 +200,7 @@ def render_envoy_config(
                 {
                     "name": "rest",
                     "address": _socket_address(http_addr),
+                    "per_connection_buffer_limit_bytes": BUFFER_LIMIT_BYTES,
                     "filter_chains": [
                         {
                             "filters": [
@@ -183,18 +222,41 @@ def render_envoy_config(
             "clusters": [_http2_cluster(GRPC_CLUSTER, grpc_addr)],
         },
         "dynamic_resources": {"cds_config": _file_source(dynamic_dir, CLUSTERS_FILE)},
-        "overload_manager": {
-            "resource_monitors": [
-                {
-                    "name": "envoy.resource_monitors.global_downstream_max_connections",
-                    "typed_config": {
-                        "@type": _TYPE + "envoy.extensions.resource_monitors.downstream_connections"
-                        ".v3.DownstreamConnectionsConfig",
-                        "max_active_downstream_connections": 10_000,
-                    },
-                }
-            ]
-        },
+        "overload_manager": _overload_manager(),
+    }
+
+
+def _overload_manager() -> dict[str, Any]:
+    """At most 10,000 client connections; near its heap budget Envoy gives memory back,
+    then refuses new requests (503) rather than be killed."""
+    heap = "envoy.resource_monitors.fixed_heap"
+
+    def action(name: str, threshold: float) -> dict[str, Any]:
+        return {"name": name, "triggers": [{"name": heap, "threshold": {"value": threshold}}]}
+
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": _TYPE + "envoy.extensions.resource_monitors.downstream_connections"
+                    ".v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": MAX_CONNECTIONS,
+                },
+            },
+            {
+                "name": heap,
+                "typed_config": {
+                    "@type": _TYPE + "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                    "max_heap_size_bytes": MAX_HEAP_BYTES,
+                },
+            },
+        ],
+        "actions": [
+            action("envoy.overload_actions.shrink_heap", 0.95),
+            action("envoy.overload_actions.stop_accepting_requests", 0.98),
+        ],
     }
 
 
@@ -255,7 +317,11 @@ def render_route_config(
     }
     if cors_origins:
         api_route["typed_per_filter_config"] = {_CORS: _cors_policy(cors_origins)}
-    no_transcoder = {_TRANSCODER: {"@type": _TYPE + "envoy.config.route.v3.FilterConfig", "disabled": True}}
+    # A department's service reads its own requests, whatever their size.
+    no_transcoder = {
+        name: {"@type": _TYPE + "envoy.config.route.v3.FilterConfig", "disabled": True}
+        for name in (_TRANSCODER, _BUFFER)
+    }
     routes = [api_route]
     for department_id, address in sorted(_checked(departments).items()):
         prefix = f"/departments/{department_id}/"
@@ -440,12 +506,27 @@ def _cors_policy(origins: Sequence[str]) -> dict[str, Any]:
 
 
 def _http2_cluster(name: str, address: Address) -> dict[str, Any]:
+    """The control plane's cluster. Its circuit breakers are far above what the server
+    lets all principals hold at once: the server refuses a principal over its limits
+    (RESOURCE_EXHAUSTED) and sheds load (UNAVAILABLE) long before Envoy's defaults (1,024
+    requests) would trip, and tripped, they would refuse everyone."""
     return {
         **_cluster(name, address),
+        "per_connection_buffer_limit_bytes": BUFFER_LIMIT_BYTES,
+        "circuit_breakers": {
+            "thresholds": [
+                {"max_connections": 1_000, "max_pending_requests": 10_000, "max_requests": 100_000}
+            ]
+        },
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "initial_stream_window_size": 65_536,
+                        "initial_connection_window_size": 1_048_576,
+                    }
+                },
             }
         },
     }
