@@ -46,6 +46,13 @@ class Server:
             "PROVISIONER_RATE_LIMIT_PROVISION": "1000000/h",
             "PROVISIONER_RATE_LIMIT_DEPROVISION": "1000000/h",
             "PROVISIONER_RATE_LIMIT_READ": "10000000/m",
+            # The benchmarks are one principal with 1,000 calls and streams at once, and
+            # measure the engine saturated: no limit or load shedding may refuse them.
+            "PROVISIONER_MAX_STREAMS_PER_PRINCIPAL": "100000",
+            "PROVISIONER_MAX_CALLS_PER_PRINCIPAL": "100000",
+            "PROVISIONER_MAX_STREAMS": "100000",
+            "PROVISIONER_MAX_CALLS": "100000",
+            "PROVISIONER_OVERLOAD_LAG": "3600",
             "PROVISIONER_MAX_RUNNING_JOBS": "2000",
             "PROVISIONER_LOG_LEVEL": "WARNING",
             **(settings or {}),

@@ -29,6 +29,7 @@ from provisioner.compose import Shared, StepKit, build_steps, rotate_key
 from provisioner.core.errors import ConfigurationError, ProvisioningError
 from provisioner.core.states import StepName
 from provisioner.edge.auth import Authenticator
+from provisioner.edge.concurrency import ConcurrencyLimiter, LoopLag
 from provisioner.edge.gateway import EnvoyProcess
 from provisioner.edge.interceptors import server_interceptors
 from provisioner.edge.ratelimit import RateLimiter
@@ -216,9 +217,12 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
             read=settings.rate_read,
             shared=rt.store.admissions,
         )
+        lag = LoopLag()
         edge = GrpcEdge(
             rt.orchestrator,
-            interceptors=server_interceptors(authenticator, limiter),
+            interceptors=server_interceptors(
+                authenticator, limiter, ConcurrencyLimiter(settings.concurrency, lag=lag)
+            ),
             heartbeat_seconds=settings.heartbeat_seconds,
         )
         try:
@@ -227,6 +231,7 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
             raise ConfigurationError(
                 f"cannot listen on PROVISIONER_GRPC_ADDR={settings.grpc_addr}: {exc}"
             ) from exc
+        lag.start()
         envoy: EnvoyProcess | None = None
         envoy_keeper: asyncio.Task[None] | None = None
         try:
@@ -266,6 +271,7 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
                 await cancel_and_wait(envoy_keeper)
             if envoy is not None:
                 await envoy.stop()
+            await lag.stop()
     log.info("stopped")
 
 

@@ -16,6 +16,7 @@ from typing import TypeVar
 from provisioner.core.errors import ConfigurationError
 from provisioner.core.retry import RetryPolicy
 from provisioner.core.states import StepName
+from provisioner.edge.concurrency import ConcurrencyLimits
 from provisioner.edge.ratelimit import Rate, parse_rate
 from provisioner.engine.config import EngineConfig
 from provisioner.steps.container_railway.api import DEFAULT_ENDPOINT, AuthKind
@@ -69,6 +70,7 @@ class Settings:
     rate_read: Rate = Rate(1200, 60.0)
     cors_origins: tuple[str, ...] = ()
     heartbeat_seconds: float = 15.0
+    concurrency: ConcurrencyLimits = field(default_factory=ConcurrencyLimits)
     # Department secrets: AES-256 keys, comma-separated base64, the primary first. Unset:
     # a key file under the state dir, created with mode 0600 and rotatable in place.
     encryption_key: str = field(default="", repr=False)
@@ -124,6 +126,18 @@ def _count(text: str) -> int:
     if not text.strip().isdigit():
         raise ValueError(f"expected a whole number, got {text!r}")
     return int(text)
+
+
+def _positive(text: str) -> int:
+    if _count(text) < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _positive_seconds(text: str) -> float:
+    if _seconds(text) <= 0:
+        raise ValueError(f"expected more than 0 seconds, got {text!r}")
+    return _seconds(text)
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
@@ -293,6 +307,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "max_running_jobs": read("MAX_RUNNING_JOBS", _count, defaults.engine.max_running_jobs),
         "max_departments": read("MAX_DEPARTMENTS", _count, defaults.engine.max_departments),
     }
+    limits = defaults.concurrency
+    concurrency_values = {
+        "streams": read("MAX_STREAMS_PER_PRINCIPAL", _positive, limits.streams),
+        "calls": read("MAX_CALLS_PER_PRINCIPAL", _positive, limits.calls),
+        "health": read("MAX_HEALTH_CHECKS_PER_PRINCIPAL", _positive, limits.health),
+        "total_streams": read("MAX_STREAMS", _positive, limits.total_streams),
+        "total_calls": read("MAX_CALLS", _positive, limits.total_calls),
+        "lag_threshold": read("OVERLOAD_LAG", _positive_seconds, limits.lag_threshold),
+    }
     retry_values = {
         "max_retries": read("MAX_RETRIES", _count, policy.max_retries),
         "base_delay": read("RETRY_BASE_SECONDS", _seconds, policy.base_delay),
@@ -303,6 +326,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     try:
         retry = RetryPolicy(**retry_values)  # type: ignore[arg-type]
         engine = EngineConfig(retry=retry, **engine_values)  # type: ignore[arg-type]
+        concurrency = ConcurrencyLimits(**concurrency_values)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ConfigurationError(f"invalid settings: {exc}") from exc
-    return Settings(faults=faults, engine=engine, **values)  # type: ignore[arg-type]
+    return Settings(faults=faults, engine=engine, concurrency=concurrency, **values)  # type: ignore[arg-type]

@@ -74,6 +74,12 @@ async def test_a_thousand_watchers_each_get_every_event_of_their_job_exactly_onc
         PROVISIONER_MAX_RUNNING_JOBS="2000",
         PROVISIONER_RATE_LIMIT_PROVISION="100000/h",
         PROVISIONER_RATE_LIMIT_READ="10000000/m",
+        # One principal watches all 1,000 jobs here, and the loop is meant to be busy:
+        # the limits that would refuse it have their own suite (test_abuse.py).
+        PROVISIONER_MAX_STREAMS_PER_PRINCIPAL="5000",
+        PROVISIONER_MAX_CALLS_PER_PRINCIPAL="5000",
+        PROVISIONER_MAX_CALLS="5000",
+        PROVISIONER_OVERLOAD_LAG="600",
         PROVISIONER_LOG_LEVEL="WARNING",
     )
     plane.start("--no-envoy")

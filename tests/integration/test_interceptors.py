@@ -1,4 +1,4 @@
-"""The interceptors (logging → authentication → rate limit) on a real grpc.aio server, port 0,
+"""The interceptors (logging → authentication → concurrency → rate limit) on a real grpc.aio server, port 0,
 with the real servicer, health and reflection, through a real channel.
 
 Every method is called with every kind of caller against the role matrix; every refusal is
@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from provisioner.core.states import StepName
 from provisioner.edge.auth import Authenticator, mint_token
+from provisioner.edge.concurrency import ConcurrencyLimiter, ConcurrencyLimits, Kind
 from provisioner.edge.interceptors import server_interceptors
 from provisioner.edge.ratelimit import Rate, RateLimiter
 from provisioner.edge.server import GrpcEdge
@@ -101,6 +102,7 @@ async def serve(
     limits: RateLimiter | None = None,
     clock: Clock | None = None,
     delay: float = 0.0,
+    concurrency: ConcurrencyLimiter | None = None,
 ) -> AsyncIterator[Api]:
     store = store or InMemoryJobStore()
     limits = limits or limiter()
@@ -111,7 +113,7 @@ async def serve(
     # The server provisioning-server runs, with the interceptors under test.
     edge = GrpcEdge(
         orchestrator,
-        interceptors=server_interceptors(Authenticator(secret=SECRET), limits, clock=clock),
+        interceptors=server_interceptors(Authenticator(secret=SECRET), limits, concurrency, clock=clock),
     )
     port = await edge.start("127.0.0.1:0")
     await edge.serving()
@@ -444,3 +446,83 @@ async def test_undecodable_bytes_and_unknown_enum_numbers_are_invalid_arguments(
     assert unknown.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "status" in (unknown.details() or "")
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+# -- concurrency -------------------------------------------------------------------------------
+
+
+async def test_one_principal_at_its_stream_limit_is_refused_and_nobody_else_notices(tmp_path: Path) -> None:
+    limits = ConcurrencyLimiter(ConcurrencyLimits(streams=3, calls=2))
+    async for api in serve(tmp_path, delay=0.5, concurrency=limits):
+        job = await api.stub.Provision(request("held"), metadata=bearer(ADMIN))
+        watch = pb.WatchProgressRequest(job_id=job.job_id)
+        held = [api.stub.WatchProgress(watch, metadata=bearer(VIEWER)) for _ in range(3)]
+        for stream in held:
+            await stream.read()  # the snapshot: the stream is open
+        assert limits.held("victor", Kind.STREAM) == 3
+
+        error = await refused(drain(api.stub.WatchProgress(watch, metadata=bearer(VIEWER))))
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error.details() == (
+            "too many streams open at once: at most 3 per caller; "
+            "wait for one to end (or close one) and retry"
+        )
+        info = details(error)["ErrorInfo"]
+        assert (info.reason, dict(info.metadata)) == ("CONCURRENCY_LIMITED", {"kind": "stream", "limit": "3"})
+        assert dict(error.trailing_metadata() or ()).get("retry-after") == "1"
+
+        # Another principal watches, and the first still reads.
+        other = api.stub.WatchProgress(watch, metadata=bearer(ADMIN))
+        assert (await other.read()).HasField("snapshot")
+        other.cancel()
+        assert (
+            await status_of(
+                api.stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id), metadata=bearer(VIEWER))
+            )
+            is grpc.StatusCode.OK
+        )
+
+        # One closed, one more fits.
+        held.pop().cancel()
+        for _ in range(50):
+            if limits.held("victor", Kind.STREAM) < 3:
+                break
+            await asyncio.sleep(0.02)
+        again = api.stub.WatchProgress(watch, metadata=bearer(VIEWER))
+        assert (await again.read()).HasField("snapshot")
+        for stream in [*held, again]:
+            stream.cancel()
+
+
+async def test_a_call_refused_for_concurrency_costs_no_rate_window(tmp_path: Path) -> None:
+    limits = ConcurrencyLimiter(ConcurrencyLimits(calls=1))
+    rates = limiter(provision=Rate(1, 3600.0))
+    async for api in serve(tmp_path, limits=rates, concurrency=limits):
+        release = limits.admit("alice", Kind.CALL)  # alice already has her one call open
+        error = await refused(api.stub.Provision(request("later"), metadata=bearer(ADMIN)))
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert details(error)["ErrorInfo"].reason == "CONCURRENCY_LIMITED"
+        release()
+        # Her one provisioning an hour is still hers.
+        assert (
+            await status_of(api.stub.Provision(request("later"), metadata=bearer(ADMIN)))
+            is grpc.StatusCode.OK
+        )
+        assert limits.held("alice", Kind.CALL) == 0
+
+
+async def test_an_overloaded_server_sheds_new_calls_with_a_retry_delay(tmp_path: Path) -> None:
+    class Late:
+        seconds = 2.0
+
+    limits = ConcurrencyLimiter(ConcurrencyLimits(lag_threshold=0.5), lag=Late())  # type: ignore[arg-type]
+    async for api in serve(tmp_path, concurrency=limits):
+        error = await refused(api.stub.ListDepartments(pb.ListDepartmentsRequest(), metadata=bearer(VIEWER)))
+        assert error.code() is grpc.StatusCode.UNAVAILABLE
+        assert details(error)["ErrorInfo"].reason == "OVERLOADED"
+        assert "event loop runs 2000 ms late" in (error.details() or "")
+        # The server's own health is never shed.
+        health = health_pb2_grpc.HealthStub(api.channel)
+        assert (
+            await health.Check(health_pb2.HealthCheckRequest())
+        ).status == health_pb2.HealthCheckResponse.SERVING

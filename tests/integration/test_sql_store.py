@@ -28,6 +28,7 @@ from provisioner.events.hub import EventHub
 from provisioner.steps.base import StepContext
 from provisioner.steps.noop import NoopStep
 from provisioner.store.migrations import alembic_config
+from provisioner.store.protocol import JobHead
 from provisioner.store.schema import metadata
 from provisioner.store.sql import SqlJobStore
 
@@ -247,6 +248,16 @@ async def test_events_after_pages_in_sequence_order(sql_store: SqlJobStore) -> N
     assert page[1].detail == {"resources": {"check": "ok"}}
     assert await sql_store.events_after(job.job_id, 5) == []
     assert await sql_store.events_after(str(uuid.uuid4()), 0) == []
+
+
+async def test_job_heads_reads_many_jobs_at_once(sql_store: SqlJobStore) -> None:
+    made = [await add_job(sql_store, f"d{i}") for i in range(3)]
+    now = datetime.now(UTC)
+    await sql_store.commit(made[0], made[0].start(now), OWNER)
+    ids = [j.job_id for j in made] + [str(uuid.uuid4())] * 600  # past one IN (...) chunk, and unknown
+    heads = await sql_store.job_heads(ids)
+    assert heads == {j.job_id: JobHead(False, j.last_sequence) for j in made}
+    assert heads[made[0].job_id].last_sequence == 2
 
 
 async def test_reads_by_department(sql_store: SqlJobStore) -> None:

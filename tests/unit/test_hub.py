@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from provisioner.core.job import Event, Job
 from provisioner.core.states import StepName
 from provisioner.events.hub import EventHub
 from provisioner.store.memory import InMemoryJobStore
+from provisioner.store.protocol import JobHead
 from tests.unit.factories import T0, new_job
 
 OWNER = "r1"
@@ -121,3 +123,42 @@ async def test_unknown_jobs_are_not_found() -> None:
     with pytest.raises(NotFoundError):
         async with contextlib.aclosing(hub.subscribe("nope")) as stream:
             await anext(stream)
+
+
+class CountingStore(InMemoryJobStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: dict[str, int] = {"job_heads": 0, "events_after": 0}
+
+    async def job_heads(self, job_ids: Sequence[str]) -> dict[str, JobHead]:
+        self.reads["job_heads"] += 1
+        return await super().job_heads(job_ids)
+
+    async def events_after(self, job_id: str, after: int, limit: int = 500) -> list[Event]:
+        self.reads["events_after"] += 1
+        return await super().events_after(job_id, after, limit)
+
+
+async def test_idle_watchers_cost_one_store_read_per_interval_not_one_each() -> None:
+    store = CountingStore()
+    hub = EventHub(store, poll_interval=0.05)
+    jobs = []
+    for index in range(5):
+        job, created = new_job(department_id=f"d{index}")
+        audit = AuditEntry(T0, "t", "provision", job.department_id, "ok")
+        await store.create_job(job, created, audit, (OWNER, T0 + timedelta(days=1)))
+        jobs.append(job)
+    watchers = [asyncio.create_task(collect(hub, jobs[i % 5].job_id)) for i in range(200)]
+    await asyncio.sleep(0.02)
+    joined = dict(store.reads)  # each watcher read the store once to join
+    await asyncio.sleep(0.5)
+    assert store.reads["events_after"] == joined["events_after"]  # idle: nothing read per watcher
+    assert 5 <= store.reads["job_heads"] - joined["job_heads"] <= 11
+    # What another process commits is read once per job, however many watch it.
+    await commit(store, None, jobs[0], jobs[0].start(T0))
+    await asyncio.sleep(0.15)
+    assert store.reads["events_after"] - joined["events_after"] == 1
+    hub.close()
+    for watcher in watchers:
+        with contextlib.suppress(ServiceDrainingError):
+            await watcher

@@ -116,6 +116,22 @@ def test_bad_auth_and_rate_settings_are_named() -> None:
         assert f"PROVISIONER_{name}" in message
 
 
+def test_concurrency_limits_are_read_and_zero_is_refused_by_name() -> None:
+    settings = load_settings(
+        {
+            "PROVISIONER_MAX_STREAMS_PER_PRINCIPAL": "7",
+            "PROVISIONER_MAX_CALLS": "50",
+            "PROVISIONER_OVERLOAD_LAG": "1.5",
+        }
+    )
+    assert (settings.concurrency.streams, settings.concurrency.total_calls) == (7, 50)
+    assert settings.concurrency.lag_threshold == 1.5
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({"PROVISIONER_MAX_CALLS_PER_PRINCIPAL": "0", "PROVISIONER_OVERLOAD_LAG": "0"})
+    assert "PROVISIONER_MAX_CALLS_PER_PRINCIPAL" in caught.value.message
+    assert "PROVISIONER_OVERLOAD_LAG" in caught.value.message
+
+
 RAILWAY = {
     "PROVISIONER_RAILWAY_TOKEN": "railway-token-0123456789",
     "PROVISIONER_RAILWAY_PROJECT_ID": "project-1",

@@ -27,6 +27,7 @@ from grpc_status import rpc_status
 from provisioner.core import errors as e
 from provisioner.edge import context as caller
 from provisioner.edge.auth import PermissionDeniedError, UnauthenticatedError
+from provisioner.edge.concurrency import ConcurrencyLimitedError, OverloadedError
 from provisioner.edge.ratelimit import RateLimitedError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ _CODES: tuple[tuple[type[e.ProvisioningError], grpc.StatusCode], ...] = (
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (RateLimitedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ConcurrencyLimitedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (OverloadedError, grpc.StatusCode.UNAVAILABLE),
     (UnknownMethodError, grpc.StatusCode.UNIMPLEMENTED),
 )
 
@@ -111,6 +114,8 @@ def _info(exc: e.ProvisioningError) -> dict[str, str]:
         return {"limit": str(exc.limit)}
     if isinstance(exc, RateLimitedError):
         return {"bucket": exc.bucket, "limit": str(exc.rate.count), "period_seconds": f"{exc.rate.period:g}"}
+    if isinstance(exc, ConcurrencyLimitedError):
+        return {"kind": exc.kind.name.lower(), "limit": str(exc.limit)}
     return {}
 
 

@@ -1,14 +1,16 @@
-"""The server's interceptors, one job each, in a fixed order: logging, authentication, rate limit.
+"""The server's interceptors, one job each, in a fixed order: logging, authentication,
+concurrency, rate limit.
 
 Build them with `server_interceptors` and hand the list to `grpc.aio.server(interceptors=...)`:
 the first in the list runs first. Logging sees every call, including the refused ones;
-authentication runs before the rate limit, so that unauthenticated calls cost nobody's
-quota and the limit is kept per principal.
+authentication runs before the limits, so that unauthenticated calls cost nobody's quota
+and the limits are kept per principal; a call refused for concurrency costs no rate window.
 
-A refusal never reads the request: the interceptor answers with a handler of its own that
-aborts through `edge.errors`, so the caller gets the same `google.rpc` details as from the
-servicer. grpc.aio runs an RPC's interceptors and its handler in one task, so what
-authentication puts in `edge.context` is what the rate limit and the handler read.
+Authentication refuses without reading the request: it answers with a handler of its own.
+The limits decide when the call starts and hold their slot until it ends. Every refusal
+aborts through `edge.errors`, so the caller gets the same `google.rpc` details as from
+the servicer. grpc.aio runs an RPC's interceptors and its handler in one task, so what
+authentication puts in `edge.context` is what the limits and the handler read.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from provisioner.edge.auth import (
     authorize,
     roles_needed,
 )
+from provisioner.edge.concurrency import ConcurrencyLimiter, kind_for
 from provisioner.edge.ratelimit import RateLimiter, bucket_for
 
 log = logging.getLogger(__name__)
@@ -58,12 +61,18 @@ if TYPE_CHECKING:  # grpc's classes are generic in the stubs only
 
 
 def server_interceptors(
-    authenticator: Authenticator, limiter: RateLimiter, *, clock: Callable[[], float] = time.time
+    authenticator: Authenticator,
+    limiter: RateLimiter,
+    concurrency: ConcurrencyLimiter | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
 ) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors in the order they must run: logging, authentication, rate limit."""
+    """The interceptors in the order they must run: logging, authentication, concurrency,
+    rate limit."""
     return [
         RequestLoggingInterceptor(),
         AuthenticationInterceptor(authenticator),
+        ConcurrencyInterceptor(concurrency or ConcurrencyLimiter()),
         RateLimitInterceptor(limiter, clock=clock),
     ]
 
@@ -285,7 +294,72 @@ class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
         return await continuation(handler_call_details)
 
 
-# -- rate limit ----------------------------------------------------------------------------------
+# -- admission: concurrency, then rate -------------------------------------------------------
+
+#: Admission for one call: None to go ahead, or what to call when the call ends; raises
+#: a `ProvisioningError` to refuse it.
+Admit: TypeAlias = Callable[[], Awaitable[Callable[[], None] | None]]
+
+
+def _admitted(handler: Handler, admit: Admit) -> Handler:
+    """`handler`, run only once `admit` lets it, when the call starts (not when grpc
+    looks the method up, so that whatever admission holds is released however the call
+    ends). Only for our own handlers: coroutines and async generators."""
+
+    async def admitted(context: Context) -> Callable[[], None] | None:
+        try:
+            return await admit()
+        except ProvisioningError as exc:
+            await errors.abort(context, exc)
+
+    if handler.response_streaming:
+        streamed: Behavior = handler.unary_stream or handler.stream_stream  # type: ignore[assignment]
+
+        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            release = await admitted(context)
+            try:
+                async for item in streamed(request, context):
+                    yield item
+            finally:
+                if release is not None:
+                    release()
+
+        return _rebuilt(handler, stream)
+
+    called: Behavior = handler.unary_unary or handler.stream_unary  # type: ignore[assignment]
+
+    async def unary(request: Any, context: Context) -> Any:
+        release = await admitted(context)
+        try:
+            return await called(request, context)
+        finally:
+            if release is not None:
+                release()
+
+    return _rebuilt(handler, unary)
+
+
+class ConcurrencyInterceptor(grpc.aio.ServerInterceptor):
+    """Per-principal limits on open calls, and load shedding (`edge.concurrency`): a call
+    over them is refused before it costs anything else, its rate-limit window included.
+    Public services (health, reflection) are never limited."""
+
+    def __init__(self, limiter: ConcurrencyLimiter) -> None:
+        self._limiter = limiter
+
+    async def intercept_service(
+        self, continuation: Continuation[Req, Resp], handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Req, Resp] | None:
+        handler = await continuation(handler_call_details)
+        kind = kind_for(handler_call_details.method)
+        if handler is None or kind is None:
+            return handler
+        principal = caller.principal.get()
+
+        async def admit() -> Callable[[], None]:
+            return self._limiter.admit(principal, kind)
+
+        return _admitted(handler, admit)
 
 
 class RateLimitInterceptor(grpc.aio.ServerInterceptor):
@@ -303,8 +377,10 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         bucket = bucket_for(handler_call_details.method)
         if handler is None or bucket is None:
             return handler
-        try:
-            await self._limiter.acquire(caller.principal.get(), bucket, self._clock())
-        except ProvisioningError as exc:  # rate limited, or the shared windows unreachable
-            return _refusal(exc)
-        return handler
+        principal = caller.principal.get()
+
+        async def admit() -> None:
+            # Rate limited, or the shared windows unreachable: refused either way.
+            await self._limiter.acquire(principal, bucket, self._clock())
+
+        return _admitted(handler, admit)

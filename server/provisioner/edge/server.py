@@ -34,6 +34,11 @@ _OPTIONS = (
     # INVALID_ARGUMENT; what grpc refuses itself is RESOURCE_EXHAUSTED. Metadata: above
     # what Envoy forwards (`steps.envoy_config`), so REST callers get 431 from Envoy.
     ("grpc.max_receive_message_length", 1024 * 1024),
+    # grpc's own default cancels calls past 1,000 waiting to start, whoever made them: a
+    # burst from one caller would cancel everybody's. Every call reaches the limits of
+    # `edge.concurrency` instead, which refuse the one caller and shed load by name.
+    ("grpc.server.max_pending_requests", 10_000),
+    ("grpc.server.max_pending_requests_hard_limit", 10_000),
     ("grpc.max_metadata_size", 32 * 1024),
     ("grpc.absolute_max_metadata_size", 32 * 1024),
 )

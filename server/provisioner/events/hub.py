@@ -9,9 +9,10 @@ overflows is ended with a resumable error.
 Events committed on this replica are published by its runners. Those committed by other
 replicas arrive as notifications (`notify`, PostgreSQL's LISTEN/NOTIFY): each job with
 watchers here is read from the store once per notification and its new events fanned out.
-While notifications flow (`pushed(True)`), idle watchers look at the store only every
-`push_poll_interval` as a safety net; without them (SQLite, or the listening connection
-down) every `poll_interval`.
+As a safety net one poller per hub (never one per watcher) reads the heads of every
+watched job in one query and treats what is new like a notification: every
+`push_poll_interval` while notifications flow (`pushed(True)`), every `poll_interval`
+without them (SQLite, or the listening connection down), and at once when they resume.
 """
 
 from __future__ import annotations
@@ -33,16 +34,9 @@ from provisioner.store.protocol import JobStore
 _PAGE = 500
 
 
-class _Poke:
-    """Tells a subscriber to look at the store now (notifications just came back)."""
-
-
-_POKE = _Poke()
-
-
 @dataclass(eq=False, slots=True)
 class _Subscriber:
-    queue: asyncio.Queue[Event | _Poke | None]
+    queue: asyncio.Queue[Event | None]
     overflowed: bool = False
     closed: bool = False
 
@@ -71,6 +65,9 @@ class EventHub:
         #: Jobs being read after a notification, with the highest sequence announced since.
         self._fetching: dict[str, int] = {}
         self._closed = False
+        self._poller: asyncio.Task[None] | None = None
+        #: Set to make the poller look now (notifications resumed, or the hub closed).
+        self._look_now = asyncio.Event()
 
     @property
     def subscriber_count(self) -> int:
@@ -88,7 +85,7 @@ class EventHub:
                 self._offer(sub, event)
 
     @staticmethod
-    def _offer(sub: _Subscriber, item: Event | _Poke | None) -> None:
+    def _offer(sub: _Subscriber, item: Event | None) -> None:
         if sub.overflowed:
             return
         try:
@@ -98,13 +95,25 @@ class EventHub:
 
     def pushed(self, listening: bool) -> None:
         """Whether notifications of other replicas' commits are flowing. When they start
-        (again), every watcher looks at the store once: what was committed meanwhile
-        was announced to nobody."""
+        (again), the poller looks at the store at once: what was committed meanwhile was
+        announced to nobody."""
         self._pushed = listening
-        if listening:
-            for subs in self._subscribers.values():
-                for sub in subs:
-                    self._offer(sub, _POKE)
+        self._look_now.set()
+
+    async def _poll(self) -> None:
+        """While anyone watches: every watched job's head, in one read per interval."""
+        while self._subscribers and not self._closed:
+            interval = self._push_poll_interval if self._pushed else self._poll_interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._look_now.wait(), interval)
+            self._look_now.clear()
+            if not self._subscribers or self._closed:
+                return
+            try:
+                heads = await self._store.job_heads(list(self._subscribers))
+            except ProvisioningError:
+                continue  # the store is away: look again next time
+            self.notify([(job_id, head.last_sequence) for job_id, head in heads.items()])
 
     def notify(self, heads: Sequence[tuple[str, int]]) -> None:
         """Other replicas committed up to these sequences: fetch and fan out what is new."""
@@ -133,6 +142,7 @@ class EventHub:
     def close(self) -> None:
         """End every subscription with a resumable error (server shutting down)."""
         self._closed = True
+        self._look_now.set()
         for subs in self._subscribers.values():
             for sub in subs:
                 sub.closed = True
@@ -149,6 +159,8 @@ class EventHub:
             raise ServiceDrainingError("the server is shutting down; resume the watch elsewhere")
         sub = _Subscriber(asyncio.Queue(self._queue_size))
         self._subscribers.setdefault(job_id, set()).add(sub)
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll(), name="hub-poll")
         try:
             head = await self._store.job_head(job_id)
             if head is None:
@@ -164,16 +176,7 @@ class EventHub:
                 if event.is_terminal:
                     return
             while True:
-                live = await self._next_live(sub)
-                if live is None:
-                    # Idle for a while, or a gap: what is committed is in the store.
-                    async for stored in self._catch_up(job_id, last):
-                        yield stored
-                        last = stored.sequence
-                        if stored.is_terminal:
-                            return
-                    continue
-                event = live
+                event = await self._next_live(sub)
                 if event.sequence <= last:
                     continue
                 if event.sequence > last + 1:
@@ -192,18 +195,14 @@ class EventHub:
                     del self._subscribers[job_id]
                     self._seen.pop(job_id, None)
 
-    async def _next_live(self, sub: _Subscriber) -> Event | None:
-        """The next live event; None when the store should be looked at instead."""
+    @staticmethod
+    async def _next_live(sub: _Subscriber) -> Event:
         if sub.overflowed:
             raise SubscriberTooSlowError("the watcher fell behind; resume from the last sequence seen")
-        interval = self._push_poll_interval if self._pushed else self._poll_interval
-        try:
-            item = await asyncio.wait_for(sub.queue.get(), interval)
-        except TimeoutError:
-            return None
+        item = await sub.queue.get()
         if item is None or sub.closed:
             raise ServiceDrainingError("the server is shutting down; resume the watch elsewhere")
-        return None if isinstance(item, _Poke) else item
+        return item
 
     async def _catch_up(self, job_id: str, after: int, until: int | None = None) -> AsyncIterator[Event]:
         while True:

@@ -170,11 +170,11 @@ def render_envoy_config(
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "use_remote_address": True,
         # An untrusted edge, as Envoy's edge best practices have it: a connection that has
-        # not sent its request's headers within 10 s is closed, one idle for a minute too;
+        # not sent its request's headers within 5 s is closed, one idle for a minute too;
         # a stream idle for 5 min (a watch sends a heartbeat every 15 s) is reset; no
         # overall request timeout, for watches. Headers above 16 KiB get 431, under the
         # server's own metadata limit, so REST callers never see grpc's RESOURCE_EXHAUSTED.
-        "request_headers_timeout": "10s",
+        "request_headers_timeout": "5s",
         "stream_idle_timeout": "300s",
         "request_timeout": "0s",
         "max_request_headers_kb": MAX_REQUEST_HEADERS_KB,

@@ -96,6 +96,9 @@ class InMemoryJobStore:
         job = self._jobs.get(job_id)
         return None if job is None else JobHead(job.is_finished, job.last_sequence)
 
+    async def job_heads(self, job_ids: Sequence[str]) -> dict[str, JobHead]:
+        return {i: JobHead(j.is_finished, j.last_sequence) for i in job_ids if (j := self._jobs.get(i))}
+
     async def get_job(self, job_id: str) -> Job | None:
         job = self._jobs.get(job_id)
         return job.snapshot() if job else None

@@ -34,6 +34,8 @@ from provisioner.store.writer import GroupCommitWriter, PendingCommit, PendingCr
 log = logging.getLogger(__name__)
 
 _BATCH_LIMIT = 512
+#: Ids per `IN (...)`: well under any SQLite build's limit on bound parameters.
+_IN_CHUNK = 500
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -282,6 +284,16 @@ class SqlJobStore:
         async with reading(self._engine) as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else JobHead(row.finished_at is not None, row.last_sequence)
+
+    async def job_heads(self, job_ids: Sequence[str]) -> dict[str, JobHead]:
+        found: dict[str, JobHead] = {}
+        columns = (jobs.c.job_id, jobs.c.finished_at, jobs.c.last_sequence)
+        async with reading(self._engine) as conn:
+            for start in range(0, len(job_ids), _IN_CHUNK):
+                chunk = job_ids[start : start + _IN_CHUNK]
+                for row in await conn.execute(sa.select(*columns).where(jobs.c.job_id.in_(chunk))):
+                    found[row.job_id] = JobHead(row.finished_at is not None, row.last_sequence)
+        return found
 
     async def find_by_request_id(self, request_id: str) -> Job | None:
         found = await self._jobs_where(jobs.c.request_id == request_id)
