@@ -50,12 +50,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/provision.py
 	$(BIN)/python bench/replicas.py
 
-# The proving suites (crash, faults, load, hostile input, auth, rate limit, secrets, replicas),
+# The proving suites (crash, faults, load, hostile input, auth, rate limit, secrets, replicas,
+# abuse by a valid caller),
 # then their figures as one table.
 SUITES := tests/e2e/test_crash_real.py tests/e2e/test_rollback_matrix.py tests/e2e/test_load.py \
 	tests/integration/test_store_outage.py tests/e2e/test_lifecycle.py \
 	tests/e2e/test_hostile_input.py tests/e2e/test_auth_attacks.py tests/e2e/test_auth_and_limits.py \
-	tests/e2e/test_secrets.py tests/e2e/test_replicas.py
+	tests/e2e/test_secrets.py tests/e2e/test_replicas.py tests/e2e/test_abuse.py
 
 report: $(STAMP) system
 	rm -f var/report.jsonl

@@ -31,6 +31,12 @@ ROWS: list[tuple[str, str, str]] = [
     ("rate_limit", "rate limit: allowed of limit / next refused / others unaffected / after restart",
      "{allowed} of {limit} / {refused} refused / {others_unaffected} / {held_across_restart}"),
     ("secrets", "places scanned / secrets found", "{places_scanned} / {secrets_found}"),
+    ("abuse_half_open", "half-open connections / all dropped after (s)", "{connections} / {dropped_after_s}"),
+    ("abuse_streams", "one viewer's watches: SSE open/refused, gRPC open/refused / another's GetStatus p99",
+     "{sse_opened}/{sse_refused}, {grpc_opened}/{grpc_refused} / {other_getstatus_p99_ms} ms "
+     "(RSS {rss_before_mib} -> {rss_after_mib} MiB)"),
+    ("abuse_health", "concurrent health checks / p50 / another's read p99",
+     "{checks} / {check_p50_ms} ms / {other_read_p99_ms} ms"),
 ]  # fmt: skip
 
 

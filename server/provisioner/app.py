@@ -66,6 +66,16 @@ def _replica_id(settings: Settings) -> str:
     return replica
 
 
+def _private_dir(path: Path) -> None:
+    """Make `path` if needed, readable by this user alone (it holds the job store and keys)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        try:
+            path.chmod(0o700)
+        except PermissionError:
+            log.warning("PROVISIONER_STATE_DIR=%s is readable by others and is not ours to restrict", path)
+
+
 def _lock_state_dir(state_dir: Path) -> IO[str]:
     handle = (state_dir / "server.lock").open("a+")
     try:
@@ -87,7 +97,7 @@ async def runtime(
     settings: Settings, *, steps: Mapping[StepName, Step] | None = None
 ) -> AsyncIterator[Runtime]:
     """Build and start everything; stop it all, in reverse, on exit."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(settings.state_dir)
     lock = _lock_state_dir(settings.state_dir)
     store = SqlJobStore(settings.effective_database_url)
     replica = _replica_id(settings)
@@ -199,7 +209,7 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(settings.state_dir)
     settings = _development_secret(settings)
     authenticator = Authenticator(
         secret=settings.jwt_secret,
@@ -292,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         "others from the variable afterwards.",
     )
     args = parser.parse_args(argv)
+    # Everything the server writes (the job store, keys, Envoy's config, logs) is for its
+    # user alone: files 0600, directories 0700.
+    os.umask(0o077)
     try:
         settings = load_settings()
     except ConfigurationError as exc:

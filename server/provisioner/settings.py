@@ -301,6 +301,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     problems += _adapter_problems(env, values)
     engine_values = {
         "step_timeout": read("STEP_TIMEOUT", _seconds, defaults.engine.step_timeout),
+        "health_timeout": read("HEALTH_TIMEOUT", _positive_seconds, defaults.engine.health_timeout),
+        "health_ttl": read("HEALTH_CACHE_SECONDS", _seconds, defaults.engine.health_ttl),
         "job_deadline": read("JOB_DEADLINE", _seconds, defaults.engine.job_deadline),
         "lease_seconds": read("LEASE_SECONDS", _seconds, defaults.engine.lease_seconds),
         "claim_interval": read("CLAIM_INTERVAL", _seconds, defaults.engine.claim_interval),

@@ -27,7 +27,11 @@ from provisioner.store.memory import InMemoryJobStore
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
 
-CONFIG = EngineConfig(step_timeout=5, job_deadline=30, retry=RetryPolicy(base_delay=0.01, max_delay=0.02))
+# Health answers are not kept here (each call checks anew); sharing them is tested in
+# tests/unit/test_health.py.
+CONFIG = EngineConfig(
+    step_timeout=5, job_deadline=30, retry=RetryPolicy(base_delay=0.01, max_delay=0.02), health_ttl=0
+)
 
 
 def request(department_id: str = "hr", **overrides: object) -> pb.ProvisionRequest:

@@ -132,6 +132,13 @@ def test_concurrency_limits_are_read_and_zero_is_refused_by_name() -> None:
     assert "PROVISIONER_OVERLOAD_LAG" in caught.value.message
 
 
+def test_health_budget_and_cache_are_read() -> None:
+    settings = load_settings({"PROVISIONER_HEALTH_TIMEOUT": "1.5", "PROVISIONER_HEALTH_CACHE_SECONDS": "0"})
+    assert (settings.engine.health_timeout, settings.engine.health_ttl) == (1.5, 0.0)
+    with pytest.raises(ConfigurationError, match="PROVISIONER_HEALTH_TIMEOUT"):
+        load_settings({"PROVISIONER_HEALTH_TIMEOUT": "0"})
+
+
 RAILWAY = {
     "PROVISIONER_RAILWAY_TOKEN": "railway-token-0123456789",
     "PROVISIONER_RAILWAY_PROJECT_ID": "project-1",

@@ -11,6 +11,10 @@ from contextvars import ContextVar
 #: The caller's principal (the token's `sub`); "anonymous" until authentication says.
 principal: ContextVar[str] = ContextVar("principal", default="anonymous")
 
+#: Whether the caller may see where things are (the resources steps record: paths, pids,
+#: addresses): admins only. Everyone else sees what was made and its state, never where.
+internals: ContextVar[bool] = ContextVar("internals", default=False)
+
 #: The request id of the RPC in progress (the caller's `x-request-id`, or one we made up);
 #: empty outside an RPC.
 request_id: ContextVar[str] = ContextVar("request_id", default="")

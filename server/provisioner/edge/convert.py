@@ -63,16 +63,20 @@ def _error(error: JobError | None) -> pb.JobError | None:
     return pb.JobError(reason=error.reason, message=error.message, step=error.step or "")
 
 
-def _cleanup(cleanup: CleanupReport | None) -> pb.CleanupReport | None:
+def _cleanup(cleanup: CleanupReport | None, internals: bool) -> pb.CleanupReport | None:
     if cleanup is None:
         return None
     return pb.CleanupReport(
         compensated=[s.value for s in cleanup.compensated],
-        remaining=[pb.RemainingResources(step=s.value, resources=r) for s, r in cleanup.remaining.items()],
+        remaining=[
+            pb.RemainingResources(step=s.value, resources=r if internals else None)
+            for s, r in cleanup.remaining.items()
+        ],
     )
 
 
-def job(value: Job) -> pb.Job:
+def job(value: Job, *, internals: bool = False) -> pb.Job:
+    """The job as the contract shows it; step resources only with `internals` (admins)."""
     return pb.Job(
         job_id=value.job_id,
         department_id=value.department_id,
@@ -87,7 +91,7 @@ def job(value: Job) -> pb.Job:
                 start_time=timestamp(step.started_at),
                 finish_time=timestamp(step.finished_at),
                 last_error=step.last_error or "",
-                resources=step.resources,
+                resources=step.resources if internals else None,
             )
             for step in value.steps.values()
         ],
@@ -98,7 +102,7 @@ def job(value: Job) -> pb.Job:
         deadline_time=timestamp(value.deadline_at) if value.kind is JobKind.PROVISION else None,
         finish_time=timestamp(value.finished_at),
         error=_error(value.error),
-        cleanup=_cleanup(value.cleanup),
+        cleanup=_cleanup(value.cleanup, internals),
         last_sequence=value.last_sequence,
         issued_client=(
             pb.OAuthClient(
@@ -110,7 +114,7 @@ def job(value: Job) -> pb.Job:
     )
 
 
-def event(value: Event) -> pb.JobEvent:
+def event(value: Event, *, internals: bool = False) -> pb.JobEvent:
     detail = value.detail
     error = detail.get("error")
     cleanup = detail.get("cleanup")
@@ -125,7 +129,7 @@ def event(value: Event) -> pb.JobEvent:
         message=value.message,
         time=timestamp(value.at),
         error=pb.JobError(**error) if error else None,
-        cleanup=_cleanup(CleanupReport.from_dict(cleanup)) if cleanup else None,
+        cleanup=_cleanup(CleanupReport.from_dict(cleanup), internals) if cleanup else None,
         retry_delay_seconds=float(detail.get("delay_seconds", 0.0))
         if value.type is EventType.STEP_RETRYING
         else 0.0,

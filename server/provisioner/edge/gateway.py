@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import itertools
 import logging
 import os
@@ -27,6 +28,7 @@ from google.protobuf.descriptor import FileDescriptor
 from google.rpc import error_details_pb2, status_pb2
 
 from provisioner.core.errors import ConfigurationError
+from provisioner.steps.children import child_environment
 from provisioner.steps.envoy_config import Address, http_url, write_envoy_config
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 
@@ -137,6 +139,8 @@ class EnvoyProcess:
                 "--log-level", "warning",
                 stdout=log,
                 stderr=log,
+                # The internet-facing process gets none of our secrets.
+                env=child_environment(),
                 # Its own process group: a Ctrl-C in the terminal reaches the server,
                 # which then stops Envoy in order, after draining.
                 start_new_session=True,
@@ -172,8 +176,8 @@ class EnvoyProcess:
         try:
             with _opener.open(self.admin_url + "/ready", timeout=1) as reply:
                 return bool(reply.status == 200)
-        except (OSError, urllib.error.URLError):
-            return False
+        except (OSError, urllib.error.URLError, http.client.HTTPException):
+            return False  # not Envoy yet, or something else on its admin port
 
     def _log_tail(self, lines: int = 5) -> str:
         with contextlib.suppress(OSError):

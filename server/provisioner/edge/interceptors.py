@@ -33,6 +33,7 @@ from provisioner.edge import errors
 from provisioner.edge.auth import (
     Authenticator,
     PermissionDeniedError,
+    Role,
     UnauthenticatedError,
     authorize,
     roles_needed,
@@ -289,6 +290,7 @@ class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
             identity = self._authenticator.authenticate(_metadata(handler_call_details, "authorization"))
             caller.principal.set(identity.principal)
             authorize(identity, method)
+            caller.internals.set(Role.ADMIN in identity.roles)
         except (UnauthenticatedError, PermissionDeniedError) as exc:
             return _refusal(exc)
         return await continuation(handler_call_details)

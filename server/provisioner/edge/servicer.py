@@ -50,12 +50,12 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
             principal=caller.principal.get(),
             request_id=request.request_id or None,
         )
-        return convert.job(job)
+        return convert.job(job, internals=caller.internals.get())
 
     @errors.unary
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.Job:
         _validated(request)
-        return convert.job(await self._orchestrator.get_job(request.job_id))
+        return convert.job(await self._orchestrator.get_job(request.job_id), internals=caller.internals.get())
 
     @errors.streaming
     async def WatchProgress(
@@ -69,7 +69,8 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
             raise InvalidSpecError(
                 [FieldViolation("after_sequence", f"is past the job's last event, {job.last_sequence}")]
             )
-        yield pb.WatchProgressResponse(snapshot=convert.job(job))
+        internals = caller.internals.get()
+        yield pb.WatchProgressResponse(snapshot=convert.job(job, internals=internals))
         last = max(request.after_sequence, 0)
         stream = self._orchestrator.hub.subscribe(request.job_id, last)
         assert isinstance(stream, AsyncGenerator)
@@ -90,7 +91,7 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
                     return
                 pending = None
                 last = event.sequence
-                yield pb.WatchProgressResponse(event=convert.event(event))
+                yield pb.WatchProgressResponse(event=convert.event(event, internals=internals))
         finally:
             if pending is not None:
                 # Cancelled mid-read, or done but never looked at (the client left right
@@ -106,7 +107,7 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
         job, _ = await self._orchestrator.deprovision(
             request.department_id, principal=caller.principal.get(), request_id=request.request_id or None
         )
-        return convert.job(job)
+        return convert.job(job, internals=caller.internals.get())
 
     @errors.unary
     async def ListDepartments(

@@ -11,6 +11,10 @@ from provisioner.core.retry import RetryPolicy
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     step_timeout: float = 60.0
+    #: How long one step's health check may take (at most the step timeout); a department's
+    #: answer is kept `health_ttl` seconds and shared by everyone asking meanwhile.
+    health_timeout: float = 5.0
+    health_ttl: float = 2.0
     job_deadline: float = 300.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: How long a replica's claim on a job lasts without renewal.
@@ -26,6 +30,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.step_timeout <= 0:
             raise ConfigurationError("PROVISIONER_STEP_TIMEOUT must be > 0 seconds")
+        if self.health_timeout <= 0 or self.health_ttl < 0:
+            raise ConfigurationError("health checks need a timeout > 0 and a time to keep answers >= 0")
         if self.job_deadline < self.step_timeout:
             raise ConfigurationError("PROVISIONER_JOB_DEADLINE must be >= PROVISIONER_STEP_TIMEOUT")
         if self.claim_interval <= 0:

@@ -33,6 +33,7 @@ from provisioner.core.job import IssuedClient, Job
 from provisioner.core.spec import DepartmentSpec, check_department_id, validate
 from provisioner.core.states import DepartmentStatus, JobKind, State, StepName
 from provisioner.engine.config import EngineConfig
+from provisioner.engine.health import HealthCache
 from provisioner.engine.runner import JobRunner, cancel_and_wait
 from provisioner.events.hub import EventHub
 from provisioner.steps.base import Condition, Step, StepContext
@@ -101,6 +102,7 @@ class Orchestrator:
         self._issuer = issuer
         self._pinned = pinned
         self._finished: OrderedDict[str, Job] = OrderedDict()
+        self._health: HealthCache[list[tuple[Condition, datetime]]] = HealthCache(ttl=self.config.health_ttl)
         self._runners: dict[str, tuple[JobRunner, asyncio.Task[None]]] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._accepting = False
@@ -379,7 +381,11 @@ class Orchestrator:
         return department
 
     async def health(self, department_id: str) -> list[tuple[Condition, datetime]]:
-        """Check, live, what each step made for the department; each with when it was seen."""
+        """Check, live, what each step made for the department; each with when it was seen.
+
+        Callers asking about one department within `health_ttl` seconds share one check
+        (`engine.health`); each step's check has `health_timeout` seconds.
+        """
         department = await self.get_department(department_id)
         if department.status in (DepartmentStatus.DEPROVISIONED, DepartmentStatus.DEPROVISIONING):
             raise FailedPreconditionError(f"department {department_id} is {department.status.value}")
@@ -390,17 +396,23 @@ class Orchestrator:
                 f"department {department_id} is checked by replica {department.home}, which holds "
                 "its resources; retry (another replica will be asked)"
             )
-        latest = await self.store.latest_job(department_id, JobKind.PROVISION)
+        return await self._health.get(department_id, lambda: self._check_health(department))
+
+    async def _check_health(self, department: Department) -> list[tuple[Condition, datetime]]:
+        latest = await self.store.latest_job(department.department_id, JobKind.PROVISION)
         resources = {n: s.resources for n, s in latest.steps.items()} if latest else {}
         job_id = latest.job_id if latest else ""
+        budget = min(self.config.step_timeout, self.config.health_timeout)
 
         async def check(name: StepName) -> tuple[Condition, datetime]:
             ctx = StepContext(job_id, department.spec, 0, dict(resources.get(name, {})))
             try:
-                async with asyncio.timeout(self.config.step_timeout):
+                async with asyncio.timeout(budget):
                     condition = await self._steps[name].check(ctx)
             except TimeoutError:
-                condition = Condition(name, False, "CHECK_TIMEOUT", "the check did not answer in time")
+                condition = Condition(
+                    name, False, "CHECK_TIMEOUT", f"the check did not answer in {budget:g} s"
+                )
             except ProvisioningError as exc:
                 condition = Condition(name, False, exc.reason, exc.message)
             return condition, self._clock()
@@ -454,6 +466,8 @@ class Orchestrator:
             log.exception("job %s runner crashed; it will be resumed from the store", job_id)
         finally:
             self._runners.pop(job_id, None)
+            # What the job made or removed is what the next health check must see.
+            self._health.forget(runner.job.department_id)
 
     async def _claim(self) -> None:
         capacity = self.config.max_running_jobs - len(self._runners)

@@ -31,6 +31,7 @@ from pathlib import Path
 from provisioner.core.errors import StepError, TransientStepError
 from provisioner.core.states import StepName
 from provisioner.steps.base import Condition, StepContext, settle
+from provisioner.steps.children import child_environment
 from provisioner.steps.departments import DepartmentDirs, get, read_json, remove, write_json
 from provisioner.steps.envoy_config import Upstream
 
@@ -86,16 +87,6 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def service_environment(ours: Mapping[str, str]) -> dict[str, str]:
-    """What a department service inherits of the control plane's environment.
-
-    Not the control plane's settings (`PROVISIONER_*` holds the JWT secret, the encryption
-    key and the tenant database's admin URL) and not a `DATABASE_URL` meant for something
-    else: a department's service gets its own, or none.
-    """
-    return {k: v for k, v in ours.items() if not k.startswith("PROVISIONER_") and k != "DATABASE_URL"}
 
 
 def _reap(pid: int) -> int | None:
@@ -174,9 +165,7 @@ class LocalProcessContainer:
 
     async def _launch(self, department_id: str, directory: Path, desired: Placement) -> int:
         remove(directory / SERVICE_FILE)
-        environment = service_environment(os.environ)
-        if self._environment is not None:
-            environment.update(await self._environment(department_id))
+        environment = child_environment(await self._environment(department_id) if self._environment else None)
         pid = await asyncio.to_thread(self._spawn, department_id, directory, desired, environment)
         deadline = time.monotonic() + _START_TIMEOUT
         while True:
@@ -194,7 +183,7 @@ class LocalProcessContainer:
                         await self.on_moved()
                 raise TransientStepError(
                     f"the department service exited with status {status} while starting; "
-                    f"see {directory / LOG_FILE}"
+                    f"its {LOG_FILE}, in the department's directory, says why"
                 )
             if time.monotonic() > deadline:
                 await self._stop(pid, directory)
@@ -225,7 +214,7 @@ class LocalProcessContainer:
 
     async def _healthy(self, desired: Placement) -> bool:
         try:
-            reply = await get(desired.url("healthz"))
+            reply = await get(desired.url("healthz"), "the department service")
         except TransientStepError:
             return False
         return reply.status_code == 200
@@ -271,7 +260,7 @@ class LocalProcessContainer:
             return Condition(self.name, False, "NOT_RUNNING", "the department service is not running")
         if not await self._healthy(desired):
             return Condition(self.name, False, "UNHEALTHY", "the department service does not answer /healthz")
-        return Condition(self.name, True, "SERVING", f"pid {running['pid']} on {desired}")
+        return Condition(self.name, True, "SERVING", "the department service answers /healthz")
 
     async def reconcile(self) -> list[str]:
         """Start every wanted service that is not running; returns the departments started."""

@@ -49,7 +49,7 @@ class SqliteTenantDatabase:
     async def check(self, ctx: StepContext) -> Condition:
         path = self._dirs.path(ctx.department_id) / DATABASE_FILE
         if not path.exists():
-            return Condition(self.name, False, "MISSING", f"{path} does not exist")
+            return Condition(self.name, False, "MISSING", f"the department's {DATABASE_FILE} does not exist")
         problem = await asyncio.to_thread(schema.check, path)
         if problem is not None:
             return Condition(self.name, False, "UNREACHABLE", problem)

@@ -47,8 +47,6 @@ _CORS = "envoy.filters.http.cors"
 _ROUTER = "envoy.filters.http.router"
 _BUFFER = "envoy.filters.http.buffer"
 _TYPE = "type.googleapis.com/"
-# Envoy may run as another user; nothing in these files is secret.
-_PUBLIC = 0o644
 
 
 class Address(Protocol):
@@ -431,7 +429,7 @@ def write_envoy_config(
     if not (dynamic_dir / ROUTES_FILE).exists() or not (dynamic_dir / CLUSTERS_FILE).exists():
         write_dynamic_config(dynamic_dir, {}, cors_origins=cors_origins)
     path = path.absolute()
-    write_atomically(path, json.dumps(config, indent=2) + "\n", _PUBLIC)
+    write_atomically(path, json.dumps(config, indent=2) + "\n")
     return path
 
 
@@ -454,8 +452,8 @@ def write_dynamic_config(
     routes = render_route_config(departments, cors_origins)
     clusters = render_department_clusters(departments, ca_file)
     dynamic_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(dynamic_dir / CLUSTERS_FILE, _discovery_response(clusters), _PUBLIC)
-    write_atomically(dynamic_dir / ROUTES_FILE, _discovery_response([routes]), _PUBLIC)
+    write_atomically(dynamic_dir / CLUSTERS_FILE, _discovery_response(clusters))
+    write_atomically(dynamic_dir / ROUTES_FILE, _discovery_response([routes]))
 
 
 def _discovery_response(resources: list[dict[str, Any]]) -> str:

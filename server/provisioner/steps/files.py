@@ -7,8 +7,9 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
-    """Replace `path` with `text`: readers see the old file or the new, never half of one.
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text`, readable by this user alone: readers see the old file or
+    the new, never half of one.
 
     The temporary file (`.<name>.*.tmp`, swept at start if a crash leaves one) is in the
     same directory, because a rename is atomic only within one file system, and a watcher
@@ -19,7 +20,7 @@ def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
-            os.fchmod(file.fileno(), mode)
+            os.fchmod(file.fileno(), 0o600)
             file.write(text)
             file.flush()
             os.fsync(file.fileno())

@@ -191,7 +191,7 @@ class EnvoyGateway:
         if await self._routes.get_route(ctx.department_id) is None:
             return Condition(self.name, False, "NOT_ROUTED", "no route for the department")
         try:
-            reply = await get(self.url(ctx.department_id, "healthz"))
+            reply = await get(self.url(ctx.department_id, "healthz"), "the department through the gateway")
         except TransientStepError as exc:
             return Condition(self.name, False, "GATEWAY_DOWN", str(exc))
         if reply.status_code != 200:
@@ -205,7 +205,9 @@ class EnvoyGateway:
         status = 0
         while time.monotonic() < deadline:
             try:
-                status = (await get(self.url(department_id, "healthz"))).status_code
+                status = (
+                    await get(self.url(department_id, "healthz"), "the department through the gateway")
+                ).status_code
             except TransientStepError:
                 status = 0
             if done(status):
@@ -217,7 +219,7 @@ class EnvoyGateway:
 
     async def _envoy_running(self) -> bool:
         try:
-            return (await get(f"{self._admin}/ready")).status_code == 200
+            return (await get(f"{self._admin}/ready", "the gateway's admin port")).status_code == 200
         except TransientStepError:
             return False
 

@@ -78,7 +78,7 @@ class LocalMarkerStep:
 
     def _ledger(self, action: str, department_id: str, resource_id: str) -> None:
         line = f"{action} {department_id} {self.name.value} {resource_id}\n"
-        fd = os.open(self._root / "ledger.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self._root / "ledger.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line.encode())
         finally:

@@ -43,7 +43,7 @@ class ExecutionLedger(Protocol):
 
 
 async def _require_serving(gateway: EnvoyGateway, department_id: str) -> None:
-    health = await get(gateway.url(department_id, "healthz"))
+    health = await get(gateway.url(department_id, "healthz"), "the department through the gateway")
     if health.status_code != 200 or health.json().get("status") != "SERVING":
         raise TransientStepError(f"/healthz through the gateway answered {health.status_code}")
 
@@ -52,7 +52,7 @@ async def _live_condition(gateway: EnvoyGateway, vault: CredentialVault, departm
     """The department as its users reach it: SERVING through the gateway, to its own client."""
     name = StepName.VALIDATION
     try:
-        reply = await get(gateway.url(department_id, "healthz"))
+        reply = await get(gateway.url(department_id, "healthz"), "the department through the gateway")
         serving = reply.status_code == 200 and reply.json().get("status") == "SERVING"
     except (TransientStepError, ValueError) as exc:
         return Condition(name, False, "UNREACHABLE", str(exc))

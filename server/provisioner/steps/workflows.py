@@ -70,7 +70,7 @@ class EmbeddedWorkflows:
         folder = self._dirs.ensure(ctx.department_id) / WORKFLOWS_DIR
         wanted = set(ctx.spec.workflows)
         for kind in sorted(wanted):
-            write_json(folder / f"{kind}.json", render(kind, ctx.spec), mode=0o644)
+            write_json(folder / f"{kind}.json", render(kind, ctx.spec))
         # A re-run for a changed spec must not leave workflows it no longer asks for.
         for stale in folder.glob("*.json"):
             if stale.stem not in wanted:
@@ -95,7 +95,7 @@ class EmbeddedWorkflows:
         if desired is None:
             return Condition(self.name, False, "NO_SERVICE", "no department service to run the workflows")
         try:
-            reply = await get(desired.url("healthz"))
+            reply = await get(desired.url("healthz"), "the department service")
             states = reply.json().get("workflows", {})
         except (StepError, ValueError) as exc:
             return Condition(self.name, False, "UNREACHABLE", str(exc))
