@@ -15,12 +15,16 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
 from provisioner_client.errors import ConfigurationError
 
 SERVER_ENV = "PROVISIONER_SERVER"
+CA_FILE_ENV = "PROVISIONER_CA_FILE"
+CLIENT_CERT_ENV = "PROVISIONER_CLIENT_CERT_FILE"
+CLIENT_KEY_ENV = "PROVISIONER_CLIENT_KEY_FILE"
 TOKEN_ENV = "PROVISIONER_TOKEN"  # noqa: S105 - the variable's name, not a token
 DEFAULT_TARGET = "127.0.0.1:50051"
 #: Seconds per unary call attempt.
@@ -47,10 +51,14 @@ _PLAIN_SCHEMES = ("http://", "grpc://")
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """The replicas to call (`host:port` each) and whether to speak TLS to them."""
+    """The replicas to call (`host:port` each) and whether to speak TLS to them: with the
+    system's authorities, or `ca_file`'s; with a client certificate (mTLS) if given."""
 
     addresses: tuple[str, ...]
     tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
 
     @property
     def target(self) -> str:
@@ -63,19 +71,25 @@ class Endpoint:
 def resolve_endpoint(server: str | None = None, env: Mapping[str, str] | None = None) -> Endpoint:
     """`server`, else `PROVISIONER_SERVER`, else 127.0.0.1:50051.
 
-    `https://` or `grpcs://` in front selects TLS; a bare `host:port` is plaintext.
-    Several replicas: `host:port,host:port,...`.
+    `https://` or `grpcs://` in front selects TLS; a bare `host:port` is plaintext unless
+    `PROVISIONER_CA_FILE` or a client certificate (`PROVISIONER_CLIENT_CERT_FILE` and
+    `PROVISIONER_CLIENT_KEY_FILE`) is set. Several replicas: `host:port,host:port,...`.
     """
     environ = os.environ if env is None else env
     text = (server or environ.get(SERVER_ENV, "") or DEFAULT_TARGET).strip()
-    tls = text.startswith(_TLS_SCHEMES)
+    ca_file, cert_file, key_file = (
+        environ.get(n, "").strip() for n in (CA_FILE_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV)
+    )
+    if bool(cert_file) != bool(key_file):
+        raise ConfigurationError(f"set both {CLIENT_CERT_ENV} and {CLIENT_KEY_ENV}, or neither")
+    tls = text.startswith(_TLS_SCHEMES) or bool(ca_file or cert_file)
     for scheme in _TLS_SCHEMES + _PLAIN_SCHEMES:
         text = text.removeprefix(scheme)
     addresses = tuple(part.strip().rstrip("/") for part in text.split(","))
     for address in addresses:
         if not _ADDRESS.fullmatch(address):
             raise ConfigurationError(f"the server address {address!r} is not a host:port")
-    return Endpoint(addresses, tls)
+    return Endpoint(addresses, tls, ca_file, cert_file, key_file)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -148,11 +162,27 @@ def resolve_token(token: str | None = None, env: Mapping[str, str] | None = None
     return value
 
 
+def _read(path: str, variable: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {variable}={path}: {exc.strerror}") from None
+
+
+def channel_credentials(endpoint: Endpoint) -> grpc.ChannelCredentials:
+    """TLS credentials for `endpoint`: its CA file (else the system's) and client certificate."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(endpoint.ca_file, CA_FILE_ENV) if endpoint.ca_file else None,
+        private_key=_read(endpoint.key_file, CLIENT_KEY_ENV) if endpoint.key_file else None,
+        certificate_chain=_read(endpoint.cert_file, CLIENT_CERT_ENV) if endpoint.cert_file else None,
+    )
+
+
 def create_sync_channel(endpoint: Endpoint) -> grpc.Channel:
-    """A plain gRPC channel to `endpoint`."""
+    """A gRPC channel to `endpoint`."""
     target, options = channel_target(endpoint)
     if endpoint.tls:
-        return grpc.secure_channel(target, grpc.ssl_channel_credentials(), options)
+        return grpc.secure_channel(target, channel_credentials(endpoint), options)
     return grpc.insecure_channel(target, options)
 
 
@@ -160,7 +190,7 @@ def create_aio_channel(endpoint: Endpoint) -> grpc.aio.Channel:
     """A grpc.aio channel to `endpoint`; call from inside the event loop that will use it."""
     target, options = channel_target(endpoint)
     if endpoint.tls:
-        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options)
+        return grpc.aio.secure_channel(target, channel_credentials(endpoint), options)
     return grpc.aio.insecure_channel(target, options)
 
 

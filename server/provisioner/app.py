@@ -34,6 +34,7 @@ from provisioner.edge.gateway import EnvoyProcess
 from provisioner.edge.interceptors import server_interceptors
 from provisioner.edge.ratelimit import RateLimiter
 from provisioner.edge.server import GrpcEdge
+from provisioner.edge.tls import ReloadingCredentials
 from provisioner.engine.orchestrator import Orchestrator
 from provisioner.engine.runner import cancel_and_wait
 from provisioner.events.hub import EventHub
@@ -64,6 +65,10 @@ def _replica_id(settings: Settings) -> str:
     replica = f"replica-{uuid.uuid4()}"
     path.write_text(replica + "\n")
     return replica
+
+
+#: Linux's limit on a Unix socket's path (108 bytes with the final NUL), with a margin.
+_MAX_SOCKET_PATH = 100
 
 
 def _private_dir(path: Path) -> None:
@@ -181,13 +186,16 @@ def _development_secret(settings: Settings) -> Settings:
 
 def _banner(settings: Settings, grpc_port: int, envoy: EnvoyProcess | None) -> str:
     grpc_target = f"{settings.grpc_addr.host}:{grpc_port}"
+    how = "-cacert <your CA file>" if settings.tls else "-plaintext"
+    if settings.tls and settings.tls.client_ca_file:
+        how += " -cert <client cert> -key <client key>"
     lines = [
         "provisioning control plane ready",
-        f"  gRPC         {grpc_target}   (grpcurl -plaintext {grpc_target} list)",
+        f"  gRPC         {grpc_target}   (grpcurl {how} {grpc_target} list)",
     ]
     if envoy is not None:
         lines += [
-            f"  REST         http://{settings.http_addr}/api/departments",
+            f"  REST         {envoy.url}/api/departments",
             f"  Envoy admin  {envoy.admin_url}",
         ]
     if not settings.jwks_file:
@@ -235,8 +243,20 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
             ),
             heartbeat_seconds=settings.heartbeat_seconds,
         )
+        tls = settings.tls
+        # With TLS Envoy reaches the server on a private Unix socket; without, on the port.
+        private_socket = settings.state_dir.absolute() / "grpc.sock" if tls and with_envoy else None
+        if private_socket is not None and len(str(private_socket).encode()) > _MAX_SOCKET_PATH:
+            raise ConfigurationError(
+                f"PROVISIONER_STATE_DIR is too long for Envoy's Unix socket ({private_socket}); "
+                "use a shorter path"
+            )
         try:
-            port = await edge.start(str(settings.grpc_addr))
+            port = await edge.start(
+                str(settings.grpc_addr),
+                credentials=ReloadingCredentials(tls).credentials if tls else None,
+                private_socket=private_socket,
+            )
         except RuntimeError as exc:
             raise ConfigurationError(
                 f"cannot listen on PROVISIONER_GRPC_ADDR={settings.grpc_addr}: {exc}"
@@ -250,8 +270,9 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
                     settings.state_dir / "envoy",
                     http_addr=settings.http_addr,
                     admin_addr=settings.envoy_admin_addr,
-                    grpc_addr=Address(settings.grpc_addr.host, port),
+                    grpc_addr=private_socket or Address(settings.grpc_addr.host, port),
                     cors_origins=settings.cors_origins,
+                    certificate=(tls.cert_file, tls.key_file) if tls else None,
                 )
                 await envoy.start()
                 envoy_keeper = asyncio.create_task(envoy.supervise(), name="envoy-supervisor")

@@ -139,6 +139,7 @@ def embedded_steps(settings: Settings, shared: Shared) -> StepKit:
         admin_addr=settings.envoy_admin_addr,
         cors_origins=settings.cors_origins,
         ca_file=settings.upstream_ca_file,
+        listener_cert_file=settings.tls.cert_file if settings.tls else None,
     )
     workflows: EmbeddedWorkflows | N8nWorkflows
     validation: DeploymentValidation | PlatformValidation

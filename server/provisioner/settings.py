@@ -18,6 +18,7 @@ from provisioner.core.retry import RetryPolicy
 from provisioner.core.states import StepName
 from provisioner.edge.concurrency import ConcurrencyLimits
 from provisioner.edge.ratelimit import Rate, parse_rate
+from provisioner.edge.tls import TlsFiles
 from provisioner.engine.config import EngineConfig
 from provisioner.steps.container_railway.api import DEFAULT_ENDPOINT, AuthKind
 from provisioner.steps.envoy_config import SYSTEM_CA_FILE
@@ -88,6 +89,8 @@ class Settings:
     n8n_api_key: str = field(default="", repr=False)
     #: The authorities Envoy trusts for department services reached over TLS (Railway's).
     upstream_ca_file: Path = SYSTEM_CA_FILE
+    #: TLS on the gRPC port and Envoy's listener (None: plaintext, for loopback only).
+    tls: TlsFiles | None = None
 
     @property
     def railway(self) -> bool:
@@ -197,6 +200,16 @@ def _keys(text: str) -> str:
     return text
 
 
+def _tls_files(env: Mapping[str, str], problems: list[str]) -> TlsFiles | None:
+    cert, key, client_ca = (env.get(f"PROVISIONER_TLS_{n}_FILE", "") for n in ("CERT", "KEY", "CLIENT_CA"))
+    if not (cert or key or client_ca):
+        return None
+    if not (cert and key):
+        problems.append("PROVISIONER_TLS_CERT_FILE and PROVISIONER_TLS_KEY_FILE: set both, or neither")
+        return None
+    return TlsFiles(Path(cert), Path(key), Path(client_ca) if client_ca else None)
+
+
 def _adapter_problems(env: Mapping[str, str], values: Mapping[str, object]) -> list[str]:
     """The production adapters' settings: each complete, and together a profile that works."""
     problems = []
@@ -294,6 +307,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "n8n_api_key": read("N8N_API_KEY", str, ""),
         "upstream_ca_file": read("UPSTREAM_CA_FILE", Path, SYSTEM_CA_FILE),
     }
+    values["tls"] = _tls_files(env, problems)
     if values["jwt_secret"] and len(str(values["jwt_secret"])) < 32:
         problems.append("PROVISIONER_JWT_SECRET: use at least 32 characters (HS256 needs 256 bits)")
     if values["heartbeat_seconds"] == 0:

@@ -37,7 +37,10 @@ from provisioner.store.memory import InMemoryJobStore
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
 from provisioner_client import DepartmentSpec
 
-CONFIG = EngineConfig(step_timeout=5, job_deadline=30, retry=RetryPolicy(base_delay=0.01, max_delay=0.02))
+# Health answers are not kept (the CLI tests break a department and ask again at once).
+CONFIG = EngineConfig(
+    step_timeout=5, job_deadline=30, retry=RetryPolicy(base_delay=0.01, max_delay=0.02), health_ttl=0
+)
 SLOW = 0.1
 T = TypeVar("T")
 

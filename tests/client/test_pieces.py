@@ -19,7 +19,7 @@ from provisioner_client import (
     RetryPolicy,
     load_spec_file,
 )
-from provisioner_client.config import TokenSettings, resolve_endpoint, resolve_token
+from provisioner_client.config import TokenSettings, channel_credentials, resolve_endpoint, resolve_token
 from provisioner_client.errors import api_error, from_rpc_error
 from provisioner_client.exitcodes import describe, exit_code
 from provisioner_client.live import LiveSink, StepBoard
@@ -81,6 +81,18 @@ def test_endpoint_and_token_resolution() -> None:
         resolve_token(None, {"PROVISIONER_TOKEN": "sécret token"})
     assert "sécret" not in str(caught.value)
     assert "PROVISIONER_TOKEN" in str(caught.value)
+
+
+def test_a_ca_file_or_client_certificate_selects_tls_and_half_a_pair_is_refused(tmp_path: Path) -> None:
+    assert resolve_endpoint("127.0.0.1:1", {"PROVISIONER_CA_FILE": "ca.pem"}).tls
+    mtls = {"PROVISIONER_CLIENT_CERT_FILE": "c.pem", "PROVISIONER_CLIENT_KEY_FILE": "k.pem"}
+    endpoint = resolve_endpoint("127.0.0.1:1", mtls)
+    assert (endpoint.tls, endpoint.cert_file, endpoint.key_file) == (True, "c.pem", "k.pem")
+    with pytest.raises(ConfigurationError, match="PROVISIONER_CLIENT_KEY_FILE"):
+        resolve_endpoint("127.0.0.1:1", {"PROVISIONER_CLIENT_CERT_FILE": "c.pem"})
+    missing = resolve_endpoint("127.0.0.1:1", {"PROVISIONER_CA_FILE": str(tmp_path / "nowhere.pem")})
+    with pytest.raises(ConfigurationError, match="cannot read PROVISIONER_CA_FILE"):
+        channel_credentials(missing)
 
 
 def test_spec_files_read_the_seed_names(tmp_path: Path) -> None:

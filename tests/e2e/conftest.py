@@ -111,6 +111,17 @@ class ControlPlane:
         )
 
 
+def provisioned(api: httpx.Client, body: dict[str, object], patience: float = 60) -> dict[str, object]:
+    """POST a provisioning over REST, then poll until its job ends; the job, as JSON."""
+    job = api.post("/api/provision-department", json=body).json()
+    deadline = time.monotonic() + patience
+    while job["state"] not in ("JOB_STATE_COMPLETED", "JOB_STATE_FAILED"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        job = api.get(f"/api/provision-status/{job['jobId']}").json()
+    return dict(job)
+
+
 def control_plane(root: Path, **settings: str) -> ControlPlane:
     grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
     state_dir = root / "var"

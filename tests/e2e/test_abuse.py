@@ -28,7 +28,7 @@ import pytest
 
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
-from tests.e2e.conftest import SECRET, ControlPlane, department_services, started_plane, token
+from tests.e2e.conftest import SECRET, ControlPlane, department_services, provisioned, started_plane, token
 from tests.e2e.report import record
 
 pytestmark = pytest.mark.slow
@@ -265,14 +265,9 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Control
     department made, and that department's job id."""
     with started_plane(tmp_path_factory.mktemp("embedded")) as running:
         with running.http() as api:
-            job = api.post("/api/provision-department", json={"departmentId": "seen", **SPEC}).json()
-            deadline = time.monotonic() + 60
-            while job["state"] not in ("JOB_STATE_COMPLETED", "JOB_STATE_FAILED"):
-                assert time.monotonic() < deadline, job
-                time.sleep(0.1)
-                job = api.get(f"/api/provision-status/{job['jobId']}").json()
+            job = provisioned(api, {"departmentId": "seen", **SPEC})
         assert job["state"] == "JOB_STATE_COMPLETED", job
-        yield running, job["jobId"]
+        yield running, str(job["jobId"])
 
 
 def environment_of(pid: int) -> dict[str, str]:

@@ -139,6 +139,14 @@ def test_health_budget_and_cache_are_read() -> None:
         load_settings({"PROVISIONER_HEALTH_TIMEOUT": "0"})
 
 
+def test_tls_needs_a_certificate_and_its_key() -> None:
+    settings = load_settings({"PROVISIONER_TLS_CERT_FILE": "c.pem", "PROVISIONER_TLS_KEY_FILE": "k.pem"})
+    assert settings.tls is not None and settings.tls.client_ca_file is None
+    assert load_settings({}).tls is None
+    with pytest.raises(ConfigurationError, match="PROVISIONER_TLS_CERT_FILE and PROVISIONER_TLS_KEY_FILE"):
+        load_settings({"PROVISIONER_TLS_CLIENT_CA_FILE": "ca.pem", "PROVISIONER_TLS_CERT_FILE": "c.pem"})
+
+
 RAILWAY = {
     "PROVISIONER_RAILWAY_TOKEN": "railway-token-0123456789",
     "PROVISIONER_RAILWAY_PROJECT_ID": "project-1",

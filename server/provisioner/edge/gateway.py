@@ -29,7 +29,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from provisioner.core.errors import ConfigurationError
 from provisioner.steps.children import child_environment
-from provisioner.steps.envoy_config import Address, http_url, write_envoy_config
+from provisioner.steps.envoy_config import Address, http_url, write_envoy_config, write_tls_secret
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 
 # argv: server pid, envoy binary, envoy's arguments. PR_SET_PDEATHSIG (1) survives the
@@ -93,9 +93,12 @@ class EnvoyProcess:
         *,
         http_addr: Address,
         admin_addr: Address,
-        grpc_addr: Address,
+        grpc_addr: Address | Path,
         cors_origins: Sequence[str] = (),
+        certificate: tuple[Path, Path] | None = None,
     ) -> None:
+        """`grpc_addr`: the server's address or private Unix socket; `certificate`: the
+        listener's certificate and key files (TLS only), followed as they are replaced."""
         self.directory = directory.absolute()
         self.dynamic_dir = self.directory / "dynamic"
         self.log_path = self.directory / "envoy.log"
@@ -104,17 +107,28 @@ class EnvoyProcess:
         self._admin_addr = admin_addr
         self._grpc_addr = grpc_addr
         self._cors_origins = tuple(cors_origins)
+        self._certificate = certificate
         self._process: asyncio.subprocess.Process | None = None
 
     @property
     def admin_url(self) -> str:
         return http_url(self._admin_addr)
 
+    @property
+    def url(self) -> str:
+        """Where REST callers reach the listener."""
+        return http_url(self._http_addr, tls=self._certificate is not None)
+
     async def start(self) -> None:
         """Write the config, start Envoy, and return once it is ready to serve."""
         self.directory.mkdir(parents=True, exist_ok=True)
         descriptor = self.directory / "provisioning.pb"
         descriptor.write_bytes(descriptor_set())
+        secret = (
+            write_tls_secret(self.directory / "tls-secret.json", *self._certificate)
+            if self._certificate
+            else None
+        )
         bootstrap = write_envoy_config(
             self.directory / "envoy.json",
             http_addr=self._http_addr,
@@ -123,6 +137,7 @@ class EnvoyProcess:
             descriptor_path=descriptor,
             dynamic_dir=self.dynamic_dir,
             cors_origins=self._cors_origins,
+            tls_secret=secret,
         )
         _stop_stale(self.pid_path, bootstrap)
         with self.log_path.open("ab") as log:

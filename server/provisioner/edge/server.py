@@ -8,6 +8,7 @@ before anything is refused.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -64,11 +65,27 @@ class GrpcEdge:
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection((SERVICE_NAME, health_name, reflection.SERVICE_NAME), self.server)
 
-    async def start(self, address: str) -> int:
-        """Bind `address` (port 0 picks a free one), start serving, return the port."""
+    async def start(
+        self,
+        address: str,
+        *,
+        credentials: grpc.ServerCredentials | None = None,
+        private_socket: Path | None = None,
+    ) -> int:
+        """Bind `address` (port 0 picks a free one), start serving, return the port.
+
+        With `credentials` the port speaks TLS only. A `private_socket` is a Unix socket
+        for Envoy, plaintext, in the server's 0700 state directory: its permissions are
+        its authentication, so Envoy needs no client certificate where the port asks one.
+        """
         for name in _HEALTH_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        port = self.server.add_insecure_port(address)
+        if credentials is None:
+            port = self.server.add_insecure_port(address)
+        else:
+            port = self.server.add_secure_port(address, credentials)
+        if private_socket is not None:
+            self.server.add_insecure_port(f"unix:{private_socket}")
         await self.server.start()
         return port
 

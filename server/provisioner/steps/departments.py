@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -99,15 +100,29 @@ def remove(*paths: Path) -> bool:
 _tls_context = functools.cache(httpx.create_ssl_context)
 
 
-def http_client(timeout: float = 5.0) -> httpx.AsyncClient:
+def pinned(cert_file: Path) -> ssl.SSLContext:
+    """Trust exactly the certificate in `cert_file`: our own Envoy's, reached on loopback.
+
+    Read at each call (one small file), so a renewed certificate is trusted at once; the
+    pin is the check, so the name (127.0.0.1, not the certificate's) is not.
+    """
+    context = ssl.create_default_context(cafile=cert_file)
+    context.check_hostname = False
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
+def http_client(timeout: float = 5.0, *, trust: Path | None = None) -> httpx.AsyncClient:
+    """A client for the machine's own services; with `trust`, for our Envoy over TLS."""
     # Loopback only: a proxy configured for the machine must never see these calls.
-    return httpx.AsyncClient(timeout=timeout, trust_env=False, verify=_tls_context())
+    verify = pinned(trust) if trust else _tls_context()
+    return httpx.AsyncClient(timeout=timeout, trust_env=False, verify=verify)
 
 
-async def get(url: str, what: str, **kwargs: Any) -> httpx.Response:
+async def get(url: str, what: str, *, trust: Path | None = None, **kwargs: Any) -> httpx.Response:
     """GET `url`; connection trouble is a retryable step error naming `what` (never the
     address: callers with a viewer's token read these messages)."""
-    async with http_client() as client:
+    async with http_client(trust=trust) as client:
         try:
             return await client.get(url, **kwargs)
         except httpx.HTTPError as exc:

@@ -47,6 +47,7 @@ _CORS = "envoy.filters.http.cors"
 _ROUTER = "envoy.filters.http.router"
 _BUFFER = "envoy.filters.http.buffer"
 _TYPE = "type.googleapis.com/"
+_TLS_SECRET = "edge-certificate"  # noqa: S105 - the SDS resource's name
 
 
 class Address(Protocol):
@@ -94,12 +95,16 @@ def render_envoy_config(
     *,
     http_addr: Address,
     admin_addr: Address,
-    grpc_addr: Address,
+    grpc_addr: Address | Path,
     descriptor_path: Path,
     dynamic_dir: Path,
     cors_origins: Sequence[str] = (),
+    tls_secret: Path | None = None,
 ) -> dict[str, Any]:
     """The Envoy v3 bootstrap: the admin endpoint, the REST listener and the gRPC cluster.
+
+    `grpc_addr` is the server's address, or the path of its private Unix socket. With a
+    `tls_secret` (the file `write_tls_secret` writes) the listener speaks TLS only.
 
     Routes come from `ROUTES_FILE` and department clusters from `CLUSTERS_FILE`, both in
     `dynamic_dir` (see `write_dynamic_config`). Paths must be absolute, since Envoy
@@ -206,7 +211,8 @@ def render_envoy_config(
                                     "name": "envoy.filters.network.http_connection_manager",
                                     "typed_config": connection_manager,
                                 }
-                            ]
+                            ],
+                            **({"transport_socket": _downstream_tls(tls_secret)} if tls_secret else {}),
                         }
                     ],
                 }
@@ -221,6 +227,44 @@ def render_envoy_config(
         },
         "dynamic_resources": {"cds_config": _file_source(dynamic_dir, CLUSTERS_FILE)},
         "overload_manager": _overload_manager(),
+    }
+
+
+def write_tls_secret(path: Path, cert_file: Path, key_file: Path) -> Path:
+    """The listener's certificate as a file-based SDS resource; returns its absolute path.
+
+    Envoy re-reads the certificate and key when a file is moved into their directory (a
+    rename, as Kubernetes and cert-manager replace them), without dropping a connection.
+    """
+    cert_file, key_file = cert_file.absolute(), key_file.absolute()
+    secret = {
+        "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": _TLS_SECRET,
+        "tls_certificate": {
+            "certificate_chain": {"filename": str(cert_file)},
+            "private_key": {"filename": str(key_file)},
+            "watched_directory": {"path": str(cert_file.parent)},
+        },
+    }
+    path = path.absolute()
+    write_atomically(path, _discovery_response([secret]))
+    return path
+
+
+def _downstream_tls(secret: Path) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                # SSE and REST clients speak HTTP/1.1; gRPC-web and curl --http2 use h2.
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificate_sds_secret_configs": [
+                    {"name": _TLS_SECRET, "sds_config": _file_source(secret.parent, secret.name)}
+                ],
+            },
+        },
     }
 
 
@@ -405,10 +449,11 @@ def write_envoy_config(
     *,
     http_addr: Address,
     admin_addr: Address,
-    grpc_addr: Address,
+    grpc_addr: Address | Path,
     descriptor_path: Path,
     dynamic_dir: Path,
     cors_origins: Sequence[str] = (),
+    tls_secret: Path | None = None,
 ) -> Path:
     """Write the bootstrap to `path` atomically and return its absolute path.
 
@@ -425,6 +470,7 @@ def write_envoy_config(
         descriptor_path=descriptor_path.absolute(),
         dynamic_dir=dynamic_dir,
         cors_origins=cors_origins,
+        tls_secret=tls_secret,
     )
     if not (dynamic_dir / ROUTES_FILE).exists() or not (dynamic_dir / CLUSTERS_FILE).exists():
         write_dynamic_config(dynamic_dir, {}, cors_origins=cors_origins)
@@ -503,7 +549,7 @@ def _cors_policy(origins: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _http2_cluster(name: str, address: Address) -> dict[str, Any]:
+def _http2_cluster(name: str, address: Address | Path) -> dict[str, Any]:
     """The control plane's cluster. Its circuit breakers are far above what the server
     lets all principals hold at once: the server refuses a principal over its limits
     (RESOURCE_EXHAUSTED) and sheds load (UNAVAILABLE) long before Envoy's defaults (1,024
@@ -530,7 +576,15 @@ def _http2_cluster(name: str, address: Address) -> dict[str, Any]:
     }
 
 
-def _cluster(name: str, address: Address) -> dict[str, Any]:
+def _cluster(name: str, address: Address | Path) -> dict[str, Any]:
+    if isinstance(address, Path):
+        pipe = {"endpoint": {"address": {"pipe": {"path": str(address)}}}}
+        return {
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [pipe]}]},
+        }
     host = _dialable(address.host)
     try:
         ipaddress.ip_address(host)
@@ -553,7 +607,7 @@ def _dialable(host: str) -> str:
     return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
 
 
-def http_url(address: Address) -> str:
-    """`http://host:port` to reach a listener at `address` from this machine."""
+def http_url(address: Address, *, tls: bool = False) -> str:
+    """`http://host:port` (`https://` with `tls`) to reach a listener at `address` from this machine."""
     host = _dialable(address.host)
-    return f"http://{f'[{host}]' if ':' in host else host}:{address.port}"
+    return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{address.port}"

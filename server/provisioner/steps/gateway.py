@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import httpx
+
 from provisioner.core.errors import ProvisioningError, StepError, TransientStepError
 from provisioner.core.routes import Route
 from provisioner.core.states import StepName
@@ -71,9 +73,11 @@ class EnvoyGateway:
         admin_addr: Address,
         cors_origins: Sequence[str] = (),
         ca_file: Path = SYSTEM_CA_FILE,
+        listener_cert_file: Path | None = None,
     ) -> None:
         """`replica` is this replica's id; with `local_services` the services run on this
-        machine, so only this replica's Envoy can serve the routes made here."""
+        machine, so only this replica's Envoy can serve the routes made here. With a
+        `listener_cert_file` Envoy's listener speaks TLS, with that certificate."""
         self._dirs = dirs
         self._routes = routes
         self._replica = replica
@@ -81,7 +85,9 @@ class EnvoyGateway:
         self._services = services
         self._ca_file = ca_file
         self._dynamic_dir = dynamic_dir
-        self._base = http_url(http_addr)
+        #: What to trust when calling through Envoy (None: it speaks plain HTTP).
+        self.trust = listener_cert_file
+        self._base = http_url(http_addr, tls=listener_cert_file is not None)
         self._admin = http_url(admin_addr)
         self._cors_origins = tuple(cors_origins)
         # One writer of the route files at a time: each write is the whole table.
@@ -91,6 +97,12 @@ class EnvoyGateway:
     def url(self, department_id: str, path: str = "") -> str:
         """Where the department answers through Envoy."""
         return f"{self._base}/departments/{department_id}/{path.lstrip('/')}"
+
+    async def health_through(self, department_id: str) -> httpx.Response:
+        """The department's /healthz as its users reach it, through Envoy."""
+        return await get(
+            self.url(department_id, "healthz"), "the department through the gateway", trust=self.trust
+        )
 
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         await self._require_envoy()
@@ -191,7 +203,7 @@ class EnvoyGateway:
         if await self._routes.get_route(ctx.department_id) is None:
             return Condition(self.name, False, "NOT_ROUTED", "no route for the department")
         try:
-            reply = await get(self.url(ctx.department_id, "healthz"), "the department through the gateway")
+            reply = await self.health_through(ctx.department_id)
         except TransientStepError as exc:
             return Condition(self.name, False, "GATEWAY_DOWN", str(exc))
         if reply.status_code != 200:
@@ -205,9 +217,7 @@ class EnvoyGateway:
         status = 0
         while time.monotonic() < deadline:
             try:
-                status = (
-                    await get(self.url(department_id, "healthz"), "the department through the gateway")
-                ).status_code
+                status = (await self.health_through(department_id)).status_code
             except TransientStepError:
                 status = 0
             if done(status):

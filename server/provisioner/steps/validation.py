@@ -25,7 +25,7 @@ import httpx
 from provisioner.core.errors import StepError, TransientStepError
 from provisioner.core.states import StepName
 from provisioner.steps.base import Condition, Step, StepContext
-from provisioner.steps.departments import get, http_client
+from provisioner.steps.departments import http_client
 from provisioner.steps.gateway import EnvoyGateway
 from provisioner.steps.vault import CredentialVault
 
@@ -43,7 +43,7 @@ class ExecutionLedger(Protocol):
 
 
 async def _require_serving(gateway: EnvoyGateway, department_id: str) -> None:
-    health = await get(gateway.url(department_id, "healthz"), "the department through the gateway")
+    health = await gateway.health_through(department_id)
     if health.status_code != 200 or health.json().get("status") != "SERVING":
         raise TransientStepError(f"/healthz through the gateway answered {health.status_code}")
 
@@ -52,7 +52,7 @@ async def _live_condition(gateway: EnvoyGateway, vault: CredentialVault, departm
     """The department as its users reach it: SERVING through the gateway, to its own client."""
     name = StepName.VALIDATION
     try:
-        reply = await get(gateway.url(department_id, "healthz"), "the department through the gateway")
+        reply = await gateway.health_through(department_id)
         serving = reply.status_code == 200 and reply.json().get("status") == "SERVING"
     except (TransientStepError, ValueError) as exc:
         return Condition(name, False, "UNREACHABLE", str(exc))
@@ -60,7 +60,7 @@ async def _live_condition(gateway: EnvoyGateway, vault: CredentialVault, departm
         return Condition(name, False, "NOT_SERVING", f"/healthz through Envoy: {reply.status_code}")
     try:
         client_id, secret = await vault.reveal(department_id)
-        async with http_client() as client:
+        async with http_client(trust=gateway.trust) as client:
             own = gateway.url(department_id, "executions?limit=1")
             answered = await client.get(own, auth=(client_id, secret))
     except (StepError, httpx.HTTPError) as exc:
@@ -110,7 +110,7 @@ class DeploymentValidation:
         client_id, secret = await self._vault.reveal(department)
         workflow = sorted(ctx.spec.workflows)[0]
         url = self._gateway.url(department, f"workflows/{workflow}")
-        async with http_client() as client:
+        async with http_client(trust=self._gateway.trust) as client:
             try:
                 ran = await _admits_only_its_client(
                     client, "POST", url, f"the {workflow} webhook", client_id, secret, json=_smoke_test(ctx)
@@ -145,7 +145,7 @@ class PlatformValidation:
         client_id, secret = await self._vault.reveal(department)
         own = self._gateway.url(department, "executions?limit=1")
         workflow = sorted(ctx.spec.workflows)[0]
-        async with http_client() as client:
+        async with http_client(trust=self._gateway.trust) as client:
             try:
                 await _admits_only_its_client(client, "GET", own, "/executions", client_id, secret)
                 workflows = await self._workflows.check(ctx)
