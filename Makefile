@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# A trial on this machine: development mode makes the JWT secret and the encryption key
+# file under var/ (a server started otherwise refuses to run without real secrets).
 run: $(STAMP)
-	$(BIN)/provisioning-server
+	PROVISIONER_MODE=$${PROVISIONER_MODE:-development} $(BIN)/provisioning-server
 
 $(TOOLS):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0 swagger2openapi@7.0.8

@@ -43,6 +43,8 @@ class Server:
             "PROVISIONER_ENVOY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
             "PROVISIONER_STEPS": steps,
             "PROVISIONER_JWT_SECRET": SECRET,
+            # No-op steps and a key file under the state dir: a bench, not a production.
+            "PROVISIONER_MODE": "development",
             "PROVISIONER_RATE_LIMIT_PROVISION": "1000000/h",
             "PROVISIONER_RATE_LIMIT_DEPROVISION": "1000000/h",
             "PROVISIONER_RATE_LIMIT_READ": "10000000/m",

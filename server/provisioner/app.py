@@ -32,13 +32,14 @@ from provisioner.edge.auth import Authenticator
 from provisioner.edge.concurrency import ConcurrencyLimiter, LoopLag
 from provisioner.edge.gateway import EnvoyProcess
 from provisioner.edge.interceptors import server_interceptors
+from provisioner.edge.jwks_url import JwksUrl
 from provisioner.edge.ratelimit import RateLimiter
 from provisioner.edge.server import GrpcEdge
 from provisioner.edge.tls import ReloadingCredentials
 from provisioner.engine.orchestrator import Orchestrator
 from provisioner.engine.runner import cancel_and_wait
 from provisioner.events.hub import EventHub
-from provisioner.settings import Address, Settings, load_settings
+from provisioner.settings import Address, Settings, load_settings, production_problems
 from provisioner.steps.base import Step
 from provisioner.steps.departments import sweep_interrupted_writes
 from provisioner.store.sql import SqlJobStore
@@ -171,16 +172,14 @@ def _development_secret(settings: Settings) -> Settings:
     The file is created with mode 0600 and never printed: `provisionctl token` reads the
     secret from PROVISIONER_JWT_SECRET, which the start-up banner shows how to set.
     """
-    if settings.jwt_secret or settings.jwks_file:
+    if settings.jwt_secret or settings.jwks_file or settings.jwks_url:
         return settings
     path = settings.state_dir / DEV_SECRET_FILE
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as file:
             file.write(secrets.token_urlsafe(48) + "\n")
-    log.warning(
-        "no PROVISIONER_JWT_SECRET or PROVISIONER_JWKS_FILE: using the development secret in %s", path
-    )
+    log.warning("development mode, no JWT secret or JWKS configured: using the secret in %s", path)
     return dataclasses.replace(settings, jwt_secret=path.read_text().strip())
 
 
@@ -198,7 +197,7 @@ def _banner(settings: Settings, grpc_port: int, envoy: EnvoyProcess | None) -> s
             f"  REST         {envoy.url}/api/departments",
             f"  Envoy admin  {envoy.admin_url}",
         ]
-    if not settings.jwks_file:
+    if not (settings.jwks_file or settings.jwks_url):
         secret = (
             "$PROVISIONER_JWT_SECRET"
             if os.environ.get("PROVISIONER_JWT_SECRET")
@@ -219,9 +218,15 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
         loop.add_signal_handler(sig, stop.set)
     _private_dir(settings.state_dir)
     settings = _development_secret(settings)
+    jwks_url = (
+        JwksUrl(settings.jwks_url, min_interval=settings.jwks_min_refresh) if settings.jwks_url else None
+    )
+    if jwks_url is not None:
+        await jwks_url.load()
     authenticator = Authenticator(
         secret=settings.jwt_secret,
         jwks_file=settings.jwks_file,
+        jwks_url=jwks_url,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         leeway=settings.jwt_leeway,
@@ -330,6 +335,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
     except ConfigurationError as exc:
         print(f"provisioning-server: {exc.message}", file=sys.stderr)
+        return 2
+    refused = production_problems(settings)
+    if refused:
+        print(
+            "provisioning-server: production mode needs real secrets:\n  "
+            + "\n  ".join(refused)
+            + "\nOr set PROVISIONER_MODE=development to try it on this machine (`make run` does).",
+            file=sys.stderr,
+        )
         return 2
     logs.configure(settings.log_level)
     if args.command == "rotate-key":

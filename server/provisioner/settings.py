@@ -17,6 +17,7 @@ from provisioner.core.errors import ConfigurationError
 from provisioner.core.retry import RetryPolicy
 from provisioner.core.states import StepName
 from provisioner.edge.concurrency import ConcurrencyLimits
+from provisioner.edge.jwks_url import check_jwks_url
 from provisioner.edge.ratelimit import Rate, parse_rate
 from provisioner.edge.tls import TlsFiles
 from provisioner.engine.config import EngineConfig
@@ -26,6 +27,7 @@ from provisioner.steps.faults import Fault, parse_fault_plan
 from provisioner.steps.vault import Keyring
 
 STEP_BACKENDS = ("embedded", "local", "noop")
+MODES = ("production", "development")
 #: Regions departments may run in unless PROVISIONER_REGIONS says otherwise.
 DEFAULT_REGIONS = (
     "us-west", "us-east", "us-central", "eu-west", "eu-central-1", "eu-north",
@@ -58,11 +60,14 @@ class Settings:
     engine: EngineConfig = field(default_factory=EngineConfig)
     replica_id: str = ""
     log_level: str = "INFO"
-    # Authentication: HS256 with a shared secret (development) and/or RS256/ES256 keys from
-    # a JWKS file, re-read when it changes. With neither set, the server creates a
-    # development secret under the state dir (see `app`).
+    # Authentication: HS256 with a shared secret and/or RS256/ES256 keys from a JWKS file
+    # (re-read when it changes) or URL. With none set, a server in development mode creates
+    # a secret under the state dir (see `app`); one in production mode refuses to start.
     jwt_secret: str = field(default="", repr=False)
     jwks_file: Path | None = None
+    jwks_url: str = ""
+    #: Seconds between fetches of the JWKS URL for tokens naming an unknown key id.
+    jwks_min_refresh: float = 30.0
     jwt_issuer: str = ""
     jwt_audience: str = ""
     jwt_leeway: float = 10.0
@@ -91,6 +96,9 @@ class Settings:
     upstream_ca_file: Path = SYSTEM_CA_FILE
     #: TLS on the gRPC port and Envoy's listener (None: plaintext, for loopback only).
     tls: TlsFiles | None = None
+    #: `production` (the default) refuses to start without real secrets; `development`
+    #: allows the conveniences of a trial on one machine (see `production_problems`).
+    mode: str = "production"
 
     @property
     def railway(self) -> bool:
@@ -252,6 +260,30 @@ def _adapter_problems(env: Mapping[str, str], values: Mapping[str, object]) -> l
     return problems
 
 
+def production_problems(settings: Settings) -> list[str]:
+    """What production mode refuses: the development conveniences, each named with the
+    setting that replaces it. Empty in development mode."""
+    if settings.mode == "development":
+        return []
+    problems = []
+    if not (settings.jwt_secret or settings.jwks_file or settings.jwks_url):
+        problems.append(
+            "PROVISIONER_JWT_SECRET, PROVISIONER_JWKS_FILE or PROVISIONER_JWKS_URL: set one "
+            "(development mode makes a secret under the state dir)"
+        )
+    if not settings.encryption_key:
+        problems.append(
+            "PROVISIONER_ENCRYPTION_KEY: set it (development mode keeps a key file beside the job store)"
+        )
+    if settings.faults:
+        problems.append("PROVISIONER_FAULT_INJECTION: fails steps on purpose; development mode only")
+    if settings.step_delay:
+        problems.append("PROVISIONER_STEP_DELAY: slows every step on purpose; development mode only")
+    if settings.steps != "embedded":
+        problems.append(f"PROVISIONER_STEPS={settings.steps}: makes nothing real; development mode only")
+    return problems
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build settings from the environment; raise `ConfigurationError` listing every problem."""
     env = os.environ if environ is None else environ
@@ -286,6 +318,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "log_level": read("LOG_LEVEL", lambda t: _choice(LOG_LEVELS)(t.upper()), defaults.log_level),
         "jwt_secret": read("JWT_SECRET", str, ""),
         "jwks_file": read("JWKS_FILE", Path, defaults.jwks_file),
+        "jwks_url": read("JWKS_URL", check_jwks_url, ""),
+        "jwks_min_refresh": read("JWKS_MIN_REFRESH", _seconds, defaults.jwks_min_refresh),
+        "mode": read("MODE", _choice(MODES), defaults.mode),
         "jwt_issuer": read("JWT_ISSUER", str, ""),
         "jwt_audience": read("JWT_AUDIENCE", str, ""),
         "jwt_leeway": read("JWT_LEEWAY", _seconds, defaults.jwt_leeway),

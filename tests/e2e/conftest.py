@@ -132,6 +132,9 @@ def control_plane(root: Path, **settings: str) -> ControlPlane:
         "PROVISIONER_HTTP_ADDR": f"127.0.0.1:{http_port}",
         "PROVISIONER_ENVOY_ADMIN_ADDR": f"127.0.0.1:{admin_port}",
         "PROVISIONER_JWT_SECRET": SECRET,
+        # Tests inject faults, slow steps and let the server keep its key file; production
+        # mode's refusals have their own test (test_lifecycle.py).
+        "PROVISIONER_MODE": "development",
         "PROVISIONER_CLAIM_INTERVAL": "0.2",
         # Tests provision far more than a person would; the limit has its own test.
         "PROVISIONER_RATE_LIMIT_PROVISION": "1000/h",

@@ -3,6 +3,7 @@ as an independent client."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -92,6 +93,33 @@ def test_a_busy_port_is_one_clear_error_and_leaves_nothing_running(tmp_path: Pat
     # The gRPC port was released too: a second start on the same settings works.
     plane.start()
     assert plane.stop() == 0
+
+
+def test_production_mode_refuses_development_conveniences_and_says_what_to_set(tmp_path: Path) -> None:
+    """Without PROVISIONER_MODE=development the server needs real secrets: no self-made JWT
+    secret, no key file beside the job store, no fault injection."""
+    plane = control_plane(
+        tmp_path, PROVISIONER_MODE="", PROVISIONER_JWT_SECRET="", PROVISIONER_FAULT_INJECTION="gateway=fail"
+    )
+    plane.start(expect_ready=False)
+    assert plane.process is not None and plane.process.wait(timeout=60) == 2
+    refusal = plane.log.read_text()
+    for setting in ("PROVISIONER_JWT_SECRET", "PROVISIONER_ENCRYPTION_KEY", "PROVISIONER_FAULT_INJECTION",
+                    "PROVISIONER_MODE=development"):  # fmt: skip
+        assert setting in refusal, refusal
+    assert not (plane.state_dir / "jwt-secret").exists()
+    assert not (plane.state_dir / "encryption-keys.json").exists()
+    # With real secrets it starts, and makes neither file.
+    (tmp_path / "ready").mkdir()
+    ready = control_plane(
+        tmp_path / "ready",
+        PROVISIONER_MODE="production",
+        PROVISIONER_ENCRYPTION_KEY=base64.b64encode(os.urandom(32)).decode(),
+    )
+    ready.start()
+    assert ready.stop() == 0
+    assert not (ready.state_dir / "jwt-secret").exists()
+    assert not (ready.state_dir / "encryption-keys.json").exists()
 
 
 def test_envoy_does_not_outlive_a_killed_server_and_a_restart_takes_over(tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ async def world(tmp_path: Path, store_url: str) -> AsyncIterator[tuple[Server, O
         **os.environ,
         "PROVISIONER_STATE_DIR": str(state),
         "PROVISIONER_DATABASE_URL": store_url,
+        "PROVISIONER_MODE": "development",  # marker steps, slowed
         "PROVISIONER_STEPS": "local",
         "PROVISIONER_GRPC_ADDR": "127.0.0.1:0",
         "PROVISIONER_STEP_DELAY": str(STEP_DELAY),

@@ -144,6 +144,7 @@ def test_a_job_waits_out_a_store_outage_and_finishes_intact(
         **{k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")},
         "PROVISIONER_STATE_DIR": str(state),
         "PROVISIONER_DATABASE_URL": url,
+        "PROVISIONER_MODE": "development",  # marker steps, slowed
         "PROVISIONER_STEPS": "local",
         "PROVISIONER_STEP_DELAY": "0.3",
         "PROVISIONER_GRPC_ADDR": "127.0.0.1:0",

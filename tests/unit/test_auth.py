@@ -335,7 +335,7 @@ def test_unusable_jwks_entries_are_skipped(tmp_path: Path, caplog: pytest.LogCap
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda p: Authenticator(), "a JWT secret or a JWKS file"),
+        (lambda p: Authenticator(), "a JWT secret, a JWKS file or a JWKS URL"),
         (lambda p: Authenticator(secret="short"), "at least 32 characters"),
         (lambda p: Authenticator(secret=SECRET, leeway=-1), "leeway"),
         (lambda p: Authenticator(jwks_file=p / "missing.json"), "cannot use the JWKS file"),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from provisioner.core.errors import ConfigurationError
 from provisioner.core.states import StepName
 from provisioner.edge.ratelimit import Rate
-from provisioner.settings import Address, load_settings
+from provisioner.settings import Address, load_settings, production_problems
 from provisioner.steps.faults import Fault, parse_fault_plan
 
 
@@ -145,6 +146,28 @@ def test_tls_needs_a_certificate_and_its_key() -> None:
     assert load_settings({}).tls is None
     with pytest.raises(ConfigurationError, match="PROVISIONER_TLS_CERT_FILE and PROVISIONER_TLS_KEY_FILE"):
         load_settings({"PROVISIONER_TLS_CLIENT_CA_FILE": "ca.pem", "PROVISIONER_TLS_CERT_FILE": "c.pem"})
+
+
+def test_production_mode_names_every_development_convenience_it_refuses() -> None:
+    development = load_settings({"PROVISIONER_MODE": "development", "PROVISIONER_STEPS": "noop"})
+    assert production_problems(development) == []
+    refused = production_problems(
+        load_settings({"PROVISIONER_FAULT_INJECTION": "gateway=fail", "PROVISIONER_STEP_DELAY": "1"})
+    )
+    for setting in ("PROVISIONER_JWT_SECRET", "PROVISIONER_ENCRYPTION_KEY", "PROVISIONER_FAULT_INJECTION",
+                    "PROVISIONER_STEP_DELAY"):  # fmt: skip
+        assert any(setting in line for line in refused), (setting, refused)
+    ready = load_settings(
+        {
+            "PROVISIONER_JWKS_URL": "https://idp.example/jwks",
+            "PROVISIONER_ENCRYPTION_KEY": base64.b64encode(b"k" * 32).decode(),
+        }
+    )
+    assert production_problems(ready) == []
+    with pytest.raises(ConfigurationError, match="PROVISIONER_JWKS_URL"):
+        load_settings({"PROVISIONER_JWKS_URL": "http://idp.example/jwks"})
+    with pytest.raises(ConfigurationError, match="PROVISIONER_MODE"):
+        load_settings({"PROVISIONER_MODE": "staging"})
 
 
 RAILWAY = {

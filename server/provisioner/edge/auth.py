@@ -22,13 +22,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from provisioner.core.errors import ConfigurationError, ProvisioningError
+
+if TYPE_CHECKING:
+    from provisioner.edge.jwks_url import JwksUrl
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,14 @@ class UnauthenticatedError(ProvisioningError):
     """No token, or a token we cannot trust; the message never repeats the token."""
 
     reason = "UNAUTHENTICATED"
+
+
+class UnknownKeyError(UnauthenticatedError):
+    """The token names a key id this server does not hold (yet: a provider may have rotated)."""
+
+    def __init__(self, kid: str) -> None:
+        super().__init__("unknown key id")
+        self.kid = kid
 
 
 class PermissionDeniedError(ProvisioningError):
@@ -264,6 +275,7 @@ class Authenticator:
         secret: HS256 shared secret, at least 32 characters; empty to refuse HS256 tokens.
         jwks_file: a JWKS file of RS256 (RSA) and ES256 (P-256 EC) public keys, selected by
             the token's `kid` and re-read when the file changes; None for none.
+        jwks_url: the same keys from an identity provider's URL (`edge.jwks_url`), loaded.
         issuer: when set, the `iss` every token must carry.
         audience: when set, the audience every token's `aud` must include.
         leeway: seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
@@ -271,7 +283,7 @@ class Authenticator:
     PyJWT checks the signature and the registered claims against the system clock: `exp`
     and `sub` required, `nbf` and `iat` when present, `iss` and `aud` when configured.
 
-    Raises `ConfigurationError` when neither a secret nor a JWKS file is given, the secret
+    Raises `ConfigurationError` when neither a secret nor JWKS keys are given, the secret
     is too short, the leeway is negative or the JWKS file cannot be read at start.
     """
 
@@ -280,12 +292,13 @@ class Authenticator:
         *,
         secret: str = "",
         jwks_file: Path | None = None,
+        jwks_url: JwksUrl | None = None,
         issuer: str = "",
         audience: str = "",
         leeway: float = 10.0,
     ) -> None:
-        if not secret and jwks_file is None:
-            raise ConfigurationError("authentication needs a JWT secret or a JWKS file")
+        if not secret and jwks_file is None and jwks_url is None:
+            raise ConfigurationError("authentication needs a JWT secret, a JWKS file or a JWKS URL")
         if secret and len(secret) < MIN_SECRET_LENGTH:
             raise ConfigurationError(f"the JWT secret must have at least {MIN_SECRET_LENGTH} characters")
         if not (_number(leeway) and leeway >= 0):
@@ -294,6 +307,7 @@ class Authenticator:
             )
         self._secret = secret
         self._jwks = JwksFile(jwks_file) if jwks_file is not None else None
+        self._jwks_url = jwks_url
         self._issuer = issuer
         self._audience = audience
         self._leeway = float(leeway)
@@ -312,6 +326,16 @@ class Authenticator:
         if not token:
             raise UnauthenticatedError("empty bearer token")
         return self.verify(token)
+
+    async def authenticate_async(self, authorization: Sequence[str]) -> Identity:
+        """`authenticate`, fetching the JWKS URL's keys again for a key id it does not know
+        (rate-limited by `JwksUrl.refresh_for`)."""
+        try:
+            return self.authenticate(authorization)
+        except UnknownKeyError as exc:
+            if self._jwks_url is None or not await self._jwks_url.refresh_for(exc.kid):
+                raise
+        return self.authenticate(authorization)
 
     def verify(self, token: str) -> Identity:
         """The caller a bare JWT names, or `UnauthenticatedError` saying what is wrong."""
@@ -346,8 +370,10 @@ class Authenticator:
         if not isinstance(kid, str) or not kid:
             raise UnauthenticatedError("token has no key id")
         found = self._jwks.get(kid) if self._jwks is not None else None
+        if found is None and self._jwks_url is not None:
+            found = self._jwks_url.get(kid)
         if found is None:
-            raise UnauthenticatedError("unknown key id")
+            raise UnknownKeyError(kid)
         if found.algorithm != alg:
             raise UnauthenticatedError("token algorithm does not match its key")
         return found

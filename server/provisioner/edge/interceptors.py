@@ -287,7 +287,9 @@ class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
         if roles_needed(method) is None:
             return await continuation(handler_call_details)
         try:
-            identity = self._authenticator.authenticate(_metadata(handler_call_details, "authorization"))
+            identity = await self._authenticator.authenticate_async(
+                _metadata(handler_call_details, "authorization")
+            )
             caller.principal.set(identity.principal)
             authorize(identity, method)
             caller.internals.set(Role.ADMIN in identity.roles)
