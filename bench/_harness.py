@@ -56,6 +56,8 @@ class Server:
             "PROVISIONER_MAX_CALLS": "100000",
             "PROVISIONER_OVERLOAD_LAG": "3600",
             "PROVISIONER_MAX_RUNNING_JOBS": "2000",
+            # The departments of a run (and any warm-up) stay provisioned: above the quota.
+            "PROVISIONER_MAX_DEPARTMENTS": "100000",
             "PROVISIONER_LOG_LEVEL": "WARNING",
             **(settings or {}),
         }

@@ -68,10 +68,14 @@ async def decide(
     for item in admissions:
         key = (_T.c.bucket == item.bucket, _T.c.principal == item.principal)
         await conn.execute(_T.delete().where(*key, _T.c.at <= item.now - item.period))
-        times = (await conn.execute(sa.select(_T.c.at).where(*key).order_by(_T.c.at))).scalars().all()
-        if len(times) >= item.count:
+        # Counted, not fetched: a busy key's window may hold a million admissions, and
+        # fetching them all made every admission cost as much as the window is long.
+        held = (await conn.execute(sa.select(sa.func.count()).where(*key))).scalar_one()
+        if held >= item.count:
             # The window opens when the count-th newest admission leaves it.
-            waits.append(max(float(times[-item.count]) + item.period - item.now, 1e-6))
+            newest = sa.select(_T.c.at).where(*key).order_by(_T.c.at.desc())
+            opens = (await conn.execute(newest.offset(item.count - 1).limit(1))).scalar_one()
+            waits.append(max(float(opens) + item.period - item.now, 1e-6))
             continue
         await conn.execute(_T.insert().values(bucket=item.bucket, principal=item.principal, at=item.now))
         waits.append(None)
