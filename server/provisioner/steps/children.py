@@ -15,10 +15,7 @@ from collections.abc import Mapping
 INHERITED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 
-def child_environment(
-    extra: Mapping[str, str] | None = None, *, ours: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    source = os.environ if ours is None else ours
-    environment = {name: source[name] for name in INHERITED if name in source}
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    environment = {name: os.environ[name] for name in INHERITED if name in os.environ}
     environment.update(extra or {})
     return environment
