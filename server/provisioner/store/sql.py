@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -23,6 +24,7 @@ from provisioner.core.states import DepartmentStatus, JobKind
 from provisioner.store import codec
 from provisioner.store.admissions import SqlAdmissions
 from provisioner.store.connections import reading, writing
+from provisioner.store.inline_sqlite import inline_creator
 from provisioner.store.migrations import upgrade_to_head
 from provisioner.store.notify import Head, Listener
 from provisioner.store.protocol import JobHead
@@ -40,21 +42,14 @@ _IN_CHUNK = 500
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # First: switching a new database to WAL takes an exclusive lock, and a replica
-    # starting beside another must wait for it rather than fail with "database is locked".
-    cursor.execute("PRAGMA busy_timeout=30000")
+    # Switching a new database to WAL takes an exclusive lock: a replica starting beside
+    # another waits for it (`inline_sqlite` retries what finds the database locked).
     # WAL lets readers (watchers, status queries) run beside the single writer; NORMAL
     # synchronous is durable across process crashes, which is what WAL needs.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
-
-
-def _sqlite_own_transactions(dbapi_connection: Any, _record: Any) -> None:
-    # The sqlite3 module would BEGIN only before the first INSERT/UPDATE/DELETE, so a
-    # batch's checks (unique jobs, the quota) would read outside its transaction.
-    dbapi_connection.isolation_level = None
 
 
 def _sqlite_begin_immediate(conn: Any) -> None:
@@ -68,19 +63,29 @@ class SqlJobStore:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
+        sqlite = make_url(url).get_backend_name() == "sqlite"
+        # SQLite runs on the loop's thread (`inline_sqlite`); the writer's connection
+        # begins its transactions itself, so that a batch's checks (unique jobs, the quota)
+        # read inside the transaction that writes.
         self._engine: AsyncEngine = create_async_engine(
-            url, echo=echo, pool_pre_ping=not url.startswith("sqlite")
+            url,
+            echo=echo,
+            pool_pre_ping=not sqlite,
+            **({"async_creator": inline_creator(url)} if sqlite else {}),
         )
         self._dialect = self._engine.dialect.name
-        if self._dialect == "sqlite":
-            sa_event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
         # The writer's own single connection: it never waits behind readers for the pool.
         write_engine = create_async_engine(
-            url, echo=echo, pool_size=1, max_overflow=0, pool_pre_ping=self._dialect != "sqlite"
+            url,
+            echo=echo,
+            pool_size=1,
+            max_overflow=0,
+            pool_pre_ping=not sqlite,
+            **({"async_creator": inline_creator(url, autocommit=True)} if sqlite else {}),
         )
-        if self._dialect == "sqlite":
+        if sqlite:
+            sa_event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
             sa_event.listen(write_engine.sync_engine, "connect", _sqlite_pragmas)
-            sa_event.listen(write_engine.sync_engine, "connect", _sqlite_own_transactions)
             sa_event.listen(write_engine.sync_engine, "begin", _sqlite_begin_immediate)
         self._writer = GroupCommitWriter(write_engine)
         self._write_engine = write_engine
