@@ -29,6 +29,7 @@ from provisioner.core.errors import (
 )
 from provisioner.store.admissions import PendingAdmission, decide
 from provisioner.store.notify import CHANNEL, payloads
+from provisioner.store.prepared import Prepared, PreparedInserts
 from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,16 @@ _UPDATE_JOB = (
     sa.update(jobs)
     .where(jobs.c.job_id == sa.bindparam("b_job_id"), jobs.c.lease_owner == sa.bindparam("b_owner"))
     .values({c: sa.bindparam(c) for c in _JOB_COLUMNS})
+)
+_UPDATE_STEP = (
+    job_steps.update()
+    .where(job_steps.c.job_id == sa.bindparam("job_id_"), job_steps.c.name == sa.bindparam("name_"))
+    .values(
+        {
+            c: sa.bindparam(c)
+            for c in ("status", "attempts", "started_at", "finished_at", "last_error", "resources")
+        }
+    )
 )
 
 
@@ -97,7 +108,13 @@ class GroupCommitWriter:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._dialect = engine.dialect.name
+        dialect = engine.dialect
+        self._dialect = dialect.name
+        self._update_job = Prepared(_UPDATE_JOB, dialect)
+        self._update_step = Prepared(_UPDATE_STEP, dialect)
+        self._insert = {
+            table.name: PreparedInserts(table, dialect) for table in (jobs, job_steps, job_events, audit_log)
+        }
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -220,8 +237,8 @@ class GroupCommitWriter:
 
     async def _update_jobs(self, conn: AsyncConnection, batch: list[PendingCommit]) -> set[int]:
         """Update every job row whose lease is still held; return the indexes of the others."""
-        result = await conn.execute(
-            _UPDATE_JOB, [{**p.job_values, "b_job_id": p.job_id, "b_owner": p.owner} for p in batch]
+        result = await self._update_job.executemany(
+            conn, [{**p.job_values, "b_job_id": p.job_id, "b_owner": p.owner} for p in batch]
         )
         if conn.dialect.supports_sane_multi_rowcount and result.rowcount == len(batch):
             return set()  # the usual case: every lease held, no need to ask which
@@ -312,9 +329,9 @@ class GroupCommitWriter:
     async def _insert_creates(self, conn: AsyncConnection, creates: list[PendingCreate]) -> None:
         if not creates:
             return
-        await conn.execute(jobs.insert(), [c.job_row for c in creates])
-        await conn.execute(job_steps.insert(), [s for c in creates for s in c.steps])
-        await conn.execute(job_events.insert(), [c.event for c in creates])
+        await self._insert["jobs"].executemany(conn, [c.job_row for c in creates])
+        await self._insert["job_steps"].executemany(conn, [s for c in creates for s in c.steps])
+        await self._insert["job_events"].executemany(conn, [c.event for c in creates])
         insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for c in creates:
@@ -325,29 +342,17 @@ class GroupCommitWriter:
                 index_elements=["department_id"], set_={k: stmt.excluded[k] for k in keys}
             )
             await conn.execute(stmt, rows)
-        await conn.execute(audit_log.insert(), [c.audit for c in creates])
+        await self._insert["audit_log"].executemany(conn, [c.audit for c in creates])
 
     async def _write_children(self, conn: AsyncConnection, batch: list[PendingCommit]) -> None:
         steps = [s for p in batch for s in p.steps]
         if steps:
-            await conn.execute(
-                job_steps.update()
-                .where(
-                    job_steps.c.job_id == sa.bindparam("b_job_id"), job_steps.c.name == sa.bindparam("b_name")
-                )
-                .values(
-                    status=sa.bindparam("status"),
-                    attempts=sa.bindparam("attempts"),
-                    started_at=sa.bindparam("started_at"),
-                    finished_at=sa.bindparam("finished_at"),
-                    last_error=sa.bindparam("last_error"),
-                    resources=sa.bindparam("resources"),
-                ),
-                [{**s, "b_job_id": s["job_id"], "b_name": s["name"]} for s in steps],
+            await self._update_step.executemany(
+                conn, [{**s, "job_id_": s["job_id"], "name_": s["name"]} for s in steps]
             )
         events = [e for p in batch for e in p.events]
         if events:
-            await conn.execute(job_events.insert(), events)
+            await self._insert["job_events"].executemany(conn, events)
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for pending in batch:
             if pending.department is not None:
