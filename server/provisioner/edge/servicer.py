@@ -13,7 +13,7 @@ import binascii
 import contextlib
 import hashlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,8 +72,7 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
         internals = caller.internals.get()
         yield pb.WatchProgressResponse(snapshot=convert.job(job, internals=internals))
         last = max(request.after_sequence, 0)
-        stream = self._orchestrator.hub.subscribe(request.job_id, last)
-        assert isinstance(stream, AsyncGenerator)
+        stream = self._orchestrator.watch(request.job_id, last)
         pending: asyncio.Future[Any] | None = None
         try:
             while True:
@@ -119,7 +118,7 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
         filters = _filters_fingerprint(request)
         after = _decode_page_token(request.page_token, filters)
         size = request.page_size or DEFAULT_PAGE_SIZE
-        found = await self._orchestrator.store.list_departments(
+        found = await self._orchestrator.list_departments(
             status=status, region=region, after_id=after, limit=size + 1
         )
         page, more = found[:size], len(found) > size

@@ -13,7 +13,7 @@ import logging
 import random
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -29,7 +29,7 @@ from provisioner.core.errors import (
     ProvisioningError,
     ServiceDrainingError,
 )
-from provisioner.core.job import IssuedClient, Job
+from provisioner.core.job import Event, IssuedClient, Job
 from provisioner.core.spec import DepartmentSpec, check_department_id, validate
 from provisioner.core.states import DepartmentStatus, JobKind, State, StepName
 from provisioner.engine.config import EngineConfig
@@ -373,6 +373,16 @@ class Orchestrator:
             if len(self._finished) > FINISHED_JOBS_CACHED:
                 self._finished.popitem(last=False)
         return job
+
+    def watch(self, job_id: str, after_sequence: int = 0) -> AsyncGenerator[Event, None]:
+        """Every committed event of `job_id` after `after_sequence`, in order, to the terminal one
+        (`EventHub.subscribe`: its errors are the watcher's)."""
+        return self.hub.subscribe(job_id, after_sequence)
+
+    async def list_departments(
+        self, *, status: DepartmentStatus | None, region: str | None, after_id: str, limit: int
+    ) -> list[Department]:
+        return await self.store.list_departments(status=status, region=region, after_id=after_id, limit=limit)
 
     async def get_department(self, department_id: str) -> Department:
         department = await self.store.get_department(department_id)

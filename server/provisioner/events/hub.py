@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from provisioner.core.errors import (
@@ -149,7 +149,7 @@ class EventHub:
                 with contextlib.suppress(asyncio.QueueFull):
                     sub.queue.put_nowait(None)
 
-    async def subscribe(self, job_id: str, after_sequence: int = 0) -> AsyncIterator[Event]:
+    async def subscribe(self, job_id: str, after_sequence: int = 0) -> AsyncGenerator[Event, None]:
         """Every event of `job_id` after `after_sequence`, in order, ending with the terminal one.
 
         Raises `NotFoundError` for an unknown job, `SubscriberTooSlowError` if the caller
