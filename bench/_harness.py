@@ -39,6 +39,7 @@ class Server:
             **{k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")},
             "PROVISIONER_STATE_DIR": str(state_dir),
             "PROVISIONER_GRPC_ADDR": self.grpc,
+            "PROVISIONER_METRICS_ADDR": "127.0.0.1:0",
             "PROVISIONER_HTTP_ADDR": self.rest.removeprefix("http://"),
             "PROVISIONER_ENVOY_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
             "PROVISIONER_STEPS": steps,

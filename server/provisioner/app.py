@@ -43,6 +43,7 @@ from provisioner.settings import Address, Settings, load_settings, production_pr
 from provisioner.steps.base import Step
 from provisioner.steps.departments import sweep_interrupted_writes
 from provisioner.store.sql import SqlJobStore
+from provisioner.telemetry.exporter import exporting
 
 log = logging.getLogger("provisioner")
 
@@ -183,7 +184,7 @@ def _development_secret(settings: Settings) -> Settings:
     return dataclasses.replace(settings, jwt_secret=path.read_text().strip())
 
 
-def _banner(settings: Settings, grpc_port: int, envoy: EnvoyProcess | None) -> str:
+def _banner(settings: Settings, grpc_port: int, envoy: EnvoyProcess | None, metrics_url: str) -> str:
     grpc_target = f"{settings.grpc_addr.host}:{grpc_port}"
     how = "-cacert <your CA file>" if settings.tls else "-plaintext"
     if settings.tls and settings.tls.client_ca_file:
@@ -197,6 +198,7 @@ def _banner(settings: Settings, grpc_port: int, envoy: EnvoyProcess | None) -> s
             f"  REST         {envoy.url}/api/departments",
             f"  Envoy admin  {envoy.admin_url}",
         ]
+    lines.append(f"  Metrics      {metrics_url}")
     if not (settings.jwks_file or settings.jwks_url):
         secret = (
             "$PROVISIONER_JWT_SECRET"
@@ -231,7 +233,8 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
         audience=settings.jwt_audience,
         leeway=settings.jwt_leeway,
     )
-    async with runtime(settings) as rt:
+    metrics_addr = settings.metrics_addr
+    async with runtime(settings) as rt, exporting(metrics_addr.host, metrics_addr.port) as metrics_url:
         # The provision and deprovision windows are in the job store: every replica
         # counts the same calls, and a restart forgets none.
         limiter = RateLimiter(
@@ -291,11 +294,12 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
                         "envoy": with_envoy,
                         "state_dir": str(settings.state_dir.resolve()),
                         "steps": settings.steps,
+                        "metrics": metrics_url,
                         "resumed_jobs": rt.orchestrator.running_jobs,
                     }
                 },
             )
-            print(_banner(settings, port, envoy), flush=True)
+            print(_banner(settings, port, envoy, metrics_url), flush=True)
             await stop.wait()
             log.info("shutting down: refusing new work, leaving running jobs resumable")
         finally:

@@ -54,6 +54,7 @@ class Settings:
     grpc_addr: Address = Address("127.0.0.1", 50051)
     http_addr: Address = Address("127.0.0.1", 8080)
     envoy_admin_addr: Address = Address("127.0.0.1", 9901)
+    metrics_addr: Address = Address("127.0.0.1", 9464)
     steps: str = "embedded"
     step_delay: float = 0.0
     faults: Mapping[StepName, tuple[Fault, ...]] = field(default_factory=dict)
@@ -119,7 +120,7 @@ def _address(text: str, *, any_port: bool = False) -> Address:
 
 
 def _grpc_address(text: str) -> Address:
-    """Port 0 asks for any free port; the server reports the one it got."""
+    """Port 0 asks for any free port; the server reports the one it got (gRPC, metrics)."""
     return _address(text, any_port=True)
 
 
@@ -312,6 +313,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "grpc_addr": read("GRPC_ADDR", _grpc_address, defaults.grpc_addr),
         "http_addr": read("HTTP_ADDR", _address, defaults.http_addr),
         "envoy_admin_addr": read("ENVOY_ADMIN_ADDR", _address, defaults.envoy_admin_addr),
+        "metrics_addr": read("METRICS_ADDR", _grpc_address, defaults.metrics_addr),
         "steps": read("STEPS", _choice(STEP_BACKENDS), defaults.steps),
         "step_delay": read("STEP_DELAY", _seconds, 0.0),
         "replica_id": read("REPLICA_ID", str, ""),

@@ -53,6 +53,7 @@ class ControlPlane:
     process: subprocess.Popen[bytes] | None = None
     stdout: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    metrics_url: str = ""
 
     def start(self, *args: str, expect_ready: bool = True) -> None:
         out = self.state_dir.parent / "stdout.txt"
@@ -123,7 +124,7 @@ def provisioned(api: httpx.Client, body: dict[str, object], patience: float = 60
 
 
 def control_plane(root: Path, **settings: str) -> ControlPlane:
-    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
+    grpc_port, http_port, admin_port, metrics_port = free_port(), free_port(), free_port(), free_port()
     state_dir = root / "var"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")},
@@ -131,6 +132,7 @@ def control_plane(root: Path, **settings: str) -> ControlPlane:
         "PROVISIONER_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
         "PROVISIONER_HTTP_ADDR": f"127.0.0.1:{http_port}",
         "PROVISIONER_ENVOY_ADMIN_ADDR": f"127.0.0.1:{admin_port}",
+        "PROVISIONER_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
         "PROVISIONER_JWT_SECRET": SECRET,
         # Tests inject faults, slow steps and let the server keep its key file; production
         # mode's refusals have their own test (test_lifecycle.py).
@@ -148,6 +150,7 @@ def control_plane(root: Path, **settings: str) -> ControlPlane:
         f"http://127.0.0.1:{http_port}",
         f"http://127.0.0.1:{admin_port}",
         root / "server.log",
+        metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
     )
 
 

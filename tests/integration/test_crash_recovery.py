@@ -83,6 +83,7 @@ async def world(tmp_path: Path, store_url: str) -> AsyncIterator[tuple[Server, O
         "PROVISIONER_MODE": "development",  # marker steps, slowed
         "PROVISIONER_STEPS": "local",
         "PROVISIONER_GRPC_ADDR": "127.0.0.1:0",
+        "PROVISIONER_METRICS_ADDR": "127.0.0.1:0",
         "PROVISIONER_STEP_DELAY": str(STEP_DELAY),
         "PROVISIONER_CLAIM_INTERVAL": "0.1",
         "PROVISIONER_LEASE_SECONDS": "3",

@@ -148,6 +148,7 @@ def test_a_job_waits_out_a_store_outage_and_finishes_intact(
         "PROVISIONER_STEPS": "local",
         "PROVISIONER_STEP_DELAY": "0.3",
         "PROVISIONER_GRPC_ADDR": "127.0.0.1:0",
+        "PROVISIONER_METRICS_ADDR": "127.0.0.1:0",
         "PROVISIONER_CLAIM_INTERVAL": "0.2",
         "PROVISIONER_LEASE_SECONDS": "3",
         "PROVISIONER_JWT_SECRET": SECRET,

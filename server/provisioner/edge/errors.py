@@ -29,6 +29,7 @@ from provisioner.edge import context as caller
 from provisioner.edge.auth import PermissionDeniedError, UnauthenticatedError
 from provisioner.edge.concurrency import ConcurrencyLimitedError, OverloadedError
 from provisioner.edge.ratelimit import RateLimitedError
+from provisioner.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,16 @@ _CODES: tuple[tuple[type[e.ProvisioningError], grpc.StatusCode], ...] = (
     (ConcurrencyLimitedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (OverloadedError, grpc.StatusCode.UNAVAILABLE),
     (UnknownMethodError, grpc.StatusCode.UNIMPLEMENTED),
+)
+
+#: Refusals before any work, as `provisioner_requests_rejected_total` counts them.
+_REJECTIONS: tuple[tuple[type[e.ProvisioningError], str], ...] = (
+    (UnauthenticatedError, "auth"),
+    (PermissionDeniedError, "auth"),
+    (RateLimitedError, "rate_limit"),
+    (ConcurrencyLimitedError, "concurrency"),
+    (OverloadedError, "concurrency"),
+    (e.InvalidSpecError, "invalid"),
 )
 
 
@@ -143,6 +154,10 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException)
             exc_info=exc,
             extra={"fields": {"request_id": caller.request_id.get()}},
         )
+    for kind, reason in _REJECTIONS:
+        if isinstance(exc, kind):
+            metrics.REJECTED.labels(reason).inc()
+            break
     status = status_for(exc)
     rich = rpc_status.to_status(status)
     await context.abort(rich.code, rich.details, (*rich.trailing_metadata, *trailers_for(status)))

@@ -40,6 +40,7 @@ from provisioner.edge.auth import (
 )
 from provisioner.edge.concurrency import ConcurrencyLimiter, kind_for
 from provisioner.edge.ratelimit import RateLimiter, bucket_for
+from provisioner.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,14 @@ class RequestLoggingInterceptor(grpc.aio.ServerInterceptor):
         given = _metadata(handler_call_details, REQUEST_ID_KEY)
         request_id = given[0] if given and _SANE_REQUEST_ID.fullmatch(given[0]) else str(uuid.uuid4())
         handler: Handler | None = await continuation(handler_call_details)
+        method = handler_call_details.method
+        # A caller picks the method name: only known ones become a metric's label.
+        label = method
         if handler is None:
             handler = _refusal(errors.UnknownMethodError("method not found"))
+            label = "unknown"
         # Read after the other interceptors ran: authentication has set it by now.
-        call = _Call(request_id, handler_call_details.method, caller.principal.get(), started)
+        call = _Call(request_id, method, label, caller.principal.get(), started)
         return _observed(handler, call)
 
 
@@ -139,9 +144,10 @@ async def _echo_request_id(context: Context, request_id: str) -> None:
 class _Call:
     """One RPC as its log line will tell it, written when grpc says the RPC is done."""
 
-    def __init__(self, request_id: str, method: str, principal: str, started: float) -> None:
+    def __init__(self, request_id: str, method: str, label: str, principal: str, started: float) -> None:
         self.request_id = request_id
         self.method = method
+        self.label = label
         self.principal = principal
         self.started = started
         self.peer = ""
@@ -222,6 +228,9 @@ class _Call:
 
     def finish(self, context: Context) -> None:
         code = self.code(context)
+        seconds = time.perf_counter() - self.started
+        metrics.REQUESTS.labels(self.label, code.name).inc()
+        metrics.REQUEST_DURATION.labels(self.label).observe(seconds)
         log.log(
             logging.WARNING if code in _SERVER_FAULTS else logging.INFO,
             "%s %s",
@@ -233,7 +242,7 @@ class _Call:
                     "principal": self.principal,
                     "method": self.method,
                     "code": code.name,
-                    "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
+                    "latency_ms": round(seconds * 1000, 3),
                     "peer": self.peer,
                 }
             },

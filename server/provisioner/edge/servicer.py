@@ -13,6 +13,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ from provisioner.edge import context as caller
 from provisioner.edge import convert, errors
 from provisioner.edge.validation import violations
 from provisioner.engine.orchestrator import Orchestrator
+from provisioner.telemetry import metrics
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
 
@@ -74,6 +76,7 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
         last = max(request.after_sequence, 0)
         stream = self._orchestrator.watch(request.job_id, last)
         pending: asyncio.Future[Any] | None = None
+        metrics.WATCH_STREAMS.inc()
         try:
             while True:
                 pending = pending or asyncio.ensure_future(anext(stream))
@@ -90,8 +93,11 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
                     return
                 pending = None
                 last = event.sequence
-                yield pb.WatchProgressResponse(event=convert.event(event, internals=internals))
+                message = pb.WatchProgressResponse(event=convert.event(event, internals=internals))
+                metrics.EVENT_DELIVERY.observe(max(0.0, time.time() - event.at.timestamp()))
+                yield message
         finally:
+            metrics.WATCH_STREAMS.dec()
             if pending is not None:
                 # Cancelled mid-read, or done but never looked at (the client left right
                 # after the last event): either way, collect it so nothing is left dangling.

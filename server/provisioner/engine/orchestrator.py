@@ -38,6 +38,7 @@ from provisioner.engine.runner import JobRunner, cancel_and_wait
 from provisioner.events.hub import EventHub
 from provisioner.steps.base import Condition, Step, StepContext
 from provisioner.store.protocol import JobStore
+from provisioner.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -461,7 +462,8 @@ class Orchestrator:
     async def _run(self, runner: JobRunner) -> None:
         job_id = runner.job.job_id
         try:
-            await runner.run()
+            with metrics.JOBS_IN_FLIGHT.labels(runner.job.kind.value).track_inprogress():
+                await runner.run()
             job = runner.job
             if self._issuer is not None and job.kind is JobKind.PROVISION and job.state is State.FAILED:
                 # A failed job's client is void, even if the OAuth step never ran to undo it.

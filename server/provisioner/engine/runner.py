@@ -26,6 +26,7 @@ from provisioner.engine.config import EngineConfig
 from provisioner.events.hub import EventHub
 from provisioner.steps.base import Step, StepContext
 from provisioner.store.protocol import JobStore
+from provisioner.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -231,12 +232,16 @@ class JobRunner:
                 if commit.exception() is not None:
                     self._broken = commit.exception()
                 else:
-                    self._hub.publish(events)
+                    self._committed(events)
                 raise
             except BaseException as exc:
                 self._broken = exc
                 raise
-            self._hub.publish(events)
+            self._committed(events)
+
+    def _committed(self, events: list[Event]) -> None:
+        self._hub.publish(events)
+        metrics.job_committed(self.job, events)
 
     def _log_failure(self) -> None:
         job = self.job

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ from provisioner.store.admissions import PendingAdmission, decide
 from provisioner.store.notify import CHANNEL, payloads
 from provisioner.store.prepared import Prepared, PreparedInserts
 from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs
+from provisioner.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +172,7 @@ class GroupCommitWriter:
         lost: set[int] = set()
         refused: dict[int, ProvisioningError] = {}
         waits: list[float | None] = []
+        began = time.perf_counter()
         try:
             async with self._engine.begin() as conn:
                 if admissions:
@@ -208,6 +211,8 @@ class GroupCommitWriter:
                 if not pending.future.done():
                     pending.future.set_exception(error)
             return
+        metrics.STORE_COMMIT.observe(time.perf_counter() - began)
+        metrics.STORE_BATCH.observe(len(items))
         for admission, wait in zip(admissions, waits, strict=True):
             if not admission.future.done():
                 admission.future.set_result(wait)
