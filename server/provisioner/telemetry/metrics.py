@@ -37,7 +37,7 @@ JOB_DURATION = Histogram(
 )
 STEP_DURATION = Histogram(
     "provisioner_step_duration_seconds",
-    "One step's apply, from its start to its success or failure (retries included).",
+    "A step's final attempt, from its start to its success or failure.",
     ["step", "outcome"],
     buckets=_STEP_BUCKETS,
 )
@@ -86,7 +86,8 @@ def job_committed(job: Job, events: Sequence[Event]) -> None:
                 max(0.0, (event.at - job.created_at).total_seconds())
             )
         elif kind in (EventType.STEP_SUCCEEDED, EventType.STEP_FAILED) and event.step is not None:
-            started = job.steps[event.step].started_at
+            record = job.steps.get(event.step)
+            started = record.started_at if record is not None else None
             if started is not None:
                 outcome = "succeeded" if kind is EventType.STEP_SUCCEEDED else "failed"
                 STEP_DURATION.labels(event.step.value, outcome).observe(
