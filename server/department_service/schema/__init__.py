@@ -8,6 +8,7 @@ calls `check`. Both open the file themselves and close it before returning.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,9 +59,7 @@ def create(db_path: Path) -> int:
     except sqlite3.Error as exc:
         raise SchemaError(f"cannot open {db_path}: {exc}", retryable=True) from exc
     try:
-        # Readers (health checks, listings) then never wait for the webhook writer. The mode
-        # is stored in the file, and cannot be changed inside a transaction.
-        conn.execute("PRAGMA journal_mode = WAL")
+        _use_wal(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
             current = _version(conn)
@@ -107,6 +106,27 @@ def check(db_path: Path) -> str | None:
     if missing:
         return f"tables missing: {', '.join(missing)}"
     return None
+
+
+def _use_wal(conn: sqlite3.Connection, patience: float = 5.0) -> None:
+    """Put the file in WAL mode, so readers (health checks, listings) never wait for the writer.
+
+    The mode is stored in the file and cannot be changed inside a transaction. While another
+    connection is changing it too, SQLite answers "database is locked" at once, without
+    calling its busy handler (the connection's timeout), so the wait is here.
+    """
+    deadline = time.monotonic() + patience
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _version(conn: sqlite3.Connection) -> int:
