@@ -119,8 +119,8 @@ def _address(text: str, *, any_port: bool = False) -> Address:
     return Address(host.strip("[]"), int(port))
 
 
-def _grpc_address(text: str) -> Address:
-    """Port 0 asks for any free port; the server reports the one it got (gRPC, metrics)."""
+def _any_port_address(text: str) -> Address:
+    """For the listeners the server reports (gRPC, metrics): port 0 asks for any free port."""
     return _address(text, any_port=True)
 
 
@@ -310,10 +310,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values = {
         "state_dir": read("STATE_DIR", Path, defaults.state_dir),
         "database_url": read("DATABASE_URL", database_url, ""),
-        "grpc_addr": read("GRPC_ADDR", _grpc_address, defaults.grpc_addr),
+        "grpc_addr": read("GRPC_ADDR", _any_port_address, defaults.grpc_addr),
         "http_addr": read("HTTP_ADDR", _address, defaults.http_addr),
         "envoy_admin_addr": read("ENVOY_ADMIN_ADDR", _address, defaults.envoy_admin_addr),
-        "metrics_addr": read("METRICS_ADDR", _grpc_address, defaults.metrics_addr),
+        "metrics_addr": read("METRICS_ADDR", _any_port_address, defaults.metrics_addr),
         "steps": read("STEPS", _choice(STEP_BACKENDS), defaults.steps),
         "step_delay": read("STEP_DELAY", _seconds, 0.0),
         "replica_id": read("REPLICA_ID", str, ""),

@@ -154,10 +154,9 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException)
             exc_info=exc,
             extra={"fields": {"request_id": caller.request_id.get()}},
         )
-    for kind, reason in _REJECTIONS:
-        if isinstance(exc, kind):
-            metrics.REJECTED.labels(reason).inc()
-            break
+    rejected = next((reason for cls, reason in _REJECTIONS if isinstance(exc, cls)), None)
+    if rejected is not None:
+        metrics.REJECTED.labels(rejected).inc()
     status = status_for(exc)
     rich = rpc_status.to_status(status)
     await context.abort(rich.code, rich.details, (*rich.trailing_metadata, *trailers_for(status)))
