@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -376,3 +378,24 @@ async def test_a_provisioning_past_the_quota_is_refused_and_its_client_forgotten
         assert [a.outcome for a in await store.audit_log("it")] == ["rejected: QUOTA_EXCEEDED"]
     finally:
         await orchestrator.stop()
+
+
+async def test_a_claim_racing_the_creation_of_a_job_never_starts_a_second_runner(
+    store: InMemoryJobStore, build: Build, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The job is committed with this replica's lease; a claim that runs before `provision`
+    # starts its runner finds a job of its own with no runner, and starts one too.
+    orchestrator = build()
+    create_job = store.create_job
+
+    async def create_then_claim(*args: Any, **kwargs: Any) -> None:
+        await create_job(*args, **kwargs)
+        await orchestrator._claim()
+
+    store.create_job = create_then_claim  # type: ignore[method-assign]
+    job, events = await run(orchestrator)
+    assert job.state is State.COMPLETED
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert all(s.attempts == 1 for s in job.steps.values())
+    # A second runner would have collided with the first on the next event's sequence.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

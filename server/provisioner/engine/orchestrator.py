@@ -446,6 +446,10 @@ class Orchestrator:
         return self._clock() + timedelta(seconds=self.config.lease_seconds)
 
     def _start_runner(self, job: Job) -> None:
+        if job.job_id in self._runners:
+            # A claim and the creation of a job (or two claims) can race to start it: one
+            # runner per job, or both write its next sequence.
+            return
         runner = JobRunner(
             job,
             store=self.store,
