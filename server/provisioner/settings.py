@@ -359,6 +359,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "claim_interval": read("CLAIM_INTERVAL", _seconds, defaults.engine.claim_interval),
         "max_running_jobs": read("MAX_RUNNING_JOBS", _count, defaults.engine.max_running_jobs),
         "max_departments": read("MAX_DEPARTMENTS", _count, defaults.engine.max_departments),
+        "census_interval": read("CENSUS_INTERVAL", _positive_seconds, defaults.engine.census_interval),
     }
     limits = defaults.concurrency
     concurrency_values = {

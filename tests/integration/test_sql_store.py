@@ -584,13 +584,25 @@ async def test_list_departments_pages_and_filters(sql_store: SqlJobStore) -> Non
     assert ids(await sql_store.list_departments(status=DepartmentStatus.ACTIVE, limit=1)) == ["dept-b"]
     assert await sql_store.list_departments(region="sa-east") == []
 
-    assert await sql_store.count_departments(frozenset({DepartmentStatus.ACTIVE})) == 3
-    assert (
-        await sql_store.count_departments(frozenset({DepartmentStatus.PROVISIONING, DepartmentStatus.FAILED}))
-        == 4
-    )
-    assert await sql_store.count_departments(frozenset({DepartmentStatus.DEPROVISIONED})) == 0
-    assert await sql_store.count_departments(frozenset()) == 0
+
+async def test_the_census_counts_departments_by_status_and_jobs_past_their_deadline(
+    sql_store: SqlJobStore,
+) -> None:
+    now = datetime.now(UTC)
+    for department_id, finish in [("a", None), ("b", walk_to_completion), ("c", fail_outright), ("d", None)]:
+        job = await add_job(sql_store, department_id)
+        if finish is not None:
+            await sql_store.commit(job, finish(job, now), OWNER)
+
+    census = await sql_store.census(now)
+    assert census.departments == dict.fromkeys(DepartmentStatus, 0) | {
+        DepartmentStatus.PROVISIONING: 2,
+        DepartmentStatus.ACTIVE: 1,
+        DepartmentStatus.FAILED: 1,
+    }
+    assert census.overdue_jobs == 0
+    # Past the (five-minute) deadline, the two unfinished jobs are overdue; finished ones never are.
+    assert (await sql_store.census(now + timedelta(minutes=6))).overdue_jobs == 2
 
 
 # -- the engine on the real store -----------------------------------------------------------------

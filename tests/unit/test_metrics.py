@@ -6,12 +6,17 @@ difference a job made, not on an absolute value.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
+from dataclasses import replace
 
 from prometheus_client import REGISTRY, generate_latest
 
-from provisioner.core.states import State, StepName
-from tests.unit.test_engine import Build, build, run, store  # noqa: F401  (fixtures)
+from provisioner.core.states import DepartmentStatus, State, StepName
+from provisioner.edge.errors import _REJECTIONS
+from provisioner.engine.orchestrator import utcnow
+from provisioner.telemetry.metrics import REJECTION_REASONS
+from tests.unit.test_engine import FAST, Build, build, run, store  # noqa: F401  (fixtures)
 
 
 def value(name: str, **labels: str) -> float:
@@ -62,3 +67,37 @@ async def test_no_label_names_a_department_or_a_principal(build: Build) -> None:
     scrape = generate_latest(REGISTRY).decode()
     assert "finance-secret-dept" not in scrape and "alice" not in scrape
     assert "provisioner_jobs_total" in scrape
+
+
+async def test_known_series_exist_at_zero_before_anything_happens() -> None:
+    scrape = generate_latest(REGISTRY).decode()
+    for series in (
+        'provisioner_jobs_total{kind="deprovision",outcome="failed"}',
+        'provisioner_jobs_in_flight{kind="deprovision"}',
+        'provisioner_step_retries_total{step="gateway"}',
+        'provisioner_departments{status="needs_attention"}',
+        'provisioner_requests_rejected_total{reason="concurrency"}',
+    ):
+        assert series in scrape, series
+
+
+def test_every_rejection_reason_the_edge_counts_is_initialized() -> None:
+    assert {reason for _, reason in _REJECTIONS} == set(REJECTION_REASONS)
+
+
+async def test_the_census_reports_departments_by_status_and_overdue_jobs(
+    build: Build,  # noqa: F811
+) -> None:
+    config = replace(FAST, census_interval=0.05)
+    await run(build(config=config), "census-a")
+    await run(build("validate=fail", config=config), "census-b")
+    for _ in range(100):
+        counts = await build().store.census(utcnow())
+        if value("provisioner_departments", status="failed") == counts.departments[DepartmentStatus.FAILED]:
+            break
+        await asyncio.sleep(0.02)
+    for status, count in counts.departments.items():
+        assert value("provisioner_departments", status=status.value) == count
+    assert counts.departments[DepartmentStatus.ACTIVE] >= 1
+    assert counts.departments[DepartmentStatus.FAILED] >= 1
+    assert value("provisioner_jobs_overdue") == 0

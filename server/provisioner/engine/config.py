@@ -26,6 +26,9 @@ class EngineConfig:
     max_departments: int = 1000
     #: False for a replica that only accepts requests and leaves running them to others.
     run_jobs: bool = True
+    #: How often the store's figures (departments by status, overdue jobs) are refreshed
+    #: for the metrics.
+    census_interval: float = 15.0
 
     def __post_init__(self) -> None:
         if self.step_timeout <= 0:
@@ -43,5 +46,7 @@ class EngineConfig:
             )
         if self.max_running_jobs < 1:
             raise ConfigurationError("PROVISIONER_MAX_RUNNING_JOBS must be >= 1")
+        if self.census_interval <= 0:
+            raise ConfigurationError("PROVISIONER_CENSUS_INTERVAL must be > 0 seconds")
         if self.max_departments < 1:
             raise ConfigurationError("PROVISIONER_MAX_DEPARTMENTS must be >= 1")

@@ -106,6 +106,7 @@ class Orchestrator:
         self._health: HealthCache[list[tuple[Condition, datetime]]] = HealthCache(ttl=self.config.health_ttl)
         self._runners: dict[str, tuple[JobRunner, asyncio.Task[None]]] = {}
         self._maintainer: asyncio.Task[None] | None = None
+        self._census: asyncio.Task[None] | None = None
         self._accepting = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -113,6 +114,8 @@ class Orchestrator:
     async def start(self) -> None:
         """Accept requests and (if configured to) take over every unfinished job it can lease."""
         self._accepting = True
+        if self._census is None:
+            self._census = asyncio.create_task(self._take_census(), name="engine-census")
         if self.config.run_jobs and self._maintainer is None:
             await self._claim()
             self._maintainer = asyncio.create_task(self._maintain(), name="engine-maintainer")
@@ -124,9 +127,10 @@ class Orchestrator:
     async def stop(self) -> None:
         """Refuse new work, stop every runner and hand its lease back: jobs stay resumable."""
         self._accepting = False
-        if self._maintainer is not None:
-            await cancel_and_wait(self._maintainer)
-            self._maintainer = None
+        for task in (self._census, self._maintainer):
+            if task is not None:
+                await cancel_and_wait(task)
+        self._census = self._maintainer = None
         runners = list(self._runners.items())
         await asyncio.gather(*(cancel_and_wait(task) for _, (_, task) in runners))
         with contextlib.suppress(ProvisioningError):
@@ -499,6 +503,17 @@ class Orchestrator:
             job = await self.store.get_job(job_id)
             if job is not None and not job.is_finished:
                 self._start_runner(job)
+
+    async def _take_census(self) -> None:
+        """Refresh the store-wide gauges (departments by status, overdue jobs)."""
+        while True:
+            try:
+                census = await self.store.census(self._clock())
+            except ProvisioningError as exc:
+                log.warning("store census skipped: %s", exc.message)
+            else:
+                metrics.census_taken(census.departments, census.overdue_jobs)
+            await asyncio.sleep(self.config.census_interval)
 
     async def _maintain(self) -> None:
         while True:

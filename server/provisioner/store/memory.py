@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -12,7 +13,7 @@ from provisioner.core.job import Event, Job
 from provisioner.core.routes import Route
 from provisioner.core.secrets import SealedSecret
 from provisioner.core.states import DepartmentStatus, JobKind
-from provisioner.store.protocol import JobHead
+from provisioner.store.protocol import Census, JobHead
 
 
 class InMemoryJobStore:
@@ -149,8 +150,10 @@ class InMemoryJobStore:
         )
         return found[:limit]
 
-    async def count_departments(self, statuses: frozenset[DepartmentStatus]) -> int:
-        return sum(1 for d in self._departments.values() if d.status in statuses)
+    async def census(self, now: datetime) -> Census:
+        counts = Counter(d.status for d in self._departments.values())
+        late = sum(1 for j in self._jobs.values() if not j.is_finished and j.deadline_at < now)
+        return Census({s: counts[s] for s in DepartmentStatus}, late)
 
     async def claim_jobs(
         self, owner: str, now: datetime, lease_until: datetime, limit: int, *, pinned: bool = False

@@ -18,6 +18,14 @@ class JobHead(NamedTuple):
     last_sequence: int
 
 
+class Census(NamedTuple):
+    """The store's figures an operator watches: departments by status (every status
+    present, zeros included), and unfinished jobs already past their deadline."""
+
+    departments: dict[DepartmentStatus, int]
+    overdue_jobs: int
+
+
 class JobStore(Protocol):
     """Durable home of departments, jobs, steps, events and the audit log.
 
@@ -80,7 +88,7 @@ class JobStore(Protocol):
         limit: int = 100,
     ) -> list[Department]: ...
 
-    async def count_departments(self, statuses: frozenset[DepartmentStatus]) -> int: ...
+    async def census(self, now: datetime) -> Census: ...
 
     async def claim_jobs(
         self, owner: str, now: datetime, lease_until: datetime, limit: int, *, pinned: bool = False

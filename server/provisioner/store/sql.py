@@ -27,7 +27,7 @@ from provisioner.store.connections import reading, writing
 from provisioner.store.inline_sqlite import inline_creator
 from provisioner.store.migrations import upgrade_to_head
 from provisioner.store.notify import Head, Listener
-from provisioner.store.protocol import JobHead
+from provisioner.store.protocol import Census, JobHead
 from provisioner.store.routes import SqlRouteStore
 from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs
 from provisioner.store.secrets import SqlSecretStore
@@ -351,14 +351,17 @@ class SqlJobStore:
             rows = (await conn.execute(query)).mappings().all()
         return [codec.department_from_row(r) for r in rows]
 
-    async def count_departments(self, statuses: frozenset[DepartmentStatus]) -> int:
-        query = (
+    async def census(self, now: datetime) -> Census:
+        by_status = sa.select(departments.c.status, sa.func.count()).group_by(departments.c.status)
+        overdue = (
             sa.select(sa.func.count())
-            .select_from(departments)
-            .where(departments.c.status.in_([s.value for s in statuses]))
+            .select_from(jobs)
+            .where(jobs.c.finished_at.is_(None), jobs.c.deadline_at < now)
         )
         async with reading(self._engine) as conn:
-            return int((await conn.execute(query)).scalar_one())
+            counts = {status: int(n) for status, n in await conn.execute(by_status)}
+            late = int((await conn.execute(overdue)).scalar_one())
+        return Census({s: counts.get(s.value, 0) for s in DepartmentStatus}, late)
 
     async def audit_log(self, department_id: str) -> list[AuditEntry]:
         query = (

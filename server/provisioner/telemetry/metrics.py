@@ -14,12 +14,12 @@ running here, watch streams) go up and down around the work, in `try`/`finally`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from provisioner.core.job import Event, EventType, Job
-from provisioner.core.states import State
+from provisioner.core.states import DepartmentStatus, JobKind, State, StepName
 
 #: Seconds: a no-op step takes microseconds, a real one up to its timeout (minutes).
 _STEP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -57,6 +57,7 @@ REJECTED = Counter(
     "RPCs refused before any work: auth, rate_limit, concurrency or invalid.",
     ["reason"],
 )
+REJECTION_REASONS = ("auth", "rate_limit", "concurrency", "invalid")
 WATCH_STREAMS = Gauge("provisioner_watch_streams", "Open WatchProgress streams on this replica.")
 EVENT_DELIVERY = Histogram(
     "provisioner_event_delivery_seconds",
@@ -72,7 +73,41 @@ STORE_BATCH = Histogram(
     "provisioner_store_commit_batch_size", "Writes in one group-commit transaction.", buckets=_BATCH_BUCKETS
 )
 
+DEPARTMENTS = Gauge(
+    "provisioner_departments",
+    "Departments by status, in the whole job store (every replica reports the same).",
+    ["status"],
+)
+OVERDUE_JOBS = Gauge(
+    "provisioner_jobs_overdue",
+    "Unfinished jobs past their deadline, in the whole job store: nobody is running them.",
+)
+
 _OUTCOMES = {State.COMPLETED: "completed", State.FAILED: "failed"}
+
+
+def _initialize() -> None:
+    """Create every series whose labels are known, at 0, so a dashboard or an alert sees
+    0 rather than nothing before the first event (a `rate()` needs the series to exist)."""
+    for kind in JobKind:
+        JOBS_IN_FLIGHT.labels(kind.value)
+        for outcome in _OUTCOMES.values():
+            JOBS.labels(kind.value, outcome)
+    for step in StepName:
+        STEP_RETRIES.labels(step.value)
+    for status in DepartmentStatus:
+        DEPARTMENTS.labels(status.value)
+    for reason in REJECTION_REASONS:
+        REJECTED.labels(reason)
+
+
+_initialize()
+
+
+def census_taken(departments: Mapping[DepartmentStatus, int], overdue_jobs: int) -> None:
+    for status, count in departments.items():
+        DEPARTMENTS.labels(status.value).set(count)
+    OVERDUE_JOBS.set(overdue_jobs)
 
 
 def job_committed(job: Job, events: Sequence[Event]) -> None:
