@@ -1,9 +1,10 @@
 """`/metrics` of the real `provisioning-server`, after a provisioning that succeeded, one
-that failed and a refused call, as Prometheus would scrape it."""
+that failed and a refused call: parsed directly, and scraped by a real Prometheus."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import ControlPlane, started_plane
+from tests.prometheus import prometheus
+from tests.unit.test_dashboard import queries
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +35,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         tmp_path_factory.mktemp("metrics"),
         PROVISIONER_STEPS="local",
         PROVISIONER_FAULT_INJECTION=f"validation=fail@{BAD}",
+        PROVISIONER_CENSUS_INTERVAL="0.5",
     ) as running:
         with running.http() as api:
             for department in (GOOD, BAD):
@@ -100,3 +104,29 @@ def test_a_taken_metrics_port_is_one_clear_error(plane: ControlPlane, tmp_path: 
     refused = pytest.raises(AssertionError, match=f"cannot listen on PROVISIONER_METRICS_ADDR={taken}")
     with refused, started_plane(tmp_path, PROVISIONER_STEPS="noop", PROVISIONER_METRICS_ADDR=taken):
         pass
+
+
+def test_a_real_prometheus_scrapes_the_server_and_envoy(plane: ControlPlane, tmp_path: Path) -> None:
+    targets = {"provisioner": plane.metrics_url, "envoy": f"{plane.admin_url}/stats/prometheus"}
+    with prometheus(tmp_path, targets) as prom:
+        outcome = 'provisioner_jobs_total{job="provisioner",kind="provision",outcome="%s"}'
+        assert prom.eventually(outcome % "completed") == 1
+        assert prom.value(outcome % "failed") == 1
+        assert prom.value('provisioner_departments{status="active"}') == 1
+        assert prom.value('provisioner_departments{status="failed"}') == 1
+        assert prom.value('provisioner_departments{status="needs_attention"}') == 0
+        assert prom.value("provisioner_jobs_overdue") == 0
+        assert prom.value('up{job="provisioner"}') == 1
+        # A dashboard's query: the p95 of a step's duration, from the histogram's buckets.
+        p95 = prom.value(
+            "histogram_quantile(0.95, sum by (le) "
+            '(provisioner_step_duration_seconds_bucket{step="database",outcome="succeeded"}))'
+        )
+        assert p95 is not None and 0 < p95 < 60
+        # Every dashboard query answers (a misspelt metric or label would answer nothing).
+        time.sleep(3)  # rate() needs two samples in its window
+        for expr in queries():
+            assert prom.query(expr.replace("$__rate_interval", "30s")), expr
+        # Envoy's own statistics, from its admin port, as the operations guide scrapes them.
+        assert prom.eventually('up{job="envoy"}') == 1
+        assert prom.eventually('sum(envoy_http_downstream_rq_total{job="envoy"})') >= 3
