@@ -44,6 +44,7 @@ from provisioner.steps.base import Step
 from provisioner.steps.departments import sweep_interrupted_writes
 from provisioner.store.sql import SqlJobStore
 from provisioner.telemetry.exporter import exporting
+from provisioner.telemetry.tracing import tracing
 
 log = logging.getLogger("provisioner")
 
@@ -184,7 +185,9 @@ def _development_secret(settings: Settings) -> Settings:
     return dataclasses.replace(settings, jwt_secret=path.read_text().strip())
 
 
-def _banner(settings: Settings, grpc_port: int, envoy: EnvoyProcess | None, metrics_url: str) -> str:
+def _banner(
+    settings: Settings, grpc_port: int, envoy: EnvoyProcess | None, metrics_url: str, *, traced: bool = False
+) -> str:
     grpc_target = f"{settings.grpc_addr.host}:{grpc_port}"
     how = "-cacert <your CA file>" if settings.tls else "-plaintext"
     if settings.tls and settings.tls.client_ca_file:
@@ -199,6 +202,8 @@ def _banner(settings: Settings, grpc_port: int, envoy: EnvoyProcess | None, metr
             f"  Envoy admin  {envoy.admin_url}",
         ]
     lines.append(f"  Metrics      {metrics_url}")
+    if traced:
+        lines.append("  Traces       exported as the OTEL_* variables say")
     if not (settings.jwks_file or settings.jwks_url):
         secret = (
             "$PROVISIONER_JWT_SECRET"
@@ -234,84 +239,85 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
         leeway=settings.jwt_leeway,
     )
     metrics_addr = settings.metrics_addr
-    async with runtime(settings) as rt, exporting(metrics_addr.host, metrics_addr.port) as metrics_url:
-        # The provision and deprovision windows are in the job store: every replica
-        # counts the same calls, and a restart forgets none.
-        limiter = RateLimiter(
-            provision=settings.rate_provision,
-            deprovision=settings.rate_deprovision,
-            read=settings.rate_read,
-            shared=rt.store.admissions,
-        )
-        lag = LoopLag()
-        edge = GrpcEdge(
-            rt.orchestrator,
-            interceptors=server_interceptors(
-                authenticator, limiter, ConcurrencyLimiter(settings.concurrency, lag=lag)
-            ),
-            heartbeat_seconds=settings.heartbeat_seconds,
-        )
-        tls = settings.tls
-        # With TLS Envoy reaches the server on a private Unix socket; without, on the port.
-        private_socket = settings.state_dir.absolute() / "grpc.sock" if tls and with_envoy else None
-        if private_socket is not None and len(str(private_socket).encode()) > _MAX_SOCKET_PATH:
-            raise ConfigurationError(
-                f"PROVISIONER_STATE_DIR is too long for Envoy's Unix socket ({private_socket}); "
-                "use a shorter path"
+    with tracing(os.environ, instance=_replica_id(settings)) as traced:
+        async with runtime(settings) as rt, exporting(metrics_addr.host, metrics_addr.port) as metrics_url:
+            # The provision and deprovision windows are in the job store: every replica
+            # counts the same calls, and a restart forgets none.
+            limiter = RateLimiter(
+                provision=settings.rate_provision,
+                deprovision=settings.rate_deprovision,
+                read=settings.rate_read,
+                shared=rt.store.admissions,
             )
-        try:
-            port = await edge.start(
-                str(settings.grpc_addr),
-                credentials=ReloadingCredentials(tls).credentials if tls else None,
-                private_socket=private_socket,
+            lag = LoopLag()
+            edge = GrpcEdge(
+                rt.orchestrator,
+                interceptors=server_interceptors(
+                    authenticator, limiter, ConcurrencyLimiter(settings.concurrency, lag=lag)
+                ),
+                heartbeat_seconds=settings.heartbeat_seconds,
             )
-        except RuntimeError as exc:
-            raise ConfigurationError(
-                f"cannot listen on PROVISIONER_GRPC_ADDR={settings.grpc_addr}: {exc}"
-            ) from exc
-        lag.start()
-        envoy: EnvoyProcess | None = None
-        envoy_keeper: asyncio.Task[None] | None = None
-        try:
-            if with_envoy:
-                envoy = EnvoyProcess(
-                    settings.state_dir / "envoy",
-                    http_addr=settings.http_addr,
-                    admin_addr=settings.envoy_admin_addr,
-                    grpc_addr=private_socket or Address(settings.grpc_addr.host, port),
-                    cors_origins=settings.cors_origins,
-                    certificate=(tls.cert_file, tls.key_file) if tls else None,
+            tls = settings.tls
+            # With TLS Envoy reaches the server on a private Unix socket; without, on the port.
+            private_socket = settings.state_dir.absolute() / "grpc.sock" if tls and with_envoy else None
+            if private_socket is not None and len(str(private_socket).encode()) > _MAX_SOCKET_PATH:
+                raise ConfigurationError(
+                    f"PROVISIONER_STATE_DIR is too long for Envoy's Unix socket ({private_socket}); "
+                    "use a shorter path"
                 )
-                await envoy.start()
-                envoy_keeper = asyncio.create_task(envoy.supervise(), name="envoy-supervisor")
-            await edge.serving()
-            log.info(
-                "control plane ready",
-                extra={
-                    "fields": {
-                        "replica": rt.orchestrator.owner,
-                        "grpc_port": port,
-                        "envoy": with_envoy,
-                        "state_dir": str(settings.state_dir.resolve()),
-                        "steps": settings.steps,
-                        "metrics": metrics_url,
-                        "resumed_jobs": rt.orchestrator.running_jobs,
-                    }
-                },
-            )
-            print(_banner(settings, port, envoy, metrics_url), flush=True)
-            await stop.wait()
-            log.info("shutting down: refusing new work, leaving running jobs resumable")
-        finally:
-            await edge.drain()
-            rt.orchestrator.refuse_new_work()
-            rt.hub.close()
-            await edge.stop(DRAIN_GRACE_SECONDS)
-            if envoy_keeper is not None:
-                await cancel_and_wait(envoy_keeper)
-            if envoy is not None:
-                await envoy.stop()
-            await lag.stop()
+            try:
+                port = await edge.start(
+                    str(settings.grpc_addr),
+                    credentials=ReloadingCredentials(tls).credentials if tls else None,
+                    private_socket=private_socket,
+                )
+            except RuntimeError as exc:
+                raise ConfigurationError(
+                    f"cannot listen on PROVISIONER_GRPC_ADDR={settings.grpc_addr}: {exc}"
+                ) from exc
+            lag.start()
+            envoy: EnvoyProcess | None = None
+            envoy_keeper: asyncio.Task[None] | None = None
+            try:
+                if with_envoy:
+                    envoy = EnvoyProcess(
+                        settings.state_dir / "envoy",
+                        http_addr=settings.http_addr,
+                        admin_addr=settings.envoy_admin_addr,
+                        grpc_addr=private_socket or Address(settings.grpc_addr.host, port),
+                        cors_origins=settings.cors_origins,
+                        certificate=(tls.cert_file, tls.key_file) if tls else None,
+                    )
+                    await envoy.start()
+                    envoy_keeper = asyncio.create_task(envoy.supervise(), name="envoy-supervisor")
+                await edge.serving()
+                log.info(
+                    "control plane ready",
+                    extra={
+                        "fields": {
+                            "replica": rt.orchestrator.owner,
+                            "grpc_port": port,
+                            "envoy": with_envoy,
+                            "state_dir": str(settings.state_dir.resolve()),
+                            "steps": settings.steps,
+                            "metrics": metrics_url,
+                            "resumed_jobs": rt.orchestrator.running_jobs,
+                        }
+                    },
+                )
+                print(_banner(settings, port, envoy, metrics_url, traced=traced), flush=True)
+                await stop.wait()
+                log.info("shutting down: refusing new work, leaving running jobs resumable")
+            finally:
+                await edge.drain()
+                rt.orchestrator.refuse_new_work()
+                rt.hub.close()
+                await edge.stop(DRAIN_GRACE_SECONDS)
+                if envoy_keeper is not None:
+                    await cancel_and_wait(envoy_keeper)
+                if envoy is not None:
+                    await envoy.stop()
+                await lag.stop()
     log.info("stopped")
 
 

@@ -154,6 +154,9 @@ class Job:
     error: JobError | None = None
     cleanup: CleanupReport | None = None
     last_sequence: int = 0
+    #: The W3C `traceparent` of the call that created the job: its runs, on any replica,
+    #: are traced as part of that call's trace. None when tracing is off.
+    trace_parent: str | None = None
     #: The OAuth client issued when this provisioning job was accepted. Set only on the
     #: copy handed to the caller that created the job, never stored: the secret is
     #: revealed once (the vault keeps it sealed and hashed).
@@ -171,6 +174,7 @@ class Job:
         deadline_at: datetime,
         request_id: str | None = None,
         inherited: dict[StepName, dict[str, str]] | None = None,
+        trace_parent: str | None = None,
     ) -> tuple[Job, Event]:
         """A new job in PENDING with its creation event (sequence 1)."""
         steps = {
@@ -186,6 +190,7 @@ class Job:
             request_id=request_id,
             steps=steps,
             updated_at=now,
+            trace_parent=trace_parent,
         )
         return job, job._emit(EventType.JOB_CREATED, now, message=f"{kind} job created")
 

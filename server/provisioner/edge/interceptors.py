@@ -22,10 +22,11 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
+from opentelemetry.trace import Span
 
 from provisioner.core.errors import ProvisioningError
 from provisioner.edge import context as caller
@@ -40,7 +41,7 @@ from provisioner.edge.auth import (
 )
 from provisioner.edge.concurrency import ConcurrencyLimiter, kind_for
 from provisioner.edge.ratelimit import RateLimiter, bucket_for
-from provisioner.telemetry import metrics
+from provisioner.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,14 @@ class RequestLoggingInterceptor(grpc.aio.ServerInterceptor):
             handler = _refusal(errors.UnknownMethodError("method not found"))
             label = "unknown"
         # Read after the other interceptors ran: authentication has set it by now.
-        call = _Call(request_id, method, label, caller.principal.get(), started)
+        call = _Call(
+            request_id,
+            method,
+            label,
+            caller.principal.get(),
+            started,
+            handler_call_details.invocation_metadata,
+        )
         return _observed(handler, call)
 
 
@@ -144,7 +152,15 @@ async def _echo_request_id(context: Context, request_id: str) -> None:
 class _Call:
     """One RPC as its log line will tell it, written when grpc says the RPC is done."""
 
-    def __init__(self, request_id: str, method: str, label: str, principal: str, started: float) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        method: str,
+        label: str,
+        principal: str,
+        started: float,
+        metadata: Sequence[tuple[str, Any]] | None = None,
+    ) -> None:
         self.request_id = request_id
         self.method = method
         self.label = label
@@ -153,10 +169,14 @@ class _Call:
         self.peer = ""
         self.failure: BaseException | None = None
         self.completed = False
+        self.metadata = metadata
+        self.span: Span | None = None
 
     def begin(self, context: Context) -> None:
         caller.request_id.set(self.request_id)
         caller.method.set(self.method)
+        # The call's span, child of the caller's traceparent (Envoy passes a REST caller's on).
+        self.span = tracing.start_call(self.method, self.metadata)
         # Now, while the call is alive: grpc may release it before the done callbacks run.
         self.peer = context.peer()
         context.add_done_callback(self.finish)  # type: ignore[arg-type]  # the stub wants its own class
@@ -231,21 +251,23 @@ class _Call:
         seconds = time.perf_counter() - self.started
         metrics.REQUESTS.labels(self.label, code.name).inc()
         metrics.REQUEST_DURATION.labels(self.label).observe(seconds)
+        tracing.end_call(self.span, code.name, server_fault=code in _SERVER_FAULTS)
+        fields = {
+            "request_id": self.request_id,
+            "principal": self.principal,
+            "method": self.method,
+            "code": code.name,
+            "latency_ms": round(seconds * 1000, 3),
+            "peer": self.peer,
+        }
+        if self.span is not None:
+            fields["trace_id"] = tracing.trace_id(self.span)
         log.log(
             logging.WARNING if code in _SERVER_FAULTS else logging.INFO,
             "%s %s",
             self.method,
             code.name,
-            extra={
-                "fields": {
-                    "request_id": self.request_id,
-                    "principal": self.principal,
-                    "method": self.method,
-                    "code": code.name,
-                    "latency_ms": round(seconds * 1000, 3),
-                    "peer": self.peer,
-                }
-            },
+            extra={"fields": fields},
         )
 
 

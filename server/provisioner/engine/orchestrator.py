@@ -38,7 +38,7 @@ from provisioner.engine.runner import JobRunner, cancel_and_wait
 from provisioner.events.hub import EventHub
 from provisioner.steps.base import Condition, Step, StepContext
 from provisioner.store.protocol import JobStore
-from provisioner.telemetry import metrics
+from provisioner.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +298,7 @@ class Orchestrator:
             deadline_at=now + timedelta(seconds=self.config.job_deadline),
             request_id=request_id,
             inherited=inherited,
+            trace_parent=tracing.current_traceparent(),
         )
         audit = AuditEntry(now, principal, kind.value, spec.department_id, "accepted", job.job_id, request_id)
         home = self._home(department)

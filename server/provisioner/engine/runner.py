@@ -26,7 +26,7 @@ from provisioner.engine.config import EngineConfig
 from provisioner.events.hub import EventHub
 from provisioner.steps.base import Step, StepContext
 from provisioner.store.protocol import JobStore
-from provisioner.telemetry import metrics
+from provisioner.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,12 @@ class JobRunner:
             self._graph.cancel()
 
     async def run(self) -> None:
+        job = self.job
+        attributes = {"provisioner.department_id": job.department_id, "provisioner.job_id": job.job_id}
+        with tracing.job_span(f"job {job.kind}", job.trace_parent, attributes):
+            await self._run()
+
+    async def _run(self) -> None:
         job = self.job
         if job.state is State.PENDING:
             if job.kind is JobKind.DEPROVISION:
@@ -166,25 +172,39 @@ class JobRunner:
                 partial(job.start_compensation, name, attempt) if undo else partial(job.start_step, name)
             )
             ctx = StepContext(job.job_id, job.spec, job.steps[name].attempts, dict(job.steps[name].resources))
-            try:
-                async with asyncio.timeout(self._config.step_timeout):
-                    if undo:
-                        await step.compensate(ctx)
-                        return {}
-                    return await step.apply(ctx)
-            except TimeoutError:
-                error: BaseException = StepTimeoutError(
-                    f"{what} did not finish within {self._config.step_timeout:g}s"
-                )
-            except ProvisioningError as exc:
-                error = exc
-            except Exception as exc:
-                log.exception("%s in job %s raised unexpectedly", what, job.job_id)
-                error = exc
-            delay = self._config.retry.next_delay(attempt, error, self._rng.random())
+            numbered = attempt if undo else job.steps[name].attempts
+            attributes: dict[str, str | int] = {
+                "provisioner.department_id": job.department_id,
+                "provisioner.job_id": job.job_id,
+                "provisioner.step": str(name),
+                "provisioner.attempt": numbered,
+            }
+            with tracing.step_span(f"{'compensate' if undo else 'step'} {name}", attributes) as span:
+                try:
+                    async with asyncio.timeout(self._config.step_timeout):
+                        if undo:
+                            await step.compensate(ctx)
+                            made: dict[str, str] = {}
+                        else:
+                            made = await step.apply(ctx)
+                    tracing.outcome(span, "compensated" if undo else "succeeded")
+                    return made
+                except TimeoutError:
+                    error: BaseException = StepTimeoutError(
+                        f"{what} did not finish within {self._config.step_timeout:g}s"
+                    )
+                except ProvisioningError as exc:
+                    error = exc
+                except Exception as exc:
+                    log.exception("%s in job %s raised unexpectedly", what, job.job_id)
+                    error = exc
+                except asyncio.CancelledError:
+                    tracing.outcome(span, "cancelled")
+                    raise
+                delay = self._config.retry.next_delay(attempt, error, self._rng.random())
+                tracing.outcome(span, "failed" if delay is None else "retrying", error)
             if delay is None:
                 return error
-            numbered = attempt if undo else job.steps[name].attempts
             await self._record(partial(job.step_retrying, name, error, delay, numbered))
             await asyncio.sleep(delay)
 

@@ -32,6 +32,7 @@ def new_job_row(job: Job) -> dict[str, Any]:
         "spec": job.spec.to_dict(),
         "principal": job.principal,
         "request_id": job.request_id,
+        "trace_parent": job.trace_parent,
         "created_at": job.created_at,
         "deadline_at": job.deadline_at,
         "cancel_requested": False,
@@ -116,6 +117,7 @@ def job_from_rows(row: Row, steps: Iterable[Row]) -> Job:
         error=error_from_json(row["error"]),
         cleanup=CleanupReport.from_dict(row["cleanup"]) if row["cleanup"] else None,
         last_sequence=row["last_sequence"],
+        trace_parent=row["trace_parent"],
     )
 
 

@@ -65,6 +65,8 @@ jobs = sa.Table(
     sa.Column("spec", sa.JSON, nullable=False),
     sa.Column("principal", sa.String(255), nullable=False),
     sa.Column("request_id", sa.String(64), nullable=True, unique=True),
+    # The creating call's W3C traceparent (version 00 is 55 characters).
+    sa.Column("trace_parent", sa.String(64), nullable=True),
     sa.Column("state", sa.String(32), nullable=False),
     sa.Column("progress", sa.Integer, nullable=False),
     sa.Column("error", sa.JSON, nullable=True),
