@@ -42,9 +42,11 @@ from provisioner.events.hub import EventHub
 from provisioner.settings import Address, Settings, load_settings, production_problems
 from provisioner.steps.base import Step
 from provisioner.steps.departments import sweep_interrupted_writes
+from provisioner.store.protocol import Outbox
 from provisioner.store.sql import SqlJobStore
 from provisioner.telemetry.exporter import exporting
 from provisioner.telemetry.tracing import tracing
+from provisioner.webhooks import WebhookConfig, WebhookDelivery, WebhookSender
 
 log = logging.getLogger("provisioner")
 
@@ -141,6 +143,10 @@ async def runtime(
             store, hub, kit.steps, settings.engine, owner=replica, issuer=kit.issuer, pinned=kit.pinned
         )
         await orchestrator.start()
+        if settings.webhook_url:
+            background.append(
+                asyncio.create_task(_send_webhooks(store.outbox, settings, replica), name="webhooks")
+            )
         try:
             yield Runtime(settings, store, hub, orchestrator)
         finally:
@@ -152,6 +158,27 @@ async def runtime(
         await kit.close()
         await store.close()
         lock.close()
+
+
+def _webhook_config(settings: Settings) -> WebhookConfig:
+    return WebhookConfig(
+        settings.webhook_url,
+        settings.webhook_secret,
+        timeout=settings.webhook_timeout,
+        max_attempts=settings.webhook_max_attempts,
+        base_delay=settings.webhook_retry_base,
+        max_delay=max(settings.webhook_retry_base, 4 * 3600.0),
+        ca_file=settings.upstream_ca_file,
+    )
+
+
+async def _send_webhooks(outbox: Outbox, settings: Settings, owner: str) -> None:
+    config = _webhook_config(settings)
+    sender = WebhookSender(config)
+    try:
+        await WebhookDelivery(outbox, sender, config, owner=owner).run()
+    finally:
+        await sender.close()
 
 
 async def _rotate_key(settings: Settings) -> str:

@@ -6,6 +6,7 @@ each naming its variable, so a bad deployment fails fast with a message a human 
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -97,6 +98,13 @@ class Settings:
     upstream_ca_file: Path = SYSTEM_CA_FILE
     #: TLS on the gRPC port and Envoy's listener (None: plaintext, for loopback only).
     tls: TlsFiles | None = None
+    #: Standard Webhooks: where job.completed, job.failed and department.needs_attention go,
+    #: and the `whsec_` secret they are signed with.
+    webhook_url: str = ""
+    webhook_secret: str = field(default="", repr=False)
+    webhook_timeout: float = 10.0
+    webhook_max_attempts: int = 12
+    webhook_retry_base: float = 5.0
     #: `production` (the default) refuses to start without real secrets; `development`
     #: allows the conveniences of a trial on one machine (see `production_problems`).
     mode: str = "production"
@@ -186,6 +194,24 @@ def _http_url(text: str) -> str:
     if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", text):
         raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
     return text.rstrip("/")
+
+
+def _webhook_url(text: str) -> str:
+    if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", text):
+        raise ValueError("expected an http:// or https:// URL")
+    return text
+
+
+def _webhook_secret(text: str) -> str:
+    """A Standard Webhooks secret: `whsec_` and base64 of 24 to 64 random bytes."""
+    try:
+        raw = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        raw = b""
+    if not text.startswith("whsec_") or not 24 <= len(raw) <= 64:
+        # Never echoed: it is a secret.
+        raise ValueError("expected whsec_ followed by base64 of 24 to 64 random bytes")
+    return text
 
 
 def _origins(text: str) -> tuple[str, ...]:
@@ -343,10 +369,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "n8n_url": read("N8N_URL", _http_url, ""),
         "n8n_api_key": read("N8N_API_KEY", str, ""),
         "upstream_ca_file": read("UPSTREAM_CA_FILE", Path, SYSTEM_CA_FILE),
+        "webhook_url": read("WEBHOOK_URL", _webhook_url, ""),
+        "webhook_secret": read("WEBHOOK_SECRET", _webhook_secret, ""),
+        "webhook_timeout": read("WEBHOOK_TIMEOUT", _positive_seconds, defaults.webhook_timeout),
+        "webhook_max_attempts": read("WEBHOOK_MAX_ATTEMPTS", _positive, defaults.webhook_max_attempts),
+        "webhook_retry_base": read("WEBHOOK_RETRY_BASE", _positive_seconds, defaults.webhook_retry_base),
     }
     values["tls"] = _tls_files(env, problems)
     if values["jwt_secret"] and len(str(values["jwt_secret"])) < 32:
         problems.append("PROVISIONER_JWT_SECRET: use at least 32 characters (HS256 needs 256 bits)")
+    if bool(values["webhook_url"]) != bool(values["webhook_secret"]):
+        problems.append("PROVISIONER_WEBHOOK_URL and PROVISIONER_WEBHOOK_SECRET: set both or neither")
     if values["heartbeat_seconds"] == 0:
         problems.append("PROVISIONER_WATCH_HEARTBEAT: must be more than 0 seconds")
     problems += _adapter_problems(env, values)
@@ -360,6 +393,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "max_running_jobs": read("MAX_RUNNING_JOBS", _count, defaults.engine.max_running_jobs),
         "max_departments": read("MAX_DEPARTMENTS", _count, defaults.engine.max_departments),
         "census_interval": read("CENSUS_INTERVAL", _positive_seconds, defaults.engine.census_interval),
+        "webhooks": bool(values["webhook_url"]),
     }
     limits = defaults.concurrency
     concurrency_values = {

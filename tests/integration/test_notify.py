@@ -18,7 +18,8 @@ from provisioner.core.job import Event
 from provisioner.events.hub import EventHub
 from provisioner.store.notify import Listener, parse, payloads
 from provisioner.store.sql import SqlJobStore
-from tests.integration.test_sql_store import OWNER, add_job, walk_to_completion
+from tests.integration.test_sql_store import OWNER, add_job
+from tests.unit.factories import walk_to_completion
 
 pytestmark = pytest.mark.postgres
 

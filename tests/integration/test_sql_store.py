@@ -19,7 +19,8 @@ from sqlalchemy.engine import Connection
 
 from provisioner.core.department import AuditEntry
 from provisioner.core.errors import ConflictError, LeaseLostError, QuotaExceededError
-from provisioner.core.job import Event, EventType, Job, JobError
+from provisioner.core.job import Event, EventType, Job
+from provisioner.core.notifications import notifications
 from provisioner.core.spec import DepartmentSpec
 from provisioner.core.states import STEP_ORDER, DepartmentStatus, JobKind, State, StepName, StepStatus
 from provisioner.engine.config import EngineConfig
@@ -31,6 +32,7 @@ from provisioner.store.migrations import alembic_config
 from provisioner.store.protocol import JobHead
 from provisioner.store.schema import metadata
 from provisioner.store.sql import SqlJobStore
+from tests.unit.factories import fail_outright, walk_to_completion
 
 OWNER = "replica-a"
 OTHER = "replica-b"
@@ -90,20 +92,6 @@ async def add_job(
     lease = (owner, datetime.now(UTC) + lease_for) if owner is not None else None
     await store.create_job(job, first, audit_of(job), lease)
     return job
-
-
-def walk_to_completion(job: Job, now: datetime) -> list[Event]:
-    """Every event of a provisioning job whose steps all succeed."""
-    events = job.start(now)
-    for name in STEP_ORDER:
-        events.append(job.start_step(name, now))
-        events += job.step_succeeded(name, {"id": f"{name}-{job.department_id}"}, now)
-    return events + job.complete(now)
-
-
-def fail_outright(job: Job, now: datetime) -> list[Event]:
-    """Start a job and fail it before any step ran (nothing to roll back)."""
-    return job.start(now) + job.fail(JobError("STEP_FAILED", "boom"), now)
 
 
 async def sequences(store: SqlJobStore, job_id: str) -> list[int]:
@@ -603,6 +591,65 @@ async def test_the_census_counts_departments_by_status_and_jobs_past_their_deadl
     assert census.overdue_jobs == 0
     # Past the (five-minute) deadline, the two unfinished jobs are overdue; finished ones never are.
     assert (await sql_store.census(now + timedelta(minutes=6))).overdue_jobs == 2
+
+
+# -- the webhook outbox --------------------------------------------------------------------------
+
+
+async def test_webhook_messages_are_committed_with_their_event_or_not_at_all(sql_store: SqlJobStore) -> None:
+    now = datetime.now(UTC)
+    job = await add_job(sql_store, "kept")
+    events = walk_to_completion(job, now)
+    (notice,) = notifications(job, events)
+    await sql_store.commit(job, events, OWNER, [notice])
+    stolen = await add_job(sql_store, "stolen", owner=OTHER)
+    events = walk_to_completion(stolen, now)
+    with pytest.raises(LeaseLostError):
+        await sql_store.commit(stolen, events, OWNER, notifications(stolen, events))
+
+    census = await sql_store.census(now)
+    assert (census.webhooks_pending, census.webhooks_failed) == (1, 0)
+    (message,) = await sql_store.outbox.claim(OWNER, now, now + timedelta(seconds=30), 10)
+    assert message.notification == notice and message.attempts == 0
+
+
+async def test_webhook_messages_are_leased_retried_and_settled(sql_store: SqlJobStore) -> None:
+    now = datetime.now(UTC)
+    job = await add_job(sql_store)
+    events = walk_to_completion(job, now)
+    (notice,) = notifications(job, events)
+    await sql_store.commit(job, events, OWNER, [notice])
+    outbox = sql_store.outbox
+    until = now + timedelta(seconds=30)
+    message_id = notice.message_id
+
+    assert [m.notification for m in await outbox.claim(OWNER, now, until, 10)] == [notice]
+    assert await outbox.claim(OTHER, now, until, 10) == [], "leased to another replica"
+    later = now + timedelta(seconds=5)
+    assert await outbox.attempted(
+        message_id,
+        OWNER,
+        attempts=1,
+        now=later,
+        error="HTTP 500",
+        retry_at=later + timedelta(seconds=10),
+    )
+    assert await outbox.claim(OTHER, later, until, 10) == [], "not due yet"
+    due = later + timedelta(seconds=10)
+    (again,) = await outbox.claim(OTHER, due, due + timedelta(seconds=30), 10)
+    assert again.attempts == 1
+    assert not await outbox.attempted(message_id, OWNER, attempts=2, now=due, error=None, retry_at=None)
+    # OTHER dies while sending: once its lease expires, OWNER sends the message again.
+    expired = due + timedelta(seconds=31)
+    assert [m.notification.message_id for m in await outbox.claim(OWNER, expired, expired, 10)] == [
+        message_id
+    ]
+    assert await outbox.attempted(
+        message_id, OWNER, attempts=2, now=expired, error="timed out", retry_at=None
+    )
+    census = await sql_store.census(expired)
+    assert (census.webhooks_pending, census.webhooks_failed) == (0, 1)
+    assert await outbox.claim(OWNER, expired + timedelta(days=1), expired, 10) == []
 
 
 # -- the engine on the real store -----------------------------------------------------------------

@@ -205,6 +205,78 @@ CASES: list[tuple[str, str, list[dict[str, str]], list[tuple[str, list[dict[str,
         [("20m", [])],
     ),
     (
+        "WebhooksFailing",
+        "one job.failed message given up on",
+        [
+            series(
+                "provisioner_webhook_deliveries_total", "0x10 1x20", **A, type="job.failed", outcome="failed"
+            ),
+            series(
+                "provisioner_webhook_deliveries_total",
+                "0+3x30",
+                **A,
+                type="job.completed",
+                outcome="delivered",
+            ),
+        ],
+        [
+            ("5m", []),
+            (
+                "20m",
+                [
+                    fired(
+                        "WebhooksFailing",
+                        "job.failed webhooks given up on in the last hour: 1",
+                        severity="warning",
+                        type="job.failed",
+                    )
+                ],
+            ),
+        ],
+    ),
+    (
+        "WebhooksFailing",
+        "retries that end delivered",
+        [
+            series(
+                "provisioner_webhook_deliveries_total",
+                "0+2x30",
+                **A,
+                type="job.completed",
+                outcome="retrying",
+            ),
+            series(
+                "provisioner_webhook_deliveries_total",
+                "0+2x30",
+                **A,
+                type="job.completed",
+                outcome="delivered",
+            ),
+            series(
+                "provisioner_webhook_deliveries_total", "0x30", **A, type="job.completed", outcome="failed"
+            ),
+        ],
+        [("20m", [])],
+    ),
+    (
+        "WebhooksBacklogged",
+        "the receiver is down for half an hour",
+        [
+            series("provisioner_webhooks_pending", "0+5x40", **A),
+            series("provisioner_webhooks_pending", "0+5x40", **B),
+        ],
+        [
+            ("20m", []),
+            ("35m", [fired("WebhooksBacklogged", "webhook messages waiting: 175", severity="warning")]),
+        ],
+    ),
+    (
+        "WebhooksBacklogged",
+        "a burst that drains within minutes",
+        [series("provisioner_webhooks_pending", "0x5 200x5 0x20", **A)],
+        [("10m", []), ("25m", [])],
+    ),
+    (
         "ReplicaDown",
         "one of two replicas stops answering scrapes",
         [series("up", "1x5 0x10", **A), series("up", "1x15", **B)],

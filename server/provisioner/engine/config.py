@@ -29,6 +29,9 @@ class EngineConfig:
     #: How often the store's figures (departments by status, overdue jobs) are refreshed
     #: for the metrics.
     census_interval: float = 15.0
+    #: Whether finished jobs put webhook messages in the outbox (PROVISIONER_WEBHOOK_URL
+    #: is set); the same on every replica.
+    webhooks: bool = False
 
     def __post_init__(self) -> None:
         if self.step_timeout <= 0:

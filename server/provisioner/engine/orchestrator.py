@@ -513,7 +513,7 @@ class Orchestrator:
             except ProvisioningError as exc:
                 log.warning("store census skipped: %s", exc.message)
             else:
-                metrics.census_taken(census.departments, census.overdue_jobs)
+                metrics.census_taken(*census)
             await asyncio.sleep(self.config.census_interval)
 
     async def _maintain(self) -> None:

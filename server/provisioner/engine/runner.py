@@ -21,6 +21,7 @@ from provisioner.core.errors import (
     StepTimeoutError,
 )
 from provisioner.core.job import Event, Job, JobError, ready_steps
+from provisioner.core.notifications import notifications
 from provisioner.core.states import JobKind, State, StepName, StepStatus, is_active
 from provisioner.engine.config import EngineConfig
 from provisioner.events.hub import EventHub
@@ -242,7 +243,8 @@ class JobRunner:
                 raise self._broken
             made = mutate(self._clock())
             events = made if isinstance(made, list) else [made]
-            commit = asyncio.ensure_future(self._store.commit(self.job, events, self._owner))
+            notices = notifications(self.job, events) if self._config.webhooks else ()
+            commit = asyncio.ensure_future(self._store.commit(self.job, events, self._owner, notices))
             try:
                 await asyncio.shield(commit)
             except asyncio.CancelledError:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from provisioner.core.department import HOLDING_RESOURCES, AuditEntry, Department, department_status
 from provisioner.core.errors import ConflictError, LeaseLostError, QuotaExceededError
 from provisioner.core.job import Event, Job
+from provisioner.core.notifications import Notification
 from provisioner.core.routes import Route
 from provisioner.core.secrets import SealedSecret
 from provisioner.core.states import DepartmentStatus, JobKind
-from provisioner.store.protocol import Census, JobHead
+from provisioner.store.protocol import Census, JobHead, OutboxMessage
 
 
 class InMemoryJobStore:
@@ -27,6 +28,7 @@ class InMemoryJobStore:
         self._cancel: set[str] = set()
         self._audit: list[AuditEntry] = []
         self._pins: dict[str, str | None] = {}
+        self.outbox = InMemoryOutbox()
 
     async def initialize(self) -> None:
         return None
@@ -63,7 +65,9 @@ class InMemoryJobStore:
         self._touch_department(job, home if job.kind is JobKind.PROVISION else None)
         self._audit.append(audit)
 
-    async def commit(self, job: Job, events: Sequence[Event], owner: str) -> None:
+    async def commit(
+        self, job: Job, events: Sequence[Event], owner: str, notices: Sequence[Notification] = ()
+    ) -> None:
         lease = self._leases.get(job.job_id)
         if lease is None or lease[0] != owner:
             raise LeaseLostError(f"job {job.job_id} is not leased to {owner}")
@@ -73,6 +77,8 @@ class InMemoryJobStore:
                 raise RuntimeError(f"event sequence gap in job {job.job_id}: {event.sequence}")
             stored.append(event)
         self._jobs[job.job_id] = job.snapshot()
+        for notice in notices:
+            self.outbox.add(notice)
         current = self._departments.get(job.department_id)
         # Like the SQL store: only a finished job moves the department, and only while it
         # is still the department's current job (a deprovisioning may have taken over).
@@ -153,7 +159,8 @@ class InMemoryJobStore:
     async def census(self, now: datetime) -> Census:
         counts = Counter(d.status for d in self._departments.values())
         late = sum(1 for j in self._jobs.values() if not j.is_finished and j.deadline_at < now)
-        return Census({s: counts[s] for s in DepartmentStatus}, late)
+        pending, failed = self.outbox.counts()
+        return Census({s: counts[s] for s in DepartmentStatus}, late, pending, failed)
 
     async def claim_jobs(
         self, owner: str, now: datetime, lease_until: datetime, limit: int, *, pinned: bool = False
@@ -195,6 +202,72 @@ class InMemoryJobStore:
 
     async def audit_log(self, department_id: str) -> list[AuditEntry]:
         return [a for a in self._audit if a.department_id == department_id]
+
+
+@dataclass(slots=True)
+class _Message:
+    notification: Notification
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    done: bool = False
+    failed: bool = False
+    last_error: str | None = None
+    lease: tuple[str, datetime] | None = None
+
+
+class InMemoryOutbox:
+    """The `Outbox` of `webhooks` in a dict, with the SQL one's semantics."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, _Message] = {}
+
+    def add(self, notice: Notification) -> None:
+        self.messages[notice.message_id] = _Message(notice, next_attempt_at=notice.created_at)
+
+    def counts(self) -> tuple[int, int]:
+        found = self.messages.values()
+        return sum(1 for m in found if not m.done and not m.failed), sum(1 for m in found if m.failed)
+
+    async def claim(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[OutboxMessage]:
+        due = sorted(
+            (
+                m
+                for m in self.messages.values()
+                if not m.done
+                and not m.failed
+                and m.next_attempt_at is not None
+                and m.next_attempt_at <= now
+                and (m.lease is None or m.lease[0] == owner or m.lease[1] < now)
+            ),
+            key=lambda m: m.notification.created_at,
+        )[:limit]
+        for message in due:
+            message.lease = (owner, lease_until)
+        return [OutboxMessage(m.notification, m.attempts) for m in due]
+
+    async def attempted(
+        self,
+        message_id: str,
+        owner: str,
+        *,
+        attempts: int,
+        now: datetime,
+        error: str | None,
+        retry_at: datetime | None,
+    ) -> bool:
+        message = self.messages.get(message_id)
+        if message is None or message.lease is None or message.lease[0] != owner:
+            return False
+        message.attempts, message.lease, message.last_error = attempts, None, error
+        if error is None:
+            message.done = True
+        elif retry_at is not None:
+            message.next_attempt_at = retry_at
+        else:
+            message.failed = True
+        return True
 
 
 class InMemorySecretStore:

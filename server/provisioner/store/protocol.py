@@ -8,6 +8,7 @@ from typing import NamedTuple, Protocol
 
 from provisioner.core.department import AuditEntry, Department
 from provisioner.core.job import Event, Job
+from provisioner.core.notifications import Notification
 from provisioner.core.states import DepartmentStatus, JobKind
 
 
@@ -20,10 +21,43 @@ class JobHead(NamedTuple):
 
 class Census(NamedTuple):
     """The store's figures an operator watches: departments by status (every status
-    present, zeros included), and unfinished jobs already past their deadline."""
+    present, zeros included), unfinished jobs already past their deadline, and webhook
+    messages still to send and given up on."""
 
     departments: dict[DepartmentStatus, int]
     overdue_jobs: int
+    webhooks_pending: int = 0
+    webhooks_failed: int = 0
+
+
+class OutboxMessage(NamedTuple):
+    notification: Notification
+    #: Attempts made so far.
+    attempts: int
+
+
+class Outbox(Protocol):
+    """Webhook messages, leased to the replica that sends them."""
+
+    async def claim(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[OutboxMessage]:
+        """Lease up to `limit` messages due by `now` that nobody else holds, oldest first."""
+        ...
+
+    async def attempted(
+        self,
+        message_id: str,
+        owner: str,
+        *,
+        attempts: int,
+        now: datetime,
+        error: str | None,
+        retry_at: datetime | None,
+    ) -> bool:
+        """Record an attempt: delivered if `error` is None, else retried at `retry_at`,
+        else given up on. False (and nothing recorded) if `owner` lost the lease."""
+        ...
 
 
 class JobStore(Protocol):
@@ -58,7 +92,12 @@ class JobStore(Protocol):
         department already has an unfinished job of the same kind.
         """
 
-    async def commit(self, job: Job, events: Sequence[Event], owner: str) -> None: ...
+    async def commit(
+        self, job: Job, events: Sequence[Event], owner: str, notices: Sequence[Notification] = ()
+    ) -> None:
+        """Write the job's new state and `events`, and put `notices` in the webhook outbox,
+        in one transaction."""
+        ...
 
     async def get_job(self, job_id: str) -> Job | None: ...
 

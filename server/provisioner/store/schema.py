@@ -192,3 +192,30 @@ rate_admissions = sa.Table(
     sa.Column("at", sa.Float, nullable=False),
     sa.Index(None, "bucket", "principal", "at"),
 )
+
+#: Webhook messages waiting to be sent, sent, or given up on (`webhooks`). A message is
+#: inserted in the transaction that commits the event it tells of, so none is lost and
+#: none is made for a fact that was not committed.
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("message_id", sa.String(64), primary_key=True),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("department_id", sa.String(64), nullable=False),
+    sa.Column("job_id", sa.String(36), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime, nullable=True),
+    sa.Column("failed_at", UTCDateTime, nullable=True),
+    sa.Column("last_error", sa.String(300), nullable=True),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    sa.Index(
+        "ix_webhook_outbox_due",
+        "next_attempt_at",
+        sqlite_where=sa.text("delivered_at IS NULL AND failed_at IS NULL"),
+        postgresql_where=sa.text("delivered_at IS NULL AND failed_at IS NULL"),
+    ),
+)

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from provisioner.core.department import AuditEntry, Department, department_status
 from provisioner.core.errors import StoreUnavailableError
 from provisioner.core.job import Event, Job
+from provisioner.core.notifications import Notification
 from provisioner.core.states import DepartmentStatus, JobKind
 from provisioner.store import codec
 from provisioner.store.admissions import SqlAdmissions
@@ -27,9 +28,10 @@ from provisioner.store.connections import reading, writing
 from provisioner.store.inline_sqlite import inline_creator
 from provisioner.store.migrations import upgrade_to_head
 from provisioner.store.notify import Head, Listener
+from provisioner.store.outbox import SqlOutbox, outbox_row
 from provisioner.store.protocol import Census, JobHead
 from provisioner.store.routes import SqlRouteStore
-from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs
+from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs, webhook_outbox
 from provisioner.store.secrets import SqlSecretStore
 from provisioner.store.writer import GroupCommitWriter, PendingCommit, PendingCreate
 
@@ -95,6 +97,8 @@ class SqlJobStore:
         self.routes = SqlRouteStore(self._engine)
         #: The API's rate-limit windows, shared by every replica.
         self.admissions = SqlAdmissions(self._writer)
+        #: Webhook messages, written by `commit` and sent by `webhooks`.
+        self.outbox = SqlOutbox(self._engine)
         #: Step rows as last committed per running job, so commits send only what changed.
         self._written_steps: dict[str, list[dict[str, Any]]] = {}
 
@@ -172,7 +176,9 @@ class SqlJobStore:
             values["region"] = job.spec.region
         return values
 
-    async def commit(self, job: Job, events: Sequence[Event], owner: str) -> None:
+    async def commit(
+        self, job: Job, events: Sequence[Event], owner: str, notices: Sequence[Notification] = ()
+    ) -> None:
         rows = [codec.step_row(job.job_id, step) for step in job.steps.values()]
         previous = self._written_steps.get(job.job_id)
         changed = rows if previous is None else [r for r, p in zip(rows, previous, strict=True) if r != p]
@@ -185,6 +191,7 @@ class SqlJobStore:
             steps=changed,
             events=[codec.event_row(e) for e in events],
             department=self._department_values(job) if job.is_finished else None,
+            outbox=[outbox_row(n) for n in notices],
         )
         try:
             await self._writer.write(pending)
@@ -358,10 +365,17 @@ class SqlJobStore:
             .select_from(jobs)
             .where(jobs.c.finished_at.is_(None), jobs.c.deadline_at < now)
         )
+        outbox = sa.select(
+            sa.func.count().filter(
+                webhook_outbox.c.delivered_at.is_(None), webhook_outbox.c.failed_at.is_(None)
+            ),
+            sa.func.count(webhook_outbox.c.failed_at),
+        )
         async with reading(self._engine) as conn:
             counts = {status: int(n) for status, n in await conn.execute(by_status)}
             late = int((await conn.execute(overdue)).scalar_one())
-        return Census({s: counts.get(s.value, 0) for s in DepartmentStatus}, late)
+            pending, failed = (await conn.execute(outbox)).one()
+        return Census({s: counts.get(s.value, 0) for s in DepartmentStatus}, late, int(pending), int(failed))
 
     async def audit_log(self, department_id: str) -> list[AuditEntry]:
         query = (

@@ -31,7 +31,7 @@ from provisioner.core.errors import (
 from provisioner.store.admissions import PendingAdmission, decide
 from provisioner.store.notify import CHANNEL, payloads
 from provisioner.store.prepared import Prepared, PreparedInserts
-from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs
+from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs, webhook_outbox
 from provisioner.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class PendingCommit:
     steps: list[dict[str, Any]]
     events: list[dict[str, Any]]
     department: dict[str, Any] | None
+    #: Webhook messages the events call for (`store.outbox`).
+    outbox: list[dict[str, Any]] = field(default_factory=list)
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -115,7 +117,8 @@ class GroupCommitWriter:
         self._update_job = Prepared(_UPDATE_JOB, dialect)
         self._update_step = Prepared(_UPDATE_STEP, dialect)
         self._insert = {
-            table.name: PreparedInserts(table, dialect) for table in (jobs, job_steps, job_events, audit_log)
+            table.name: PreparedInserts(table, dialect)
+            for table in (jobs, job_steps, job_events, audit_log, webhook_outbox)
         }
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -358,6 +361,9 @@ class GroupCommitWriter:
         events = [e for p in batch for e in p.events]
         if events:
             await self._insert["job_events"].executemany(conn, events)
+        messages = [m for p in batch for m in p.outbox]
+        if messages:
+            await self._insert["webhook_outbox"].executemany(conn, messages)
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for pending in batch:
             if pending.department is not None:

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from prometheus_client import Counter, Gauge, Histogram
 
 from provisioner.core.job import Event, EventType, Job
+from provisioner.core.notifications import EVENT_TYPES
 from provisioner.core.states import DepartmentStatus, JobKind, State, StepName
 
 #: Seconds: a no-op step takes microseconds, a real one up to its timeout (minutes).
@@ -83,6 +84,23 @@ OVERDUE_JOBS = Gauge(
     "Unfinished jobs past their deadline, in the whole job store: nobody is running them.",
 )
 
+WEBHOOKS = Counter(
+    "provisioner_webhook_deliveries",
+    "Webhook delivery attempts by event type and outcome (delivered, retrying, failed: given up).",
+    ["type", "outcome"],
+)
+WEBHOOK_ATTEMPT = Histogram(
+    "provisioner_webhook_attempt_seconds",
+    "One webhook delivery attempt, until the receiver's answer.",
+    buckets=_FAST_BUCKETS,
+)
+WEBHOOKS_PENDING = Gauge(
+    "provisioner_webhooks_pending", "Webhook messages not yet delivered, in the whole job store."
+)
+WEBHOOKS_FAILED = Gauge(
+    "provisioner_webhooks_failed", "Webhook messages given up on, in the whole job store."
+)
+
 _OUTCOMES = {State.COMPLETED: "completed", State.FAILED: "failed"}
 
 
@@ -99,15 +117,25 @@ def _initialize() -> None:
         DEPARTMENTS.labels(status.value)
     for reason in REJECTION_REASONS:
         REJECTED.labels(reason)
+    for event_type in EVENT_TYPES:
+        for delivery in ("delivered", "retrying", "failed"):
+            WEBHOOKS.labels(event_type, delivery)
 
 
 _initialize()
 
 
-def census_taken(departments: Mapping[DepartmentStatus, int], overdue_jobs: int) -> None:
+def census_taken(
+    departments: Mapping[DepartmentStatus, int],
+    overdue_jobs: int,
+    webhooks_pending: int,
+    webhooks_failed: int,
+) -> None:
     for status, count in departments.items():
         DEPARTMENTS.labels(status.value).set(count)
     OVERDUE_JOBS.set(overdue_jobs)
+    WEBHOOKS_PENDING.set(webhooks_pending)
+    WEBHOOKS_FAILED.set(webhooks_failed)
 
 
 def job_committed(job: Job, events: Sequence[Event]) -> None:
