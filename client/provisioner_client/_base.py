@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import grpc
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_client import config
@@ -13,16 +15,25 @@ from provisioner_client.errors import ApiError, ConfigurationError, UnavailableE
 from provisioner_client.retry import DEFAULT_RECONNECT, DEFAULT_RETRY, RetryPolicy
 from provisioner_client.spec import DepartmentSpec, SpecFields
 
-#: A department status filter: `"active"`, `"DEPARTMENT_STATUS_ACTIVE"` or the enum value.
+#: An enum filter: a name without its prefix (`"active"`, `"rolling_back"`), the full
+#: name (`"DEPARTMENT_STATUS_ACTIVE"`) or the enum value; None for no filter.
 StatusFilter = str | int | None
 
 DEFAULT_PAGE_SIZE = 100
-#: Department statuses by name, without the enum prefix: `active`, `failed`, ...
-STATUS_NAMES = tuple(
-    n.removeprefix("DEPARTMENT_STATUS_").lower()
-    for n in pb.DepartmentStatus.keys()  # noqa: SIM118 - an enum wrapper, not a dict
-    if not n.endswith("UNSPECIFIED")
-)
+
+
+def _names(enum: EnumTypeWrapper, prefix: str) -> tuple[str, ...]:
+    return tuple(
+        n.removeprefix(prefix).lower()
+        for n in enum.keys()  # noqa: SIM118 - an enum wrapper, not a dict
+        if not n.endswith("UNSPECIFIED")
+    )
+
+
+#: Department statuses, job kinds and job states by name, without the enum prefix.
+STATUS_NAMES = _names(pb.DepartmentStatus, "DEPARTMENT_STATUS_")
+KIND_NAMES = _names(pb.JobKind, "JOB_KIND_")
+STATE_NAMES = _names(pb.JobState, "JOB_STATE_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,19 +89,19 @@ def provision_request(
     return chosen.to_request(request_id or new_request_id())
 
 
-def department_status(value: StatusFilter) -> str:
-    """The enum name for a status filter given by name (any case, prefix optional) or value."""
+def _enum_name(enum: EnumTypeWrapper, prefix: str, value: StatusFilter, what: str) -> str:
+    """The enum name of a filter given by name (any case, prefix optional) or value."""
     if value is None or value == "":
-        return "DEPARTMENT_STATUS_UNSPECIFIED"
+        return f"{prefix}UNSPECIFIED"
     try:
         if isinstance(value, int):
-            return pb.DepartmentStatus.Name(value)
+            return str(enum.Name(value))
         name = value.strip().upper().replace("-", "_")
-        name = name if name.startswith("DEPARTMENT_STATUS_") else f"DEPARTMENT_STATUS_{name}"
-        pb.DepartmentStatus.Value(name)
+        name = name if name.startswith(prefix) else f"{prefix}{name}"
+        enum.Value(name)
     except ValueError:
-        choices = ", ".join(STATUS_NAMES)
-        raise ConfigurationError(f"unknown department status {value!r} (choose from {choices})") from None
+        choices = ", ".join(_names(enum, prefix))
+        raise ConfigurationError(f"unknown {what} {value!r} (choose from {choices})") from None
     return name
 
 
@@ -100,9 +111,44 @@ def list_request(
     return pb.ListDepartmentsRequest(
         page_size=page_size,
         page_token=page_token,
-        status=department_status(status),
+        status=_enum_name(pb.DepartmentStatus, "DEPARTMENT_STATUS_", status, "department status"),
         region=region or "",
     )
+
+
+def jobs_request(
+    department_id: str | None, kind: StatusFilter, state: StatusFilter, page_size: int, page_token: str
+) -> pb.ListJobsRequest:
+    return pb.ListJobsRequest(
+        page_size=page_size,
+        page_token=page_token,
+        department_id=department_id or "",
+        kind=_enum_name(pb.JobKind, "JOB_KIND_", kind, "job kind"),
+        state=_enum_name(pb.JobState, "JOB_STATE_", state, "job state"),
+    )
+
+
+def audit_request(
+    department_id: str | None,
+    principal: str | None,
+    action: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    page_size: int,
+    page_token: str,
+) -> pb.ListAuditEventsRequest:
+    request = pb.ListAuditEventsRequest(
+        page_size=page_size,
+        page_token=page_token,
+        department_id=department_id or "",
+        principal=principal or "",
+        action=action or "",
+    )
+    if since is not None:
+        request.start_time.FromDatetime(since)
+    if until is not None:
+        request.end_time.FromDatetime(until)
+    return request
 
 
 def retry_delay(settings: Settings, error: ApiError, failed_attempts: int) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Unpack
 
@@ -144,6 +145,48 @@ class AsyncProvisioningClient:
             page = await self._unary(_methods.LIST_DEPARTMENTS, request, timeout)
             for department in page.departments:
                 yield department
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def list_jobs(
+        self,
+        *,
+        department_id: str | None = None,
+        kind: _base.StatusFilter = None,
+        state: _base.StatusFilter = None,
+        page_size: int = _base.DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> AsyncIterator[pb.Job]:
+        """Every job matching the filters, newest first, fetching pages as needed."""
+        token = ""
+        while True:
+            request = _base.jobs_request(department_id, kind, state, page_size, token)
+            page = await self._unary(_methods.LIST_JOBS, request, timeout)
+            for job in page.jobs:
+                yield job
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def list_audit_events(
+        self,
+        *,
+        department_id: str | None = None,
+        principal: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page_size: int = _base.DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> AsyncIterator[pb.AuditEvent]:
+        """Every audit entry matching the filters, newest first (admins only)."""
+        token = ""
+        while True:
+            request = _base.audit_request(department_id, principal, action, since, until, page_size, token)
+            page = await self._unary(_methods.LIST_AUDIT_EVENTS, request, timeout)
+            for event in page.audit_events:
+                yield event
             token = page.next_page_token
             if not token:
                 return

@@ -13,15 +13,16 @@ import getpass
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO, TypeVar
 
 from rich.console import Console
 
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_client import exitcodes, render
-from provisioner_client._base import STATUS_NAMES
+from provisioner_client._base import KIND_NAMES, STATE_NAMES, STATUS_NAMES
 from provisioner_client.aio import AsyncProvisioningClient
 from provisioner_client.config import DEFAULT_TIMEOUT, Endpoint, resolve_endpoint, token_settings
 from provisioner_client.errors import ClientError, ConfigurationError
@@ -61,6 +62,7 @@ class Output:
 
 
 Command = Callable[[argparse.Namespace, AsyncProvisioningClient, Output], Coroutine[Any, Any, int]]
+T = TypeVar("T")
 
 
 async def _follow(
@@ -158,6 +160,44 @@ async def _list(args: argparse.Namespace, client: AsyncProvisioningClient, outpu
     return exitcodes.OK
 
 
+async def _jobs(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
+    found = client.list_jobs(department_id=args.department, kind=args.kind, state=args.state)
+    jobs = [j async for j in _first(found, args.limit)]
+    if output.json:
+        output.lines([render.json_text({"jobs": [render.to_dict(j) for j in jobs]})])
+    else:
+        output.lines(render.job_table(jobs) if jobs else ["no jobs"])
+    return exitcodes.OK
+
+
+async def _audit(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
+    found = client.list_audit_events(
+        department_id=args.department,
+        principal=args.principal,
+        action=args.action,
+        since=args.since,
+        until=args.until,
+    )
+    events = [e async for e in _first(found, args.limit)]
+    if output.json:
+        output.lines([render.json_text({"auditEvents": [render.to_dict(e) for e in events]})])
+    else:
+        output.lines(render.audit_table(events) if events else ["no audit entries"])
+    return exitcodes.OK
+
+
+async def _first(items: AsyncIterator[T], limit: int) -> AsyncIterator[T]:
+    """The first `limit` of `items`, fetching no page beyond them."""
+    if limit <= 0:
+        return
+    count = 0
+    async for item in items:
+        yield item
+        count += 1
+        if count >= limit:
+            return
+
+
 async def _get(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
     department = await client.get_department(args.department_id)
     output.lines([render.json_text(department)] if output.json else render.department_lines(department))
@@ -224,6 +264,21 @@ def _endpoint(args: argparse.Namespace) -> Endpoint | None:
         return resolve_endpoint(args.server)
     except ClientError:
         return None
+
+
+def _time(text: str) -> datetime:
+    """An ISO 8601 time (UTC unless it says otherwise), or a duration before now: 2h, 7d."""
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        found = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a time like 2026-12-01T09:00:00Z or a duration ago like 2h or 7d, got {text!r}"
+        ) from None
+    return found if found.tzinfo is not None else found.replace(tzinfo=UTC)
 
 
 def _positive_seconds(text: str) -> float:
@@ -319,6 +374,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("list", _list, "List departments, optionally filtered.")
     sub.add_argument("--status", choices=STATUS_NAMES, help="only departments in this status")
     sub.add_argument("--region", help="only departments in this region")
+
+    sub = command("jobs", _jobs, "List jobs, newest first: a department's history, or every job.")
+    sub.add_argument("--department", metavar="DEPARTMENT_ID", help="only this department's jobs")
+    sub.add_argument("--kind", choices=KIND_NAMES, help="only jobs of this kind")
+    sub.add_argument("--state", choices=STATE_NAMES, help="only jobs in this state")
+    sub.add_argument("--limit", type=int, default=50, metavar="N", help="at most N jobs (default 50)")
+
+    sub = command("audit", _audit, "List the audit log, newest first (admin role).")
+    sub.add_argument("--department", metavar="DEPARTMENT_ID", help="only entries about this department")
+    sub.add_argument("--principal", help="only entries of this caller (a token's subject)")
+    sub.add_argument("--action", help="only this action: provision or deprovision")
+    sub.add_argument("--since", type=_time, metavar="TIME", help="from this time: ISO 8601, or ago, like 24h")
+    sub.add_argument("--until", type=_time, metavar="TIME", help="before this time: ISO 8601, or ago")
+    sub.add_argument("--limit", type=int, default=50, metavar="N", help="at most N entries (default 50)")
 
     sub = command("get", _get, "Show one department.")
     sub.add_argument("department_id", metavar="DEPARTMENT_ID")

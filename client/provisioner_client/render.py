@@ -213,6 +213,31 @@ def department_table(departments: Iterable[pb.Department]) -> list[str]:
     return columns(["DEPARTMENT", "STATUS", "REGION", "WORKFLOWS", "UPDATED", "NAME"], rows)
 
 
+def job_table(jobs: Iterable[pb.Job]) -> list[str]:
+    rows = [
+        [
+            j.job_id,
+            j.department_id,
+            kind_name(j.kind),
+            state_name(j.state),
+            f"{j.progress}%",
+            when(j.create_time),
+            when(j.finish_time) if j.HasField("finish_time") else "-",
+            j.principal,
+        ]
+        for j in jobs
+    ]
+    return columns(["JOB", "DEPARTMENT", "KIND", "STATE", "PROGRESS", "CREATED", "FINISHED", "BY"], rows)
+
+
+def audit_table(events: Iterable[pb.AuditEvent]) -> list[str]:
+    rows = [
+        [when(e.time), e.principal, e.action, e.department_id, e.outcome, e.job_id or "-", e.detail]
+        for e in events
+    ]
+    return columns(["TIME", "PRINCIPAL", "ACTION", "DEPARTMENT", "OUTCOME", "JOB", "DETAIL"], rows)
+
+
 def health_lines(health: pb.GetDepartmentHealthResponse) -> list[str]:
     verdict = "healthy" if health.healthy else "UNHEALTHY"
     rows = [[c.step, "ok" if c.healthy else "FAIL", c.reason, c.message] for c in health.conditions]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Unpack
 
@@ -116,6 +117,46 @@ class ProvisioningClient:
             request = _base.list_request(status, region, page_size, token)
             page = self._unary(_methods.LIST_DEPARTMENTS, request, timeout)
             yield from page.departments
+            token = page.next_page_token
+            if not token:
+                return
+
+    def list_jobs(
+        self,
+        *,
+        department_id: str | None = None,
+        kind: _base.StatusFilter = None,
+        state: _base.StatusFilter = None,
+        page_size: int = _base.DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> Iterator[pb.Job]:
+        """Every job matching the filters, newest first, fetching pages as needed."""
+        token = ""
+        while True:
+            request = _base.jobs_request(department_id, kind, state, page_size, token)
+            page = self._unary(_methods.LIST_JOBS, request, timeout)
+            yield from page.jobs
+            token = page.next_page_token
+            if not token:
+                return
+
+    def list_audit_events(
+        self,
+        *,
+        department_id: str | None = None,
+        principal: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page_size: int = _base.DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> Iterator[pb.AuditEvent]:
+        """Every audit entry matching the filters, newest first (admins only)."""
+        token = ""
+        while True:
+            request = _base.audit_request(department_id, principal, action, since, until, page_size, token)
+            page = self._unary(_methods.LIST_AUDIT_EVENTS, request, timeout)
+            yield from page.audit_events
             token = page.next_page_token
             if not token:
                 return

@@ -319,7 +319,10 @@ def known_rest_finding(case: schemathesis.Case, reply: Any, failure: Exception) 
     sent = dict(case.body) if isinstance(case.body, dict) else {}
     sent |= {**(case.path_parameters or {}), **(case.query or {})}
     rejected = kind == "RejectedPositiveData"
-    lenient = None in sent.values() or str(sent.get("status")).isdigit()  # null, or an enum by number
+    # null, or an enum by number
+    lenient = None in sent.values() or any(
+        str(sent.get(name)).isdigit() for name in ("status", "kind", "state")
+    )
     found = {
         "envoy-no-405": kind == "UnsupportedMethodResponse",
         "doc-proto3-json": kind == "AcceptedNegativeData" and lenient,

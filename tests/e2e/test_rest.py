@@ -104,6 +104,45 @@ def test_departments_page_by_json_named_query_parameters(plane: ControlPlane) ->
     assert other_filter.status_code == 400
 
 
+def test_a_departments_job_history_and_the_audit_log_over_rest_and_the_cli(plane: ControlPlane) -> None:
+    dept = department_id()
+    with plane.http() as admin, plane.http("viewer") as viewer:
+        provision = admin.post("/api/provision-department", json={"departmentId": dept, **SPEC}).json()
+        finished(admin, provision["jobId"])
+        teardown = admin.delete(f"/api/deprovision/{dept}").json()
+        finished(admin, teardown["jobId"])
+
+        history = viewer.get("/api/jobs", params={"departmentId": dept}).json()
+        assert [j["jobId"] for j in history["jobs"]] == [teardown["jobId"], provision["jobId"]]
+        newest = viewer.get("/api/jobs", params={"pageSize": "1", "kind": "JOB_KIND_PROVISION"}).json()
+        assert [j["jobId"] for j in newest["jobs"]] == [provision["jobId"]]
+
+        assert viewer.get("/api/audit").status_code == 403
+        audit = admin.get("/api/audit", params={"departmentId": dept}).json()["auditEvents"]
+        assert [(e["action"], e["outcome"], e["jobId"]) for e in audit] == [
+            ("deprovision", "accepted", teardown["jobId"]),
+            ("provision", "accepted", provision["jobId"]),
+        ]
+        window = admin.get("/api/audit", params={"departmentId": dept, "endTime": audit[-1]["time"]}).json()
+        assert window.get("auditEvents", []) == []
+        bad_time = admin.get("/api/audit", params={"startTime": "yesterday"})
+        assert bad_time.status_code == 400
+
+    jobs = plane.run("jobs", "--department", dept, "-o", "json", role="viewer")
+    assert jobs.returncode == 0, jobs.stderr
+    assert [j["jobId"] for j in json.loads(jobs.stdout)["jobs"]] == [teardown["jobId"], provision["jobId"]]
+    table = plane.run("jobs", "--department", dept, "--limit", "1")
+    assert (
+        table.returncode == 0 and teardown["jobId"] in table.stdout and provision["jobId"] not in table.stdout
+    )
+    audit_cli = plane.run("audit", "--department", dept, "--since", "1h")
+    assert audit_cli.returncode == 0, audit_cli.stderr
+    assert audit_cli.stdout.splitlines()[0].split()[:3] == ["TIME", "PRINCIPAL", "ACTION"]
+    assert "deprovision" in audit_cli.stdout and "e2e-user" in audit_cli.stdout
+    refused = plane.run("audit", role="viewer")
+    assert refused.returncode != 0 and "admin" in refused.stderr
+
+
 def test_a_resumed_watch_sees_nothing_twice_and_misses_nothing(plane: ControlPlane) -> None:
     with plane.http() as client:
         job = client.post("/api/provision-department", json={"departmentId": department_id(), **SPEC}).json()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -185,6 +186,13 @@ async def test_a_bad_request_lists_every_violated_field(api: Api) -> None:
             lambda s: s.ListDepartments(pb.ListDepartmentsRequest(page_token="bogus")),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
+        (lambda s: s.ListJobs(pb.ListJobsRequest(page_token="bogus")), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda s: s.ListJobs(pb.ListJobsRequest(department_id="../x")), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda s: s.ListJobs(pb.ListJobsRequest(state=99)), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            lambda s: s.ListAuditEvents(pb.ListAuditEventsRequest(page_token="bogus")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
     ],
 )
 async def test_error_statuses(api: Api, call: object, code: grpc.StatusCode) -> None:
@@ -250,6 +258,71 @@ async def test_list_departments_pages_and_filters(api: Api) -> None:
             pb.ListDepartmentsRequest(page_size=1, page_token=first.next_page_token, region="eu-west")
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_list_jobs_newest_first_pages_and_filters(api: Api) -> None:
+    made = []
+    for name in ("j1", "j2", "j3"):
+        job = await api.stub.Provision(request(name))
+        await api.finished(job.job_id)
+        made.append(job.job_id)
+    teardown = await api.stub.Deprovision(pb.DeprovisionRequest(department_id="j2"))
+    await api.finished(teardown.job_id)
+
+    seen, token = [], ""
+    while True:
+        page = await api.stub.ListJobs(pb.ListJobsRequest(page_size=2, page_token=token))
+        seen += [j.job_id for j in page.jobs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [teardown.job_id, *reversed(made)]
+    history = await api.stub.ListJobs(pb.ListJobsRequest(department_id="j2"))
+    assert [j.kind for j in history.jobs] == [pb.JOB_KIND_DEPROVISION, pb.JOB_KIND_PROVISION]
+    assert all(j.state == pb.JOB_STATE_COMPLETED for j in history.jobs)
+    provisions = await api.stub.ListJobs(pb.ListJobsRequest(kind=pb.JOB_KIND_PROVISION))
+    assert [j.job_id for j in provisions.jobs] == list(reversed(made))
+    assert not (await api.stub.ListJobs(pb.ListJobsRequest(state=pb.JOB_STATE_FAILED))).jobs
+    first = await api.stub.ListJobs(pb.ListJobsRequest(page_size=1))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await api.stub.ListJobs(pb.ListJobsRequest(page_token=first.next_page_token, department_id="j1"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_list_audit_events_newest_first_pages_and_filters(api: Api) -> None:
+    before = datetime.now(UTC)
+    for name in ("a1", "a2", "a3"):
+        await api.finished((await api.stub.Provision(request(name))).job_id)
+    await api.stub.Deprovision(pb.DeprovisionRequest(department_id="a2"))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await api.stub.Deprovision(pb.DeprovisionRequest(department_id="ghost"))
+
+    seen, token = [], ""
+    while True:
+        page = await api.stub.ListAuditEvents(pb.ListAuditEventsRequest(page_size=2, page_token=token))
+        seen += [(e.action, e.department_id, e.outcome) for e in page.audit_events]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen[0][:2] == ("deprovision", "ghost") and seen[0][2] != "accepted"
+    assert seen[1:] == [
+        ("deprovision", "a2", "accepted"),
+        ("provision", "a3", "accepted"),
+        ("provision", "a2", "accepted"),
+        ("provision", "a1", "accepted"),
+    ]
+    about_a2 = await api.stub.ListAuditEvents(
+        pb.ListAuditEventsRequest(department_id="a2", action="provision")
+    )
+    assert [(e.action, e.principal) for e in about_a2.audit_events] == [("provision", "anonymous")]
+    assert about_a2.audit_events[0].job_id and about_a2.audit_events[0].time.ToDatetime(UTC) >= before
+    window = pb.ListAuditEventsRequest(principal="anonymous")
+    window.end_time.FromDatetime(before)
+    assert not (await api.stub.ListAuditEvents(window)).audit_events
+    window = pb.ListAuditEventsRequest(principal="anonymous")
+    window.start_time.FromDatetime(before)
+    assert len((await api.stub.ListAuditEvents(window)).audit_events) == 5
+    assert not (await api.stub.ListAuditEvents(pb.ListAuditEventsRequest(principal="mallory"))).audit_events
 
 
 async def test_health_reports_each_component_live(api: Api) -> None:

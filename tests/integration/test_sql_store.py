@@ -593,6 +593,54 @@ async def test_the_census_counts_departments_by_status_and_jobs_past_their_deadl
     assert (await sql_store.census(now + timedelta(minutes=6))).overdue_jobs == 2
 
 
+# -- job history and the audit log ------------------------------------------------------------
+
+
+async def test_jobs_are_listed_newest_first_with_ties_broken_by_id(sql_store: SqlJobStore) -> None:
+    now = datetime.now(UTC)
+    same_time = [await add_job(sql_store, f"tie-{i}", now=now) for i in range(3)]
+    newest = await add_job(sql_store, "tie-0", kind=JobKind.DEPROVISION, now=now + timedelta(seconds=1))
+    older = await add_job(sql_store, "old", now=now - timedelta(hours=1))
+    await sql_store.commit(older, fail_outright(older, now), OWNER)
+
+    ties = sorted((j.job_id for j in same_time), reverse=True)
+    everything = [newest.job_id, *ties, older.job_id]
+    pages, before = [], None
+    while page := await sql_store.list_jobs(before=before, limit=2):
+        pages.append([j.job_id for j in page])
+        before = (page[-1].created_at, page[-1].job_id)
+    assert pages == [everything[:2], everything[2:4], everything[4:]]
+
+    assert [j.job_id for j in await sql_store.list_jobs(department_id="tie-0")] == [
+        newest.job_id,
+        same_time[0].job_id,
+    ]
+    assert [j.job_id for j in await sql_store.list_jobs(kind=JobKind.DEPROVISION)] == [newest.job_id]
+    (failed,) = await sql_store.list_jobs(state=State.FAILED)
+    assert failed.job_id == older.job_id and failed.error is not None
+    assert len(failed.steps) == len(StepName), "jobs come with their steps"
+
+
+async def test_the_audit_log_is_listed_newest_first_and_filtered(sql_store: SqlJobStore) -> None:
+    now = datetime.now(UTC)
+    entries = [
+        AuditEntry(now - timedelta(hours=2), "alice", "provision", "hr", "accepted", None),
+        AuditEntry(now - timedelta(hours=1), "bob", "provision", "ops", "CONFLICT", None),
+        AuditEntry(now, "alice", "deprovision", "hr", "accepted", None),
+    ]
+    for entry in entries:
+        await sql_store.record_audit(entry)
+    listed = await sql_store.list_audit()
+    assert [e for _, e in listed] == entries[::-1]
+    ids = [number for number, _ in listed]
+    assert ids == sorted(ids, reverse=True)
+    assert [e for _, e in await sql_store.list_audit(before_id=ids[0], limit=1)] == [entries[1]]
+    assert [e for _, e in await sql_store.list_audit(principal="alice", action="provision")] == [entries[0]]
+    assert [e.principal for _, e in await sql_store.list_audit(department_id="ops")] == ["bob"]
+    window = await sql_store.list_audit(since=now - timedelta(minutes=90), until=now)
+    assert [e for _, e in window] == [entries[1]]
+
+
 # -- the webhook outbox --------------------------------------------------------------------------
 
 

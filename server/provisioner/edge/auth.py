@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 SERVICE = "provisioning.v1.ProvisioningService"
 PROVISION = f"/{SERVICE}/Provision"
 DEPROVISION = f"/{SERVICE}/Deprovision"
+#: The audit log says who did what: admins only.
+LIST_AUDIT_EVENTS = f"/{SERVICE}/ListAuditEvents"
 #: Services anyone may call: health checks and reflection (what `grpcurl` needs).
 PUBLIC_SERVICES = frozenset(
     {
@@ -102,7 +104,7 @@ def roles_needed(method: str) -> frozenset[Role] | None:
     service, _, name = method.removeprefix("/").partition("/")
     if service in PUBLIC_SERVICES and name and "/" not in name:
         return None
-    if method in (PROVISION, DEPROVISION):
+    if method in (PROVISION, DEPROVISION, LIST_AUDIT_EVENTS):
         return ADMINS
     return READERS if service == SERVICE else ANY_CALLER
 

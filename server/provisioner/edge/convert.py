@@ -7,7 +7,7 @@ from typing import overload
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from provisioner.core.department import Department
+from provisioner.core.department import AuditEntry, Department
 from provisioner.core.job import CleanupReport, Event, EventType, Job, JobError
 from provisioner.core.spec import DepartmentSpec
 from provisioner.core.states import DepartmentStatus, JobKind, State
@@ -55,6 +55,32 @@ def department_status_from(value: int) -> DepartmentStatus | None:
     if value == pb.DEPARTMENT_STATUS_UNSPECIFIED:
         return None
     return DepartmentStatus(pb.DepartmentStatus.Name(value).removeprefix("DEPARTMENT_STATUS_").lower())
+
+
+def job_kind_from(value: int) -> JobKind | None:
+    if value == pb.JOB_KIND_UNSPECIFIED:
+        return None
+    return JobKind(pb.JobKind.Name(value).removeprefix("JOB_KIND_").lower())
+
+
+def job_state_from(value: int) -> State | None:
+    if value == pb.JOB_STATE_UNSPECIFIED:
+        return None
+    return State(pb.JobState.Name(value).removeprefix("JOB_STATE_"))
+
+
+def audit_event(number: int, entry: AuditEntry) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        id=number,
+        time=timestamp(entry.at),
+        principal=entry.principal,
+        action=entry.action,
+        department_id=entry.department_id,
+        outcome=entry.outcome,
+        job_id=entry.job_id or "",
+        request_id=entry.request_id or "",
+        detail=entry.detail,
+    )
 
 
 def _error(error: JobError | None) -> pb.JobError | None:

@@ -121,8 +121,8 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
         _validated(request)
         status = convert.department_status_from(request.status)
         region = request.region or None
-        filters = _filters_fingerprint(request)
-        after = _decode_page_token(request.page_token, filters)
+        filters = _fingerprint(request.status, request.region)
+        after = _decode_page_token(request.page_token, filters, "status and region")
         size = request.page_size or DEFAULT_PAGE_SIZE
         found = await self._orchestrator.list_departments(
             status=status, region=region, after_id=after, limit=size + 1
@@ -131,6 +131,55 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
         return pb.ListDepartmentsResponse(
             departments=[convert.department(d) for d in page],
             next_page_token=_encode_page_token(page[-1].department_id, filters) if more else "",
+        )
+
+    @errors.unary
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        _validated(request)
+        filters = _fingerprint(request.department_id, request.kind, request.state)
+        after = _decode_page_token(request.page_token, filters, "department, kind and state")
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        found = await self._orchestrator.list_jobs(
+            department_id=request.department_id or None,
+            kind=convert.job_kind_from(request.kind),
+            state=convert.job_state_from(request.state),
+            before=_job_position(after) if after else None,
+            limit=size + 1,
+        )
+        page, more = found[:size], len(found) > size
+        last = page[-1] if page else None
+        return pb.ListJobsResponse(
+            jobs=[convert.job(j, internals=caller.internals.get()) for j in page],
+            next_page_token=(
+                _encode_page_token(f"{last.created_at.isoformat()}|{last.job_id}", filters)
+                if more and last is not None
+                else ""
+            ),
+        )
+
+    @errors.unary
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: Context
+    ) -> pb.ListAuditEventsResponse:
+        _validated(request)
+        since = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
+        until = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
+        filters = _fingerprint(request.department_id, request.principal, request.action, since, until)
+        after = _decode_page_token(request.page_token, filters, "department, principal, action and times")
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        found = await self._orchestrator.list_audit(
+            department_id=request.department_id or None,
+            principal=request.principal or None,
+            action=request.action or None,
+            since=since,
+            until=until,
+            before_id=_audit_position(after) if after else None,
+            limit=size + 1,
+        )
+        page, more = found[:size], len(found) > size
+        return pb.ListAuditEventsResponse(
+            audit_events=[convert.audit_event(number, entry) for number, entry in page],
+            next_page_token=_encode_page_token(str(page[-1][0]), filters) if more else "",
         )
 
     @errors.unary
@@ -161,8 +210,26 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
         )
 
 
-def _filters_fingerprint(request: pb.ListDepartmentsRequest) -> str:
-    return hashlib.sha256(f"{request.status}|{request.region}".encode()).hexdigest()[:12]
+def _fingerprint(*filters: object) -> str:
+    """Which filters a page token was issued for: a token is good with the same ones only."""
+    return hashlib.sha256("|".join(map(str, filters)).encode()).hexdigest()[:12]
+
+
+_FOREIGN_TOKEN = FieldViolation("page_token", "is not a token this server issued")
+
+
+def _job_position(after: str) -> tuple[datetime, str]:
+    created, _, job_id = after.partition("|")
+    try:
+        return datetime.fromisoformat(created), job_id
+    except ValueError:
+        raise InvalidSpecError([_FOREIGN_TOKEN]) from None
+
+
+def _audit_position(after: str) -> int:
+    if not after.isdigit():
+        raise InvalidSpecError([_FOREIGN_TOKEN])
+    return int(after)
 
 
 def _encode_page_token(after: str, filters: str) -> str:
@@ -170,17 +237,17 @@ def _encode_page_token(after: str, filters: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_page_token(token: str, filters: str) -> str:
-    """The last department id of the previous page; the token is opaque to callers."""
+def _decode_page_token(token: str, filters: str, named: str) -> str:
+    """Where the previous page ended; the token is opaque to callers."""
     if not token:
         return ""
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         after, made_for = str(data["after"]), str(data["filters"])
     except (binascii.Error, ValueError, KeyError, TypeError):
-        raise InvalidSpecError([FieldViolation("page_token", "is not a token this server issued")]) from None
+        raise InvalidSpecError([_FOREIGN_TOKEN]) from None
     if made_for != filters:
         raise InvalidSpecError(
-            [FieldViolation("page_token", "was issued for other filters; repeat the same status and region")]
+            [FieldViolation("page_token", f"was issued for other filters; repeat the same {named}")]
         )
     return after

@@ -390,6 +390,40 @@ class Orchestrator:
     ) -> list[Department]:
         return await self.store.list_departments(status=status, region=region, after_id=after_id, limit=limit)
 
+    async def list_jobs(
+        self,
+        *,
+        department_id: str | None = None,
+        kind: JobKind | None = None,
+        state: State | None = None,
+        before: tuple[datetime, str] | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        return await self.store.list_jobs(
+            department_id=department_id, kind=kind, state=state, before=before, limit=limit
+        )
+
+    async def list_audit(
+        self,
+        *,
+        department_id: str | None = None,
+        principal: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[tuple[int, AuditEntry]]:
+        return await self.store.list_audit(
+            department_id=department_id,
+            principal=principal,
+            action=action,
+            since=since,
+            until=until,
+            before_id=before_id,
+            limit=limit,
+        )
+
     async def get_department(self, department_id: str) -> Department:
         department = await self.store.get_department(department_id)
         if department is None:

@@ -83,6 +83,8 @@ jobs = sa.Table(
     # steps are shared.
     sa.Column("pinned_to", sa.String(64), nullable=True),
     sa.Index(None, "department_id", "created_at"),
+    # ListJobs, newest first, without a department (migration 0006).
+    sa.Index(None, "created_at", "job_id"),
     # At most one unfinished job of each kind per department, whatever replica asks.
     sa.Index(
         "uq_jobs_department_unfinished",
@@ -143,6 +145,8 @@ audit_log = sa.Table(
     sa.Index(None, "department_id", "at"),
     # The rate limiter's start-up read: the last window of one action (migration 0002).
     sa.Index(None, "action", "at"),
+    # ListAuditEvents by caller (migration 0006).
+    sa.Index(None, "principal", "at"),
 )
 
 department_secrets = sa.Table(

@@ -71,6 +71,16 @@ class ProvisioningServiceStub:
                 request_serializer=provisioning_dot_v1_dot_provisioning__pb2.GetDepartmentHealthRequest.SerializeToString,
                 response_deserializer=provisioning_dot_v1_dot_provisioning__pb2.GetDepartmentHealthResponse.FromString,
                 _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/provisioning.v1.ProvisioningService/ListJobs',
+                request_serializer=provisioning_dot_v1_dot_provisioning__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=provisioning_dot_v1_dot_provisioning__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/provisioning.v1.ProvisioningService/ListAuditEvents',
+                request_serializer=provisioning_dot_v1_dot_provisioning__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=provisioning_dot_v1_dot_provisioning__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ProvisioningServiceServicer:
@@ -132,6 +142,21 @@ class ProvisioningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobs(self, request, context):
+        """Lists jobs, newest first, a page at a time, optionally filtered: a department's
+        history, or every job of a kind or in a state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """Lists the audit log, newest first, a page at a time, optionally filtered. Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProvisioningServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +194,16 @@ def add_ProvisioningServiceServicer_to_server(servicer, server):
                     servicer.GetDepartmentHealth,
                     request_deserializer=provisioning_dot_v1_dot_provisioning__pb2.GetDepartmentHealthRequest.FromString,
                     response_serializer=provisioning_dot_v1_dot_provisioning__pb2.GetDepartmentHealthResponse.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=provisioning_dot_v1_dot_provisioning__pb2.ListJobsRequest.FromString,
+                    response_serializer=provisioning_dot_v1_dot_provisioning__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=provisioning_dot_v1_dot_provisioning__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=provisioning_dot_v1_dot_provisioning__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -362,6 +397,60 @@ class ProvisioningService:
             '/provisioning.v1.ProvisioningService/GetDepartmentHealth',
             provisioning_dot_v1_dot_provisioning__pb2.GetDepartmentHealthRequest.SerializeToString,
             provisioning_dot_v1_dot_provisioning__pb2.GetDepartmentHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/provisioning.v1.ProvisioningService/ListJobs',
+            provisioning_dot_v1_dot_provisioning__pb2.ListJobsRequest.SerializeToString,
+            provisioning_dot_v1_dot_provisioning__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/provisioning.v1.ProvisioningService/ListAuditEvents',
+            provisioning_dot_v1_dot_provisioning__pb2.ListAuditEventsRequest.SerializeToString,
+            provisioning_dot_v1_dot_provisioning__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
