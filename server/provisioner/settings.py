@@ -154,6 +154,16 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not days >= 0 or days == float("inf"):
+        raise ValueError(f"expected a number of days, 0 or more (0 keeps everything), got {text!r}")
+    return days
+
+
 def _positive_seconds(text: str) -> float:
     if _seconds(text) <= 0:
         raise ValueError(f"expected more than 0 seconds, got {text!r}")
@@ -394,6 +404,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "max_departments": read("MAX_DEPARTMENTS", _count, defaults.engine.max_departments),
         "census_interval": read("CENSUS_INTERVAL", _positive_seconds, defaults.engine.census_interval),
         "webhooks": bool(values["webhook_url"]),
+        "retention_days": read("RETENTION_DAYS", _days, defaults.engine.retention_days),
+        "retention_interval": read(
+            "RETENTION_INTERVAL", _positive_seconds, defaults.engine.retention_interval
+        ),
     }
     limits = defaults.concurrency
     concurrency_values = {

@@ -641,6 +641,45 @@ async def test_the_audit_log_is_listed_newest_first_and_filtered(sql_store: SqlJ
     assert [e for _, e in window] == [entries[1]]
 
 
+async def test_retention_removes_old_events_audit_and_settled_webhooks_in_batches(
+    sql_store: SqlJobStore,
+) -> None:
+    now = datetime.now(UTC)
+    long_ago = now - timedelta(days=100)
+    old = []
+    for name in ("old-a", "old-b", "old-c"):
+        job = await add_job(sql_store, name, now=long_ago)
+        events = walk_to_completion(job, long_ago)
+        await sql_store.commit(job, events, OWNER, notifications(job, events))
+        old.append(job)
+    # Running since long ago: its events are never removed, however old.
+    running = await add_job(sql_store, "running", now=long_ago)
+    await sql_store.commit(running, running.start(long_ago), OWNER)
+    recent = await add_job(sql_store, "recent", now=now)
+    await sql_store.commit(recent, walk_to_completion(recent, now), OWNER)
+    await sql_store.record_audit(AuditEntry(long_ago, "alice", "provision", "old-a", "accepted"))
+    # One message settled, the others still to send: only the settled one may go.
+    (first, *_) = await sql_store.outbox.claim(OWNER, now, now + timedelta(seconds=30), 10)
+    await sql_store.outbox.attempted(
+        first.notification.message_id, OWNER, attempts=1, now=now, error=None, retry_at=None
+    )
+
+    cutoff = now - timedelta(days=90)
+    batches = []
+    while pruned := await sql_store.prune(cutoff, batch=2):
+        batches.append(tuple(pruned))
+    # add_job audits each creation at its time: three old jobs, a running one, and alice.
+    assert batches == [(2, 2, 1), (1, 2, 0), (0, 1, 0)]
+    for job in old:
+        assert await sequences(sql_store, job.job_id) == []
+        kept = await sql_store.get_job(job.job_id)
+        assert kept is not None and kept.state is State.COMPLETED and len(kept.steps) == len(StepName)
+    assert await sequences(sql_store, running.job_id) == [1, 2]
+    assert len(await sequences(sql_store, recent.job_id)) > 10
+    assert [e.department_id for _, e in await sql_store.list_audit()] == ["recent"]
+    assert (await sql_store.census(now)).webhooks_pending == 2
+
+
 # -- the webhook outbox --------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -399,3 +399,23 @@ async def test_a_claim_racing_the_creation_of_a_job_never_starts_a_second_runner
     assert all(s.attempts == 1 for s in job.steps.values())
     # A second runner would have collided with the first on the next event's sequence.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_retention_prunes_finished_jobs_events_and_a_watch_of_one_still_ends(
+    build: Build, store: InMemoryJobStore
+) -> None:
+    job, events = await run(build(), "kept-short")
+    assert len(events) > 10
+    later = datetime.now(UTC) + timedelta(days=91)
+    pruner = build(
+        config=dataclasses.replace(FAST, retention_days=90, retention_interval=0.05), clock=lambda: later
+    )
+    await pruner.start()
+    for _ in range(100):
+        if not await store.events_after(job.job_id, 0):
+            break
+        await asyncio.sleep(0.02)
+    assert await store.events_after(job.job_id, 0) == []
+    assert (await pruner.get_job(job.job_id)).state is State.COMPLETED
+    assert [e async for e in pruner.watch(job.job_id)] == []
+    assert await store.list_audit() == [], "audit entries go too"

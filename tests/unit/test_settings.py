@@ -221,3 +221,10 @@ def test_a_tenant_database_url_that_is_not_postgres_is_refused_without_echoing_i
         load_settings({"PROVISIONER_TENANT_DATABASE_URL": "mysql://root:hunter2@db/x"})
     assert "PROVISIONER_TENANT_DATABASE_URL: expected a postgresql:// URL" in caught.value.message
     assert "hunter2" not in caught.value.message
+
+
+def test_retention_days_are_read_from_the_settings() -> None:
+    assert load_settings({}).engine.retention_days == 90
+    assert load_settings({"PROVISIONER_RETENTION_DAYS": "0"}).engine.retention_days == 0
+    with pytest.raises(ConfigurationError, match="PROVISIONER_RETENTION_DAYS"):
+        load_settings({"PROVISIONER_RETENTION_DAYS": "-1"})

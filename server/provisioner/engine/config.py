@@ -29,6 +29,11 @@ class EngineConfig:
     #: How often the store's figures (departments by status, overdue jobs) are refreshed
     #: for the metrics.
     census_interval: float = 15.0
+    #: Finished jobs' events, audit entries and settled webhook messages older than this
+    #: many days are removed, in small batches, every `retention_interval` seconds; 0
+    #: keeps everything.
+    retention_days: float = 90.0
+    retention_interval: float = 3600.0
     #: Whether finished jobs put webhook messages in the outbox (PROVISIONER_WEBHOOK_URL
     #: is set); the same on every replica.
     webhooks: bool = False
@@ -51,5 +56,9 @@ class EngineConfig:
             raise ConfigurationError("PROVISIONER_MAX_RUNNING_JOBS must be >= 1")
         if self.census_interval <= 0:
             raise ConfigurationError("PROVISIONER_CENSUS_INTERVAL must be > 0 seconds")
+        if self.retention_days < 0 or self.retention_interval <= 0:
+            raise ConfigurationError(
+                "PROVISIONER_RETENTION_DAYS must be >= 0 and PROVISIONER_RETENTION_INTERVAL > 0 seconds"
+            )
         if self.max_departments < 1:
             raise ConfigurationError("PROVISIONER_MAX_DEPARTMENTS must be >= 1")

@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 
 #: Finished jobs kept in memory for status reads (they are immutable), most recent last.
 FINISHED_JOBS_CACHED = 10_000
+#: Rows of each kind one retention batch removes (one short transaction each), and the
+#: pause between batches, so that retention never holds the store for long.
+RETENTION_BATCH = 500
+RETENTION_PAUSE = 0.05
 
 
 class CredentialIssuer(Protocol):
@@ -107,6 +111,7 @@ class Orchestrator:
         self._runners: dict[str, tuple[JobRunner, asyncio.Task[None]]] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._census: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
         self._accepting = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -116,6 +121,8 @@ class Orchestrator:
         self._accepting = True
         if self._census is None:
             self._census = asyncio.create_task(self._take_census(), name="engine-census")
+        if self._retention is None and self.config.retention_days > 0:
+            self._retention = asyncio.create_task(self._retain(), name="engine-retention")
         if self.config.run_jobs and self._maintainer is None:
             await self._claim()
             self._maintainer = asyncio.create_task(self._maintain(), name="engine-maintainer")
@@ -127,10 +134,10 @@ class Orchestrator:
     async def stop(self) -> None:
         """Refuse new work, stop every runner and hand its lease back: jobs stay resumable."""
         self._accepting = False
-        for task in (self._census, self._maintainer):
+        for task in (self._census, self._retention, self._maintainer):
             if task is not None:
                 await cancel_and_wait(task)
-        self._census = self._maintainer = None
+        self._census = self._retention = self._maintainer = None
         runners = list(self._runners.items())
         await asyncio.gather(*(cancel_and_wait(task) for _, (_, task) in runners))
         with contextlib.suppress(ProvisioningError):
@@ -549,6 +556,26 @@ class Orchestrator:
             else:
                 metrics.census_taken(*census)
             await asyncio.sleep(self.config.census_interval)
+
+    async def _retain(self) -> None:
+        """Remove what is past the retention period, a batch at a time, then sleep."""
+        while True:
+            cutoff = self._clock() - timedelta(days=self.config.retention_days)
+            removed = [0, 0, 0]
+            try:
+                while pruned := await self.store.prune(cutoff, RETENTION_BATCH):
+                    removed = [a + b for a, b in zip(removed, pruned, strict=True)]
+                    await asyncio.sleep(RETENTION_PAUSE)
+            except ProvisioningError as exc:
+                log.warning("retention skipped: %s", exc.message)
+            if any(removed):
+                log.info(
+                    "retention removed the events of %d finished jobs, %d audit entries and %d "
+                    "webhook messages from before %s",
+                    *removed,
+                    cutoff.isoformat(timespec="seconds"),
+                )
+            await asyncio.sleep(self.config.retention_interval)
 
     async def _maintain(self) -> None:
         while True:

@@ -175,6 +175,8 @@ class EventHub:
                 last = event.sequence
                 if event.is_terminal:
                     return
+            if head.finished:
+                return  # its events are past the retention period: the snapshot says it all
             while True:
                 event = await self._next_live(sub)
                 if event.sequence <= last:

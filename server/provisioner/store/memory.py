@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -14,7 +15,7 @@ from provisioner.core.notifications import Notification
 from provisioner.core.routes import Route
 from provisioner.core.secrets import SealedSecret
 from provisioner.core.states import DepartmentStatus, JobKind, State
-from provisioner.store.protocol import Census, JobHead, OutboxMessage
+from provisioner.store.protocol import Census, JobHead, OutboxMessage, Pruned
 
 
 class InMemoryJobStore:
@@ -26,7 +27,9 @@ class InMemoryJobStore:
         self._departments: dict[str, Department] = {}
         self._leases: dict[str, tuple[str, datetime]] = {}
         self._cancel: set[str] = set()
-        self._audit: list[AuditEntry] = []
+        #: By id, increasing; retention removes the oldest.
+        self._audit: dict[int, AuditEntry] = {}
+        self._audit_ids = itertools.count(1)
         self._pins: dict[str, str | None] = {}
         self.outbox = InMemoryOutbox()
 
@@ -63,7 +66,7 @@ class InMemoryJobStore:
         if lease is not None:
             self._leases[job.job_id] = lease
         self._touch_department(job, home if job.kind is JobKind.PROVISION else None)
-        self._audit.append(audit)
+        self._audit[next(self._audit_ids)] = audit
 
     async def commit(
         self, job: Job, events: Sequence[Event], owner: str, notices: Sequence[Notification] = ()
@@ -198,7 +201,20 @@ class InMemoryJobStore:
         self._cancel.add(job_id)
 
     async def record_audit(self, entry: AuditEntry) -> None:
-        self._audit.append(entry)
+        self._audit[next(self._audit_ids)] = entry
+
+    async def prune(self, before: datetime, batch: int) -> Pruned:
+        finished = [
+            job_id
+            for job_id, job in self._jobs.items()
+            if job.finished_at is not None and job.finished_at < before and self._events.get(job_id)
+        ][:batch]
+        for job_id in finished:
+            self._events[job_id] = []
+        old = [number for number, entry in self._audit.items() if entry.at < before][:batch]
+        for number in old:
+            del self._audit[number]
+        return Pruned(len(finished), len(old), self.outbox.prune(before, batch))
 
     async def list_jobs(
         self,
@@ -236,7 +252,7 @@ class InMemoryJobStore:
     ) -> list[tuple[int, AuditEntry]]:
         found = [
             (number, a)
-            for number, a in enumerate(self._audit, start=1)
+            for number, a in self._audit.items()
             if (department_id is None or a.department_id == department_id)
             and (principal is None or a.principal == principal)
             and (action is None or a.action == action)
@@ -247,7 +263,7 @@ class InMemoryJobStore:
         return found[::-1][:limit]
 
     async def audit_log(self, department_id: str) -> list[AuditEntry]:
-        return [a for a in self._audit if a.department_id == department_id]
+        return [a for a in self._audit.values() if a.department_id == department_id]
 
 
 @dataclass(slots=True)
@@ -269,6 +285,16 @@ class InMemoryOutbox:
 
     def add(self, notice: Notification) -> None:
         self.messages[notice.message_id] = _Message(notice, next_attempt_at=notice.created_at)
+
+    def prune(self, before: datetime, batch: int) -> int:
+        settled = [
+            message_id
+            for message_id, m in self.messages.items()
+            if (m.done or m.failed) and m.notification.created_at < before
+        ][:batch]
+        for message_id in settled:
+            del self.messages[message_id]
+        return len(settled)
 
     def counts(self) -> tuple[int, int]:
         found = self.messages.values()

@@ -30,6 +30,18 @@ class Census(NamedTuple):
     webhooks_failed: int = 0
 
 
+class Pruned(NamedTuple):
+    """What one batch of retention removed: the events of `jobs` jobs, `audit` entries
+    and `webhooks` messages."""
+
+    jobs: int
+    audit: int
+    webhooks: int
+
+    def __bool__(self) -> bool:
+        return any(self)
+
+
 class OutboxMessage(NamedTuple):
     notification: Notification
     #: Attempts made so far.
@@ -128,6 +140,12 @@ class JobStore(Protocol):
     ) -> list[Department]: ...
 
     async def census(self, now: datetime) -> Census: ...
+
+    async def prune(self, before: datetime, batch: int) -> Pruned:
+        """Remove one batch of what is older than `before`: the events of up to `batch`
+        jobs that finished before it (never a running job's; the job and its steps stay),
+        up to `batch` audit entries and up to `batch` settled webhook messages."""
+        ...
 
     async def list_jobs(
         self,

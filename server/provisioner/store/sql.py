@@ -29,7 +29,7 @@ from provisioner.store.inline_sqlite import inline_creator
 from provisioner.store.migrations import upgrade_to_head
 from provisioner.store.notify import Head, Listener
 from provisioner.store.outbox import SqlOutbox, outbox_row
-from provisioner.store.protocol import Census, JobHead
+from provisioner.store.protocol import Census, JobHead, Pruned
 from provisioner.store.routes import SqlRouteStore
 from provisioner.store.schema import audit_log, departments, job_events, job_steps, jobs, webhook_outbox
 from provisioner.store.secrets import SqlSecretStore
@@ -376,6 +376,38 @@ class SqlJobStore:
             late = int((await conn.execute(overdue)).scalar_one())
             pending, failed = (await conn.execute(outbox)).one()
         return Census({s: counts.get(s.value, 0) for s in DepartmentStatus}, late, int(pending), int(failed))
+
+    async def prune(self, before: datetime, batch: int) -> Pruned:
+        finished = (
+            sa.select(jobs.c.job_id)
+            .where(
+                jobs.c.finished_at < before,
+                sa.exists().where(job_events.c.job_id == jobs.c.job_id),
+            )
+            .limit(batch)
+        )
+        old_audit = (
+            sa.select(audit_log.c.id).where(audit_log.c.at < before).order_by(audit_log.c.id).limit(batch)
+        )
+        w = webhook_outbox.c
+        settled = (
+            sa.select(w.message_id)
+            .where(w.created_at < before, sa.or_(w.delivered_at.is_not(None), w.failed_at.is_not(None)))
+            .limit(batch)
+        )
+        counts = []
+        for table, column, chosen in (
+            (job_events, job_events.c.job_id, finished),
+            (audit_log, audit_log.c.id, old_audit),
+            (webhook_outbox, w.message_id, settled),
+        ):
+            # One short transaction each, so the commit writer never waits long.
+            async with writing(self._engine) as conn:
+                ids = list((await conn.execute(chosen)).scalars())
+                if ids:
+                    await conn.execute(table.delete().where(column.in_(ids)))
+            counts.append(len(ids))
+        return Pruned(*counts)
 
     async def list_jobs(
         self,
