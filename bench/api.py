@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 import grpc
 import httpx
 
-from _harness import Server, quantile, token
+from _harness import Server, free_port, quantile, token
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
 
@@ -56,6 +57,8 @@ class Figures:
     events_lost: int
     events_duplicated: int
     server_peak_rss_mib: float
+    #: With --traces: spans the server exported (0 otherwise).
+    spans_exported: int = 0
 
 
 def spec(index: int) -> pb.ProvisionRequest:
@@ -188,6 +191,7 @@ def table(figures: Figures) -> str:
             f"{f.events_delivered} / {f.events_lost} / {f.events_duplicated}",
         ),
         ("server peak RSS", f"{f.server_peak_rss_mib} MiB"),
+        *([("spans exported (--traces)", str(f.spans_exported))] if f.spans_exported else []),
     ]
     return "\n".join(["| measure | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
 
@@ -198,15 +202,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=2000, help="sequential GetStatus calls timed")
     parser.add_argument("--concurrency", type=int, default=16, help="callers for the throughput figure")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of the throughput run")
+    parser.add_argument(
+        "--traces",
+        action="store_true",
+        help="with OpenTelemetry tracing on, exported over OTLP/HTTP to bench/otlp_sink.py",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    sink: subprocess.Popen[str] | None = None
+    settings: dict[str, str] = {}
+    if args.traces:
+        port = free_port()
+        sink = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("otlp_sink.py")), str(port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        settings = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}
     with tempfile.TemporaryDirectory(prefix="bench-api-") as root:
-        server = Server(Path(root) / "var", steps="noop")
+        server = Server(Path(root) / "var", steps="noop", settings=settings)
         server.start()
         try:
             figures = asyncio.run(measure(server, args.jobs, args.samples, args.concurrency, args.seconds))
         finally:
             server.stop()
+    if sink is not None:
+        sink.terminate()
+        figures.spans_exported = int(sink.communicate(timeout=30)[0].strip() or 0)
     print(json.dumps(asdict(figures)) if args.json else table(figures))
     return 1 if figures.events_lost or figures.events_duplicated else 0
 
