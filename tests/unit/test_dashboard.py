@@ -1,4 +1,5 @@
-"""deploy/grafana/provisioner.json: every query names only metrics the server exports.
+"""deploy/grafana/provisioner.json: every query is valid PromQL (promtool) and names only
+metrics the server exports.
 
 The e2e tier (tests/e2e/test_metrics.py) also runs every query on a real Prometheus that
 scraped a real server, and requires an answer from each.
@@ -8,11 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
+import yaml
 from prometheus_client import REGISTRY
 
 import provisioner.telemetry.metrics  # noqa: F401  (registers the families)
+from tests.prometheus import binary
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "provisioner.json"
 _SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
@@ -50,3 +54,19 @@ def test_the_dashboard_covers_every_provisioner_family() -> None:
     families = {f.name for f in REGISTRY.collect() if f.name.startswith("provisioner_")}
     used = " ".join(queries())
     assert {f for f in families if f not in used} == set()
+
+
+def test_every_query_is_valid_promql(tmp_path: Path) -> None:
+    """promtool has no expression checker of its own: each query becomes a recording rule,
+    which `promtool check rules` parses (with Grafana's `$__rate_interval` as 5m)."""
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": expr.replace("$__rate_interval", "5m")}
+        for i, expr in enumerate(queries())
+    ]
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    checked = subprocess.run(
+        [binary("promtool"), "check", "rules", str(path)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in checked.stdout
