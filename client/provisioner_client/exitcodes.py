@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 
 from provisioner_client.config import Endpoint
@@ -20,6 +22,8 @@ RATE_LIMITED = 5
 #: The server could not be reached, was UNAVAILABLE or missed the deadline, after retries.
 UNREACHABLE = 6
 OTHER = 7
+#: ALREADY_EXISTS, ABORTED or FAILED_PRECONDITION: the request conflicts with what exists.
+CONFLICT = 8
 INTERRUPTED = 130
 
 EPILOG = """\
@@ -32,6 +36,8 @@ exit codes:
   5  RESOURCE_EXHAUSTED (rate limited; the retry delay is printed)
   6  server unreachable, UNAVAILABLE or DEADLINE_EXCEEDED after retries
   7  anything else
+  8  a conflict: ALREADY_EXISTS (say, another spec for an existing department),
+     FAILED_PRECONDITION or ABORTED
 
 environment:
   PROVISIONER_SERVER        gRPC address of the server (default 127.0.0.1:50051;
@@ -51,6 +57,9 @@ _CODES: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: RATE_LIMITED,
     grpc.StatusCode.UNAVAILABLE: UNREACHABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: UNREACHABLE,
+    grpc.StatusCode.ALREADY_EXISTS: CONFLICT,
+    grpc.StatusCode.FAILED_PRECONDITION: CONFLICT,
+    grpc.StatusCode.ABORTED: CONFLICT,
 }
 
 
@@ -87,8 +96,12 @@ def describe(error: ClientError, endpoint: Endpoint | None, timeout: float) -> l
     if code == grpc.StatusCode.NOT_FOUND:
         return [_sentence(f"not found: {message}")]
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        after = f"; retry in {error.retry_delay:g} s" if error.retry_delay is not None else ""
+        said = "retry in" in message
+        delay = error.retry_delay
+        after = f"; retry in {max(1, math.ceil(delay))} s" if delay is not None and not said else ""
         return [_sentence(f"rate limited: {message}{after}")]
+    if code in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED):
+        return [_sentence(f"conflict: {message}")]
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return [_sentence(f"{where} did not answer within {timeout:g} s ({message})")]
     if code == grpc.StatusCode.UNAVAILABLE:

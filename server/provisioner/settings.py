@@ -29,6 +29,9 @@ from provisioner.steps.vault import Keyring
 
 STEP_BACKENDS = ("embedded", "local", "noop")
 MODES = ("production", "development")
+#: Provisions and deprovisions per hour per caller in development mode, unless set: enough
+#: for someone trying things, still a limit.
+TRIAL_RATE = Rate(600, 3600.0)
 #: Regions departments may run in unless PROVISIONER_REGIONS says otherwise.
 DEFAULT_REGIONS = (
     "us-west", "us-east", "us-central", "eu-west", "eu-central-1", "eu-north",
@@ -343,6 +346,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except ConfigurationError as exc:
         problems.append(str(exc))
         faults = {}
+    mode = read("MODE", _choice(MODES), defaults.mode)
+
+    def trial(rate: Rate) -> Rate:
+        """Development mode's default for the provision and deprovision limits."""
+        return TRIAL_RATE if mode == "development" else rate
+
     values = {
         "state_dir": read("STATE_DIR", Path, defaults.state_dir),
         "database_url": read("DATABASE_URL", database_url, ""),
@@ -358,12 +367,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "jwks_file": read("JWKS_FILE", Path, defaults.jwks_file),
         "jwks_url": read("JWKS_URL", check_jwks_url, ""),
         "jwks_min_refresh": read("JWKS_MIN_REFRESH", _seconds, defaults.jwks_min_refresh),
-        "mode": read("MODE", _choice(MODES), defaults.mode),
+        "mode": mode,
         "jwt_issuer": read("JWT_ISSUER", str, ""),
         "jwt_audience": read("JWT_AUDIENCE", str, ""),
         "jwt_leeway": read("JWT_LEEWAY", _seconds, defaults.jwt_leeway),
-        "rate_provision": read("RATE_LIMIT_PROVISION", parse_rate, defaults.rate_provision),
-        "rate_deprovision": read("RATE_LIMIT_DEPROVISION", parse_rate, defaults.rate_deprovision),
+        "rate_provision": read("RATE_LIMIT_PROVISION", parse_rate, trial(defaults.rate_provision)),
+        "rate_deprovision": read("RATE_LIMIT_DEPROVISION", parse_rate, trial(defaults.rate_deprovision)),
         "rate_read": read("RATE_LIMIT_READ", parse_rate, defaults.rate_read),
         "cors_origins": read("CORS_ORIGINS", _origins, defaults.cors_origins),
         "heartbeat_seconds": read("WATCH_HEARTBEAT", _seconds, defaults.heartbeat_seconds),
@@ -404,6 +413,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "max_departments": read("MAX_DEPARTMENTS", _count, defaults.engine.max_departments),
         "census_interval": read("CENSUS_INTERVAL", _positive_seconds, defaults.engine.census_interval),
         "webhooks": bool(values["webhook_url"]),
+        "regions": values["regions"],
         "retention_days": read("RETENTION_DAYS", _days, defaults.engine.retention_days),
         "retention_interval": read(
             "RETENTION_INTERVAL", _positive_seconds, defaults.engine.retention_interval

@@ -300,7 +300,7 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
         assert line in out
 
 
-def test_conflicts_and_surprises_exit_7_in_one_sentence(
+def test_conflicts_exit_8_and_surprises_7_in_one_sentence(
     target: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run(capsys, "provision", "--no-wait", "--department-id", "hr", *FLAGS)[0] == 0
@@ -315,8 +315,8 @@ def test_conflicts_and_surprises_exit_7_in_one_sentence(
         "eu-west",
         *FLAGS[-2:],
     )
-    assert code == 7
-    assert err.count("\n") == 1 and "(ALREADY_EXISTS, CONFLICT)" in err
+    assert code == 8
+    assert err.count("\n") == 1 and err.startswith("provisionctl: error: conflict: ")
 
     async def explode(*args: object) -> int:
         raise RuntimeError("kaboom")

@@ -129,7 +129,8 @@ def test_every_status_code_has_an_exit_code_and_one_sentence() -> None:
         grpc.StatusCode.RESOURCE_EXHAUSTED: 5,
         grpc.StatusCode.UNAVAILABLE: 6,
         grpc.StatusCode.DEADLINE_EXCEEDED: 6,
-        grpc.StatusCode.ALREADY_EXISTS: 7,
+        grpc.StatusCode.ALREADY_EXISTS: 8,
+        grpc.StatusCode.FAILED_PRECONDITION: 8,
         grpc.StatusCode.INTERNAL: 7,
     }
     for code, expected in cases.items():
@@ -141,7 +142,7 @@ def test_every_status_code_has_an_exit_code_and_one_sentence() -> None:
         assert lines[0].startswith("provisionctl: error: ")
         assert "it went wrong" in lines[0]
     limited = api_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", retry_delay=2.5)
-    assert describe(limited, None, 1)[0].endswith("rate limited: slow down; retry in 2.5 s")
+    assert describe(limited, None, 1)[0].endswith("rate limited: slow down; retry in 3 s")
     invalid = api_error(
         grpc.StatusCode.INVALID_ARGUMENT, "bad", violations=[FieldViolation("region", "a region")]
     )

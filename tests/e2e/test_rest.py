@@ -171,6 +171,15 @@ def test_errors_are_json_bodies_with_the_matching_http_status(plane: ControlPlan
         assert info["domain"] == "provisioning.v1"
         assert "Traceback" not in bad.text
 
+        martian = client.post(
+            "/api/provision-department", json={"departmentId": department_id(), **SPEC, "region": "mars-1"}
+        )
+        assert martian.status_code == 400, martian.text
+        (refusal,) = next(d for d in martian.json()["details"] if d["@type"].endswith("BadRequest"))[
+            "fieldViolations"
+        ]
+        assert refusal["field"] == "region" and "us-west, us-east" in refusal["description"]
+
         missing = client.get(f"/api/provision-status/{uuid.uuid4()}")
         assert missing.status_code == 404
         assert missing.json()["code"] == 5

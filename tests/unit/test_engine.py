@@ -419,3 +419,18 @@ async def test_retention_prunes_finished_jobs_events_and_a_watch_of_one_still_en
     assert (await pruner.get_job(job.job_id)).state is State.COMPLETED
     assert [e async for e in pruner.watch(job.job_id)] == []
     assert await store.list_audit() == [], "audit entries go too"
+
+
+async def test_a_region_the_platform_does_not_run_is_refused_before_any_job(
+    build: Build, store: InMemoryJobStore
+) -> None:
+    orchestrator = build(config=dataclasses.replace(FAST, regions=("us-west", "eu-west")))
+    await orchestrator.start()
+    with pytest.raises(InvalidSpecError) as refused:
+        await orchestrator.provision(spec("mars", region="mars-1", department_name=""), principal="alice")
+    assert {v.field: v.description for v in refused.value.violations} == {
+        "department_name": "must not be empty",
+        "region": "must be one of this platform's regions: us-west, eu-west",
+    }
+    assert await store.get_department("mars") is None
+    assert await store.list_jobs() == []

@@ -76,7 +76,10 @@ async def test_the_limiter_raises_with_bucket_rate_and_wait(shared: InMemoryAdmi
     error = caught.value
     assert (error.bucket, error.rate, error.retry_after) == ("provision", Rate(1, 3600.0), 3500.0)
     assert error.retryable
-    assert error.message == "rate limit for provision calls reached (1 per 3600 s); retry in 3500 s"
+    assert error.message == (
+        "rate limit for provision calls reached (1 per 3600 s, PROVISIONER_RATE_LIMIT_PROVISION); "
+        "retry in 3500 s"
+    )
 
 
 @pytest.mark.parametrize(

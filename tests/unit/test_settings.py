@@ -228,3 +228,11 @@ def test_retention_days_are_read_from_the_settings() -> None:
     assert load_settings({"PROVISIONER_RETENTION_DAYS": "0"}).engine.retention_days == 0
     with pytest.raises(ConfigurationError, match="PROVISIONER_RETENTION_DAYS"):
         load_settings({"PROVISIONER_RETENTION_DAYS": "-1"})
+
+
+def test_development_mode_has_a_limit_for_trying_things_and_production_the_contracts() -> None:
+    trial = load_settings({"PROVISIONER_MODE": "development"})
+    assert trial.rate_provision == trial.rate_deprovision == Rate(600, 3600.0)
+    assert load_settings({}).rate_provision == Rate(10, 3600.0)
+    chosen = load_settings({"PROVISIONER_MODE": "development", "PROVISIONER_RATE_LIMIT_PROVISION": "5/h"})
+    assert chosen.rate_provision == Rate(5, 3600.0)

@@ -64,8 +64,8 @@ class RateLimitedError(ProvisioningError):
 
     def __init__(self, bucket: str, rate: Rate, retry_after: float) -> None:
         super().__init__(
-            f"rate limit for {bucket} calls reached ({rate.count} per {rate.period:g} s); "
-            f"retry in {max(1, math.ceil(retry_after))} s",
+            f"rate limit for {bucket} calls reached ({rate.count} per {rate.period:g} s, "
+            f"PROVISIONER_RATE_LIMIT_{bucket.upper()}); retry in {max(1, math.ceil(retry_after))} s",
             retry_after=retry_after,
         )
         self.bucket = bucket

@@ -34,6 +34,9 @@ class EngineConfig:
     #: keeps everything.
     retention_days: float = 90.0
     retention_interval: float = 3600.0
+    #: The regions this platform runs departments in; a provisioning naming another is
+    #: refused before any job is made (the validate step checks again). Empty: any.
+    regions: tuple[str, ...] = ()
     #: Whether finished jobs put webhook messages in the outbox (PROVISIONER_WEBHOOK_URL
     #: is set); the same on every replica.
     webhooks: bool = False

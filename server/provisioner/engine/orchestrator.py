@@ -172,7 +172,7 @@ class Orchestrator:
     async def _provision(
         self, spec: DepartmentSpec, principal: str, request_id: str | None
     ) -> tuple[Job, bool]:
-        validate(spec)
+        self._check_spec(spec)
         request_id = _check_request_id(request_id)
         self._check_accepting()
         for attempt in range(2):
@@ -193,6 +193,21 @@ class Orchestrator:
                     raise
                 # Another request for the same department won the race: answer with its job.
         raise AssertionError("unreachable")
+
+    def _check_spec(self, spec: DepartmentSpec) -> None:
+        """The spec's own rules and those of this platform's configuration, all reported."""
+        violations: list[FieldViolation] = []
+        try:
+            validate(spec)
+        except InvalidSpecError as exc:
+            violations = list(exc.violations)
+        regions = self.config.regions
+        if regions and spec.region not in regions and not any(v.field == "region" for v in violations):
+            violations.append(
+                FieldViolation("region", f"must be one of this platform's regions: {', '.join(regions)}")
+            )
+        if violations:
+            raise InvalidSpecError(violations)
 
     async def _deprovision(
         self, department_id: str, principal: str, request_id: str | None
