@@ -111,6 +111,22 @@ def _spec(args: argparse.Namespace) -> DepartmentSpec:
 
 async def _provision(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
     job = await client.provision(_spec(args), request_id=args.request_id)
+    if job.state in (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED):
+        # A new job cannot have ended yet: this is the same spec again, or the same request
+        # id. Say so before its (already known) progress, and why no secret follows.
+        render.write_lines(
+            output.err,
+            [
+                f"provisionctl: {job.department_id} was already asked for by job {job.job_id} "
+                f"({render.state_name(job.state)}); its client secret was shown to that request "
+                "and is not shown again"
+            ],
+        )
+    if args.export:
+        # Progress to stderr; stdout is only the `export` lines, for `eval "$(...)"`.
+        code = await _started(job, args, client, Output(False, output.err, output.err))
+        output.lines(render.export_lines(job, with_secret=code == exitcodes.OK))
+        return code
     code = await _started(job, args, client, output)
     # The server returns the department's client secret once, to the call that created the
     # job: say so plainly, after the progress (a failed job's credentials were revoked).
@@ -356,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--admin-email", help="the department's administrator")
     sub.add_argument("--request-id", help="idempotency key (a UUID): repeating it returns the same job")
     sub.add_argument("--no-wait", action="store_true", help="print the new job and return at once")
+    sub.add_argument(
+        "--export",
+        action="store_true",
+        help="print shell `export` lines (JOB_ID, DEPARTMENT_ID, CLIENT_ID, CLIENT_SECRET) for "
+        '`eval "$(provisionctl provision ... --export)"`; progress goes to stderr',
+    )
 
     sub = command("deprovision", _deprovision, f"Tear a department down. {follow}")
     sub.add_argument("department_id", metavar="DEPARTMENT_ID")

@@ -8,6 +8,7 @@ every field present so scripts need not know proto3's defaults.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
@@ -257,6 +258,14 @@ def issued_client_lines(issued: pb.OAuthClient, as_json: bool) -> list[str]:
         f"  client id      {issued.client_id}",
         f"  client secret  {issued.client_secret}",
     ]
+
+
+def export_lines(job: pb.Job, *, with_secret: bool) -> list[str]:
+    """Shell `export` lines for the job and, if it was just issued, the department's client."""
+    values = {"JOB_ID": job.job_id, "DEPARTMENT_ID": job.department_id}
+    if with_secret and job.issued_client.client_secret:
+        values |= {"CLIENT_ID": job.issued_client.client_id, "CLIENT_SECRET": job.issued_client.client_secret}
+    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
 
 
 def write_lines(stream: TextIO, lines: Iterable[str]) -> None:

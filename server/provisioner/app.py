@@ -41,7 +41,8 @@ from provisioner.engine.runner import cancel_and_wait
 from provisioner.events.hub import EventHub
 from provisioner.settings import Address, Settings, load_settings, production_problems
 from provisioner.steps.base import Step
-from provisioner.steps.departments import sweep_interrupted_writes
+from provisioner.steps.container import LocalProcessContainer
+from provisioner.steps.departments import DepartmentDirs, sweep_interrupted_writes
 from provisioner.store.protocol import Outbox
 from provisioner.store.sql import SqlJobStore
 from provisioner.telemetry.exporter import exporting
@@ -155,9 +156,32 @@ async def runtime(
     finally:
         for task in background:
             await cancel_and_wait(task)
+        if kit.container is not None and (left := kit.container.running()):
+            _say_what_keeps_running(settings, left)
         await kit.close()
         await store.close()
         lock.close()
+
+
+def _say_what_keeps_running(settings: Settings, departments: list[str]) -> None:
+    """Department services outlive the control plane, so their departments stay up
+    through its restarts: say so, and how to stop them."""
+    shown = ", ".join(departments[:10]) + (
+        f" and {len(departments) - 10} more" if len(departments) > 10 else ""
+    )
+    log.info("department services keep running", extra={"fields": {"departments": departments[:100]}})
+    state = "" if settings.state_dir == Path("var") else f"PROVISIONER_STATE_DIR={settings.state_dir} "
+    print(
+        f"department services keep running, so their departments stay up: {shown}\n"
+        f"  stop them:  {state}.venv/bin/provisioning-server stop-departments"
+        "   (they start again with the control plane)",
+        flush=True,
+    )
+
+
+async def _stop_departments(settings: Settings) -> list[str]:
+    container = LocalProcessContainer(DepartmentDirs(settings.state_dir / "departments"))
+    return await container.stop_all()
 
 
 def _webhook_config(settings: Settings) -> WebhookConfig:
@@ -358,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser(
+        "stop-departments",
+        help="stop the department services a development server left running (they start again with it)",
+    )
+    commands.add_parser(
         "rotate-key",
         help="seal every department secret with a new key (safe while the server runs)",
         description="With a key file: add a new primary key, reseal every stored secret with it, then "
@@ -383,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     logs.configure(settings.log_level)
+    if args.command == "stop-departments":
+        stopped = asyncio.run(_stop_departments(settings))
+        print(f"stopped {len(stopped)} department services" + (f": {', '.join(stopped)}" if stopped else ""))
+        return 0
     if args.command == "rotate-key":
         try:
             print(asyncio.run(_rotate_key(settings)))

@@ -116,7 +116,7 @@ def embedded_steps(settings: Settings, shared: Shared) -> StepKit:
     `PROVISIONER_TENANT_DATABASE_URL` puts each department's data in a schema of that
     PostgreSQL; `PROVISIONER_RAILWAY_*` runs each department's service on Railway; and
     `PROVISIONER_N8N_*` deploys its workflows to n8n. Settings refuse the combinations that
-    cannot work (see `settings._adapter_problems`). See `provisioner.steps` and the README.
+    cannot work (see `settings._adapter_problems`). See `provisioner.steps` and docs/steps.md.
     """
     state = settings.state_dir.absolute()
     dirs = DepartmentDirs(state / "departments")

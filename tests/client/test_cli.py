@@ -325,3 +325,19 @@ def test_conflicts_exit_8_and_surprises_7_in_one_sentence(
     code, _, err = run(capsys, "list")
     assert code == 7
     assert err == "provisionctl: error: unexpected RuntimeError: kaboom\n"
+
+
+def test_export_prints_only_shell_lines_and_a_replay_says_what_it_is(
+    target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "provision", "--department-id", "hr", *FLAGS, "--export")
+    assert code == 0, err
+    assert all(line.startswith("export ") for line in out.splitlines())
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+    assert exports["DEPARTMENT_ID"] == "hr" and len(exports["JOB_ID"]) == 36
+    assert "COMPLETED: provision of hr" in err, "the progress goes to stderr"
+
+    code, out, err = run(capsys, "provision", "--department-id", "hr", *FLAGS, "--no-wait")
+    assert code == 0
+    assert f"hr was already asked for by job {exports['JOB_ID']} (COMPLETED)" in err
+    assert "not shown again" in err

@@ -1,4 +1,4 @@
-"""The README's journey with the installed `provisionctl`, against the real server."""
+"""A newcomer's journey with the installed `provisionctl`, against the real server."""
 
 from __future__ import annotations
 

@@ -243,3 +243,37 @@ def test_keys_rotate_while_the_server_runs_and_every_secret_still_works(real: Co
     )
     _, later = provision(real, f"after-{uuid.uuid4().hex[:6]}")
     assert later.state == pb.JOB_STATE_COMPLETED
+
+
+def test_a_stopped_server_says_what_keeps_running_and_stop_departments_stops_it(tmp_path: Path) -> None:
+    plane = control_plane(tmp_path)
+    plane.start()
+    try:
+        _, done = provision(plane, "lingerer")
+        assert done.state == pb.JOB_STATE_COMPLETED
+        assert plane.stop() == 0
+        said = (tmp_path / "stdout.txt").read_text()
+        assert "department services keep running, so their departments stay up: lingerer" in said
+        assert "provisioning-server stop-departments" in said
+        assert set(department_services(plane.state_dir)) == {"lingerer"}
+
+        stopped = subprocess.run(
+            [str(BIN / "provisioning-server"), "stop-departments"],
+            env=plane.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.strip() == "stopped 1 department services: lingerer"
+        assert department_services(plane.state_dir) == {}
+
+        # They start again with the control plane.
+        plane.start()
+        deadline = time.monotonic() + 20
+        while "lingerer" not in department_services(plane.state_dir):
+            assert time.monotonic() < deadline, "the department service did not come back"
+            time.sleep(0.1)
+    finally:
+        plane.stop()
+        stop_department_services(plane.state_dir)

@@ -289,6 +289,29 @@ class LocalProcessContainer:
             log.warning("restarted department services that had stopped: %s", ", ".join(started))
         return started
 
+    def running(self) -> list[str]:
+        """The departments whose service is running now."""
+        found = []
+        for department_id in self._dirs.ids():
+            directory = self._dirs.path(department_id)
+            service = read_json(directory / SERVICE_FILE)
+            if service is not None and alive(int(service["pid"]), directory):
+                found.append(department_id)
+        return found
+
+    async def stop_all(self) -> list[str]:
+        """Stop every running department service (the next start of the control plane
+        starts them again); returns the departments stopped."""
+        stopped = []
+        for department_id in self.running():
+            directory = self._dirs.path(department_id)
+            async with self._locks[department_id]:
+                service = read_json(directory / SERVICE_FILE)
+                if service is not None and alive(int(service["pid"]), directory):
+                    await self._stop(int(service["pid"]), directory)
+                    stopped.append(department_id)
+        return stopped
+
     async def supervise(self, interval: float = 2.0) -> None:
         """Keep every wanted department service running, until cancelled."""
         while True:
