@@ -90,6 +90,11 @@ async def _follow(
     return exitcodes.OK if outcome.succeeded else exitcodes.FAILED
 
 
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)
+
+
 def _spec(args: argparse.Namespace) -> DepartmentSpec:
     found: SpecFields = load_spec_file(args.file) if args.file else {}
     flags: dict[str, Any] = {
@@ -102,7 +107,12 @@ def _spec(args: argparse.Namespace) -> DepartmentSpec:
         "region": args.region,
         "admin_email": args.admin_email,
     }
-    merged: dict[str, Any] = {**found, **{k: v for k, v in flags.items() if v is not None}}
+    given = {k: v for k, v in flags.items() if v is not None}
+    merged: dict[str, Any] = {**found, **given}
+    # The server names contract fields; say them as the caller wrote them.
+    args.field_names = {
+        name: _FLAGS[name] if name in given else f"{_camel(name)} in {args.file}" for name in merged
+    }
     missing = [flag for name, flag in _FLAGS.items() if name not in merged]
     if missing:
         raise ConfigurationError(f"provision needs {', '.join(missing)} (or a spec file given with -f)")
@@ -260,7 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token(args, out)
         return asyncio.run(_run(args.handler, args, Output(args.output == "json", out, err)))
     except ClientError as exc:
-        render.write_lines(err, exitcodes.describe(exc, _endpoint(args), args.timeout or DEFAULT_TIMEOUT))
+        names = getattr(args, "field_names", None)
+        render.write_lines(
+            err, exitcodes.describe(exc, _endpoint(args), args.timeout or DEFAULT_TIMEOUT, names=names)
+        )
         return exitcodes.exit_code(exc)
     except KeyboardInterrupt:
         render.write_lines(err, ["provisionctl: interrupted"])
@@ -362,14 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="YAML or JSON spec with the seed's names (departmentId, ...); - for stdin",
     )
-    sub.add_argument("--department-id", help="lowercase slug, like hr")
-    sub.add_argument("--name", help="human-readable department name")
+    needed = "required unless in the -f file"
+    sub.add_argument("--department-id", help=f"lowercase slug, like hr ({needed})")
+    sub.add_argument("--name", help=f"human-readable department name ({needed})")
     sub.add_argument(
-        "--workflow", action="append", help="email, google_drive or database (repeatable, or comma-separated)"
+        "--workflow",
+        action="append",
+        help=f"email, google_drive or database, repeatable or comma-separated ({needed})",
     )
-    sub.add_argument("--retention", help="data retention in days, like 90d")
-    sub.add_argument("--region", help="region, like us-west")
-    sub.add_argument("--admin-email", help="the department's administrator")
+    sub.add_argument("--retention", help=f"data retention in days, like 90d ({needed})")
+    sub.add_argument("--region", help=f"one of the platform's regions, like us-west ({needed})")
+    sub.add_argument("--admin-email", help=f"the department's administrator ({needed})")
     sub.add_argument("--request-id", help="idempotency key (a UUID): repeating it returns the same job")
     sub.add_argument("--no-wait", action="store_true", help="print the new job and return at once")
     sub.add_argument(

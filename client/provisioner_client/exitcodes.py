@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 
 import grpc
 
@@ -72,17 +74,22 @@ def exit_code(error: ClientError) -> int:
     return OTHER
 
 
-def describe(error: ClientError, endpoint: Endpoint | None, timeout: float) -> list[str]:
-    """One sentence for `error`, then (INVALID_ARGUMENT) one line per violated field."""
+def describe(
+    error: ClientError, endpoint: Endpoint | None, timeout: float, *, names: Mapping[str, str] | None = None
+) -> list[str]:
+    """One sentence for `error`, then (INVALID_ARGUMENT) one line per violated field, named
+    as in `names` (a contract field's flag or spec-file key) where given."""
     if not isinstance(error, ApiError):
         return [_sentence(str(error))]
     message = error.message.rstrip(".")
     where = f"the server at {endpoint}" if endpoint is not None else "the server"
     code = error.code
     if code == grpc.StatusCode.INVALID_ARGUMENT:
+        for field, name in (names or {}).items():
+            message = re.sub(rf"\b{re.escape(field)}\b", name, message)
         return [
             _sentence(f"the server rejected the request: {message}"),
-            *(f"  {v.field}: {v.description}" for v in error.violations),
+            *(f"  {(names or {}).get(v.field, v.field)}: {v.description}" for v in error.violations),
         ]
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return [

@@ -101,7 +101,11 @@ def test_invalid_arguments_exit_2_listing_each_field(target: str, capsys: pytest
     assert out == ""
     lines = err.splitlines()
     assert lines[0].startswith("provisionctl: error: the server rejected the request")
-    assert [line.split(":")[0].strip() for line in lines[1:]] == ["department_id", "region", "admin_email"]
+    assert [line.split(":")[0].strip() for line in lines[1:]] == [
+        "--department-id",
+        "--region",
+        "--admin-email",
+    ]
 
 
 def test_usage_errors_exit_2(target: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -341,3 +345,20 @@ def test_export_prints_only_shell_lines_and_a_replay_says_what_it_is(
     assert code == 0
     assert f"hr was already asked for by job {exports['JOB_ID']} (COMPLETED)" in err
     assert "not shown again" in err
+
+
+def test_violations_are_named_as_the_caller_wrote_them(
+    target: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "provision", "--department-id", "hr", *FLAGS[:-2], "--admin-email", "nope")
+    assert code == 2
+    assert err.splitlines() == [
+        "provisionctl: error: the server rejected the request: invalid request: --admin-email "
+        "must be an email address like admin@example.com",
+        "  --admin-email: must be an email address like admin@example.com",
+    ]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("departmentId: hr\ndepartmentName: HR\nworkflows: [email]\ndataRetention: 9999d\n")
+    code, _, err = run(capsys, "provision", "-f", str(spec), "--region", "us-west", "--admin-email", "a@b.co")
+    assert code == 2
+    assert f"  dataRetention in {spec}: " in err
