@@ -39,12 +39,14 @@ class PlainSink:
 
     def __init__(self, out: TextIO, err: TextIO) -> None:
         self._out, self._err = out, err
+        self._kind = pb.JOB_KIND_PROVISION
 
     def snapshot(self, job: pb.Job) -> None:
+        self._kind = job.kind
         render.write_lines(self._out, [render.snapshot_line(job)])
 
     def event(self, event: pb.JobEvent) -> None:
-        render.write_lines(self._out, [render.event_line(event)])
+        render.write_lines(self._out, [render.event_line(event, self._kind)])
 
     def reconnecting(self, note: Reconnect) -> None:
         render.write_lines(self._err, [render.reconnect_line(note)])
@@ -83,7 +85,12 @@ _STATUS_STYLE = {
     "undoing": "magenta",
     "undone": "magenta",
     "undo failed": "bold red",
+    "removing": "magenta",
+    "removed": "magenta",
+    "remove failed": "bold red",
 }
+#: A teardown removes what a rollback undoes.
+_TEARDOWN = {"undoing": "removing", "undone": "removed", "undo failed": "remove failed"}
 
 _EVENT_STATUS = {
     pb.JOB_EVENT_TYPE_STEP_STARTED: "running",
@@ -120,27 +127,41 @@ class StepBoard:
         self.state = pb.JOB_STATE_PENDING
         self.progress = 0
         self.title = ""
+        self.kind = pb.JOB_KIND_PROVISION
+        #: The last sequence shown: an event the snapshot already includes (a watch
+        #: replays from the start) must not move the view back.
+        self.seen = 0
+
+    @property
+    def state_text(self) -> str:
+        return render.state_text(self.kind, self.state)
+
+    def _status(self, status: str) -> str:
+        return _TEARDOWN.get(status, status) if self.kind == pb.JOB_KIND_DEPROVISION else status
 
     def snapshot(self, job: pb.Job) -> None:
         self.title = f"{render.kind_name(job.kind)} of {job.department_id}"
-        self.state, self.progress = job.state, job.progress
+        self.kind, self.state, self.progress, self.seen = job.kind, job.state, job.progress, job.last_sequence
         for step in job.steps:
             status = render.step_status_name(step.status)
             self.rows[step.name] = StepRow(
                 step.name,
-                _SNAPSHOT_STATUS.get(status, status),
+                self._status(_SNAPSHOT_STATUS.get(status, status)),
                 step.attempts,
                 max(step.attempts - 1, 0),
                 step.last_error,
             )
 
     def event(self, event: pb.JobEvent) -> None:
+        if event.sequence <= self.seen:
+            return
+        self.seen = event.sequence
         self.state, self.progress = event.state, event.progress
         status = _EVENT_STATUS.get(event.type)
         if status is None or not event.step:
             return
         row = self.rows.setdefault(event.step, StepRow(event.step))
-        row.status, row.note = status, event.message
+        row.status, row.note = self._status(status), event.message
         if event.type == pb.JOB_EVENT_TYPE_STEP_STARTED:
             row.attempts = max(row.attempts, event.attempt)
         elif event.type == pb.JOB_EVENT_TYPE_STEP_RETRYING:
@@ -189,9 +210,7 @@ class LiveSink:
         return Group(title, self._board.table(), self._bar)
 
     def _refresh(self) -> None:
-        self._bar.update(
-            self._task, completed=self._board.progress, description=render.state_name(self._board.state)
-        )
+        self._bar.update(self._task, completed=self._board.progress, description=self._board.state_text)
         self._live.update(self._view(), refresh=True)
 
     def snapshot(self, job: pb.Job) -> None:

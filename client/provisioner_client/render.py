@@ -35,6 +35,13 @@ def state_name(value: int) -> str:
     return pb.JobState.Name(value).removeprefix("JOB_STATE_")
 
 
+def state_text(kind: int, state: int) -> str:
+    """A job's state as people read it: a deprovisioning's ROLLING_BACK is its teardown."""
+    if kind == pb.JOB_KIND_DEPROVISION and state == pb.JOB_STATE_ROLLING_BACK:
+        return "TEARING_DOWN"
+    return state_name(state)
+
+
 def kind_name(value: int) -> str:
     return pb.JobKind.Name(value).removeprefix("JOB_KIND_").lower()
 
@@ -64,10 +71,10 @@ def columns(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     ]
 
 
-def event_line(event: pb.JobEvent) -> str:
+def event_line(event: pb.JobEvent, kind: int = pb.JOB_KIND_PROVISION) -> str:
     """One event on one line: time, sequence, state, progress, step, message."""
     return (
-        f"{when(event.time)}  #{event.sequence:<3} {state_name(event.state):<22} {event.progress:>3}%  "
+        f"{when(event.time)}  #{event.sequence:<3} {state_text(kind, event.state):<22} {event.progress:>3}%  "
         f"{event.step or '-':<10}  {event.message}"
     )
 
@@ -75,7 +82,7 @@ def event_line(event: pb.JobEvent) -> str:
 def snapshot_line(job: pb.Job) -> str:
     return (
         f"{when(job.update_time)}  job {job.job_id}: {kind_name(job.kind)} of {job.department_id}, "
-        f"{state_name(job.state)} at {job.progress}%"
+        f"{state_text(job.kind, job.state)} at {job.progress}%"
     )
 
 

@@ -215,7 +215,7 @@ def test_list_get_health_and_deprovision(
     assert json.loads(out)["healthy"] is False
     code, out, _ = run(capsys, "deprovision", "b2")
     assert code == 0
-    assert "undoing" in out
+    assert "removing" in out and "undoing" not in out
     assert out.splitlines()[-1].startswith("COMPLETED: deprovision of b2")
     code, out, _ = run(capsys, "list", "--status", "deprovisioned")
     assert [line.split()[0] for line in out.splitlines()] == ["DEPARTMENT", "b2"]

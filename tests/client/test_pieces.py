@@ -185,18 +185,47 @@ def _job() -> pb.Job:
 def test_the_step_board_tracks_attempts_retries_and_rollback() -> None:
     board = StepBoard()
     board.snapshot(_job())
-    for type_, attempt in (
-        (pb.JOB_EVENT_TYPE_STEP_STARTED, 1),
-        (pb.JOB_EVENT_TYPE_STEP_RETRYING, 1),
-        (pb.JOB_EVENT_TYPE_STEP_STARTED, 2),
-        (pb.JOB_EVENT_TYPE_STEP_SUCCEEDED, 0),
-        (pb.JOB_EVENT_TYPE_STEP_COMPENSATING, 1),
+    for sequence, (type_, attempt) in enumerate(
+        (
+            (pb.JOB_EVENT_TYPE_STEP_STARTED, 1),
+            (pb.JOB_EVENT_TYPE_STEP_RETRYING, 1),
+            (pb.JOB_EVENT_TYPE_STEP_STARTED, 2),
+            (pb.JOB_EVENT_TYPE_STEP_SUCCEEDED, 0),
+            (pb.JOB_EVENT_TYPE_STEP_COMPENSATING, 1),
+        ),
+        start=1,
     ):
-        board.event(pb.JobEvent(step="database", type=type_, attempt=attempt, message="m"))
+        board.event(pb.JobEvent(sequence=sequence, step="database", type=type_, attempt=attempt, message="m"))
     row = board.rows["database"]
     assert (row.status, row.attempts, row.retries) == ("undoing", 2, 1)
-    board.event(pb.JobEvent(step="gateway", type=pb.JOB_EVENT_TYPE_STEP_COMPENSATION_FAILED, message="stuck"))
+    failed = pb.JobEvent(sequence=6, step="gateway", type=pb.JOB_EVENT_TYPE_STEP_COMPENSATION_FAILED)
+    board.event(failed)
     assert board.rows["gateway"].status == "undo failed"
+
+
+def test_the_step_board_never_goes_back_and_reads_a_teardown_as_one() -> None:
+    board = StepBoard()
+    now = _job()
+    now.state, now.last_sequence = pb.JOB_STATE_VALIDATING, 2
+    board.snapshot(now)
+    # A watch replays the job's events after the snapshot: those it already includes change nothing.
+    board.event(pb.JobEvent(sequence=1, type=pb.JOB_EVENT_TYPE_JOB_CREATED, state=pb.JOB_STATE_PENDING))
+    board.event(pb.JobEvent(sequence=2, type=pb.JOB_EVENT_TYPE_STATE_CHANGED, state=pb.JOB_STATE_VALIDATING))
+    assert board.state_text == "VALIDATING"
+
+    teardown = _job()
+    teardown.kind, teardown.state = pb.JOB_KIND_DEPROVISION, pb.JOB_STATE_ROLLING_BACK
+    board = StepBoard()
+    board.snapshot(teardown)
+    rolling = pb.JOB_STATE_ROLLING_BACK
+    board.event(
+        pb.JobEvent(sequence=1, step="gateway", type=pb.JOB_EVENT_TYPE_STEP_COMPENSATING, state=rolling)
+    )
+    board.event(
+        pb.JobEvent(sequence=2, step="database", type=pb.JOB_EVENT_TYPE_STEP_COMPENSATED, state=rolling)
+    )
+    assert board.state_text == "TEARING_DOWN"
+    assert (board.rows["gateway"].status, board.rows["database"].status) == ("removing", "removed")
 
 
 def test_the_live_view_draws_steps_and_the_outcome_on_a_terminal() -> None:

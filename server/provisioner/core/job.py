@@ -329,6 +329,13 @@ class Job:
             if self.steps[name].status is StepStatus.PENDING:
                 self.steps[name].resources = dict(found)
 
+    @property
+    def _undo(self) -> tuple[str, str, str]:
+        """How an undo reads: a teardown removes what a rollback undoes."""
+        if self.kind is JobKind.DEPROVISION:
+            return ("removing", "removed", "remove")
+        return ("undoing", "undone", "undo")
+
     def start_compensation(self, name: StepName, attempt: int, now: datetime) -> Event:
         """Begin undoing a step; `attempt` counts compensation attempts, apart from `attempts`."""
         self.steps[name].status = StepStatus.COMPENSATING
@@ -337,7 +344,7 @@ class Job:
             now,
             step=name,
             attempt=attempt,
-            message=f"undoing {name}" + (f" (attempt {attempt})" if attempt > 1 else ""),
+            message=f"{self._undo[0]} {name}" + (f" (attempt {attempt})" if attempt > 1 else ""),
         )
 
     def step_compensated(self, name: StepName, now: datetime) -> Event:
@@ -351,7 +358,7 @@ class Job:
             EventType.STEP_COMPENSATED,
             now,
             step=name,
-            message=f"{name} undone",
+            message=f"{name} {self._undo[1]}",
             detail={"removed": removed},
         )
 
@@ -365,7 +372,7 @@ class Job:
             EventType.STEP_COMPENSATION_FAILED,
             now,
             step=name,
-            message=f"could not undo {name}: {failure.message}",
+            message=f"could not {self._undo[2]} {name}: {failure.message}",
             detail={"reason": failure.reason, "remaining": dict(step.resources)},
         )
 
