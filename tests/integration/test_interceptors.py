@@ -183,8 +183,16 @@ CALLS: dict[str, tuple[Call, grpc.StatusCode]] = {
         ),
         grpc.StatusCode.NOT_FOUND,
     ),
+    "ListJobs": (
+        lambda s, md: s.ListJobs(pb.ListJobsRequest(), metadata=md),
+        grpc.StatusCode.OK,
+    ),
+    "ListAuditEvents": (
+        lambda s, md: s.ListAuditEvents(pb.ListAuditEventsRequest(), metadata=md),
+        grpc.StatusCode.OK,
+    ),
 }
-ADMIN_ONLY = {"Provision", "Deprovision"}
+ADMIN_ONLY = {"Provision", "Deprovision", "ListAuditEvents"}
 
 
 def expected(caller: str, method: str) -> grpc.StatusCode:
