@@ -59,7 +59,7 @@ def test_a_newcomer_mints_a_token_provisions_watches_lists_checks_and_deprovisio
 def test_errors_are_one_sentence_with_distinct_exit_codes(plane: ControlPlane, tmp_path: Path) -> None:
     invalid = plane.run("provision", "--department-id", "Not Valid", *FLAGS)
     assert invalid.returncode == 2
-    assert "department_id" in invalid.stderr
+    assert "--department-id must be" in invalid.stderr
     viewer = plane.run("provision", "--department-id", "viewers", *FLAGS, role="viewer")
     assert viewer.returncode == 3
     assert "admin" in viewer.stderr
