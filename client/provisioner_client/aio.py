@@ -97,15 +97,19 @@ class AsyncProvisioningClient:
         /,
         *,
         request_id: str | None = None,
+        validate_only: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109
         **fields: Unpack[SpecFields],
     ) -> pb.Job:
         """Start provisioning a department (or get the job already doing it).
 
         Give a `DepartmentSpec` or its fields as keywords. `request_id` (a UUID) makes the
-        call idempotent; one is generated when omitted, and every retry reuses it.
+        call idempotent; one is generated when omitted, and every retry reuses it. With
+        `validate_only`, nothing is done: every check is made and the job the call would
+        return comes back (without an id if it would be new).
         """
         request = _base.provision_request(spec, fields, request_id)
+        request.validate_only = validate_only
         return await self._unary(_methods.PROVISION, request, timeout)
 
     async def get_status(
@@ -122,11 +126,14 @@ class AsyncProvisioningClient:
         department_id: str,
         *,
         request_id: str | None = None,
+        validate_only: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> pb.Job:
         """Tear a department down; returns the teardown job. Idempotent like `provision`."""
         request = pb.DeprovisionRequest(
-            department_id=department_id, request_id=request_id or _base.new_request_id()
+            department_id=department_id,
+            request_id=request_id or _base.new_request_id(),
+            validate_only=validate_only,
         )
         return await self._unary(_methods.DEPROVISION, request, timeout)
 

@@ -120,6 +120,9 @@ def _spec(args: argparse.Namespace) -> DepartmentSpec:
 
 
 async def _provision(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
+    if args.dry_run:
+        preview = await client.provision(_spec(args), request_id=args.request_id, validate_only=True)
+        return _dry_run(preview, "provision", output)
     job = await client.provision(_spec(args), request_id=args.request_id)
     if job.state in (pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED):
         # A new job cannot have ended yet: this is the same spec again, or the same request
@@ -148,8 +151,27 @@ async def _provision(args: argparse.Namespace, client: AsyncProvisioningClient, 
 
 
 async def _deprovision(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
+    if args.dry_run:
+        preview = await client.deprovision(args.department_id, request_id=args.request_id, validate_only=True)
+        return _dry_run(preview, "deprovision", output)
     job = await client.deprovision(args.department_id, request_id=args.request_id)
     return await _started(job, args, client, output)
+
+
+def _dry_run(preview: pb.Job, action: str, output: Output) -> int:
+    """What the server said it would do; exit 0 (a refusal exits as the real call would)."""
+    if output.json:
+        output.lines([render.json_text(preview)])
+    elif preview.job_id:
+        output.lines(
+            [
+                f"dry run: {action} of {preview.department_id} would return job {preview.job_id} "
+                f"({render.state_text(preview.kind, preview.state)}), which already does it; nothing done"
+            ]
+        )
+    else:
+        output.lines([f"dry run: {action} of {preview.department_id} would be accepted; nothing done"])
+    return exitcodes.OK
 
 
 async def _started(
@@ -389,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--request-id", help="idempotency key (a UUID): repeating it returns the same job")
     sub.add_argument("--no-wait", action="store_true", help="print the new job and return at once")
     sub.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything (spec, region, conflicts, quota, rate limit) and do nothing",
+    )
+    sub.add_argument(
         "--export",
         action="store_true",
         help="print shell `export` lines (JOB_ID, DEPARTMENT_ID, CLIENT_ID, CLIENT_SECRET) for "
@@ -399,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("department_id", metavar="DEPARTMENT_ID")
     sub.add_argument("--request-id", help="idempotency key (a UUID)")
     sub.add_argument("--no-wait", action="store_true", help="print the teardown job and return at once")
+    sub.add_argument("--dry-run", action="store_true", help="check that it would be accepted and do nothing")
 
     sub = command(
         "watch", _watch, "Follow a job to its end, resuming across reconnects; exit 1 if it FAILED."

@@ -83,11 +83,13 @@ class ProvisioningClient:
         /,
         *,
         request_id: str | None = None,
+        validate_only: bool = False,
         timeout: float | None = None,
         **fields: Unpack[SpecFields],
     ) -> pb.Job:
         """Start provisioning a department; see `AsyncProvisioningClient.provision`."""
         request = _base.provision_request(spec, fields, request_id)
+        request.validate_only = validate_only
         return self._unary(_methods.PROVISION, request, timeout)
 
     def get_status(self, job_id: str, *, timeout: float | None = None) -> pb.Job:
@@ -95,11 +97,18 @@ class ProvisioningClient:
         return self._unary(_methods.GET_STATUS, pb.GetStatusRequest(job_id=job_id), timeout)
 
     def deprovision(
-        self, department_id: str, *, request_id: str | None = None, timeout: float | None = None
+        self,
+        department_id: str,
+        *,
+        request_id: str | None = None,
+        validate_only: bool = False,
+        timeout: float | None = None,
     ) -> pb.Job:
         """Tear a department down; returns the teardown job. Idempotent like `provision`."""
         request = pb.DeprovisionRequest(
-            department_id=department_id, request_id=request_id or _base.new_request_id()
+            department_id=department_id,
+            request_id=request_id or _base.new_request_id(),
+            validate_only=validate_only,
         )
         return self._unary(_methods.DEPROVISION, request, timeout)
 

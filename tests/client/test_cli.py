@@ -362,3 +362,23 @@ def test_violations_are_named_as_the_caller_wrote_them(
     code, _, err = run(capsys, "provision", "-f", str(spec), "--region", "us-west", "--admin-email", "a@b.co")
     assert code == 2
     assert f"  dataRetention in {spec}: " in err
+
+
+def test_dry_runs_say_what_would_happen_and_do_nothing(
+    target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "provision", "--department-id", "hr", *FLAGS, "--dry-run")
+    assert (code, out) == (0, "dry run: provision of hr would be accepted; nothing done\n"), err
+    code, out, _ = run(capsys, "list")
+    assert out == "no departments\n"
+    code, _, err = run(capsys, "provision", "--department-id", "HR", *FLAGS, "--dry-run")
+    assert code == 2 and "--department-id" in err
+    code, _, err = run(capsys, "deprovision", "hr", "--dry-run")
+    assert code == 4, err
+    assert run(capsys, "provision", "--department-id", "hr", *FLAGS)[0] == 0
+    code, out, _ = run(capsys, "deprovision", "hr", "--dry-run", "-o", "json")
+    assert (
+        code == 0 and json.loads(out)["kind"] == "JOB_KIND_DEPROVISION" and not json.loads(out).get("jobId")
+    )
+    code, out, _ = run(capsys, "provision", "--department-id", "hr", *FLAGS, "--dry-run")
+    assert code == 0 and "would return job" in out and "(COMPLETED), which already does it" in out

@@ -143,6 +143,29 @@ def test_a_departments_job_history_and_the_audit_log_over_rest_and_the_cli(plane
     assert refused.returncode != 0 and "admin" in refused.stderr
 
 
+def test_dry_runs_over_rest_check_everything_and_change_nothing(plane: ControlPlane) -> None:
+    dept = department_id()
+    with plane.http() as client:
+        body = {"departmentId": dept, **SPEC, "validateOnly": True}
+        preview = client.post("/api/provision-department", json=body)
+        assert preview.status_code == 200, preview.text
+        assert preview.json()["departmentId"] == dept and not preview.json().get("jobId")
+        assert client.get(f"/api/departments/{dept}").status_code == 404
+        refused = client.post(
+            "/api/provision-department", json={**body, "region": "mars-1", "adminEmail": "x"}
+        )
+        assert refused.status_code == 400
+        violations = next(d for d in refused.json()["details"] if d["@type"].endswith("BadRequest"))
+        assert {v["field"] for v in violations["fieldViolations"]} == {"region", "admin_email"}
+
+        job = client.post("/api/provision-department", json={"departmentId": dept, **SPEC}).json()
+        finished(client, job["jobId"])
+        teardown = client.delete(f"/api/deprovision/{dept}", params={"validateOnly": "true"})
+        assert teardown.status_code == 200, teardown.text
+        assert teardown.json()["kind"] == "JOB_KIND_DEPROVISION" and not teardown.json().get("jobId")
+        assert client.get(f"/api/departments/{dept}").json()["status"] == "DEPARTMENT_STATUS_ACTIVE"
+
+
 def test_a_resumed_watch_sees_nothing_twice_and_misses_nothing(plane: ControlPlane) -> None:
     with plane.http() as client:
         job = client.post("/api/provision-department", json={"departmentId": department_id(), **SPEC}).json()

@@ -325,6 +325,41 @@ async def test_list_audit_events_newest_first_pages_and_filters(api: Api) -> Non
     assert not (await api.stub.ListAuditEvents(pb.ListAuditEventsRequest(principal="mallory"))).audit_events
 
 
+async def test_a_dry_run_answers_every_check_and_changes_nothing(api: Api) -> None:
+    preview = await api.stub.Provision(request(validate_only=True))
+    assert preview.job_id == "" and preview.department_id == "hr"
+    assert preview.state == pb.JOB_STATE_PENDING and len(preview.steps) == 7
+    assert not (await api.stub.ListDepartments(pb.ListDepartmentsRequest())).departments
+    assert not (await api.stub.ListJobs(pb.ListJobsRequest())).jobs
+    assert not (await api.stub.ListAuditEvents(pb.ListAuditEventsRequest())).audit_events
+    assert not list(api.root.rglob("*.json")), "no step ran"
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await api.stub.Provision(
+            request("HR", department_name="", data_retention="0d", admin_email="no", validate_only=True)
+        )
+    fields = {v.field for v in details(caught.value)["BadRequest"].field_violations}  # type: ignore[attr-defined]
+    assert fields == {"department_id", "department_name", "data_retention", "admin_email"}
+
+    job = await api.stub.Provision(request())
+    await api.finished(job.job_id)
+    again = await api.stub.Provision(request(validate_only=True))
+    assert again.job_id == job.job_id, "a repeat would return the job that did it"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await api.stub.Provision(request(region="eu-west", validate_only=True))
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+    teardown = await api.stub.Deprovision(pb.DeprovisionRequest(department_id="hr", validate_only=True))
+    assert teardown.job_id == "" and teardown.kind == pb.JOB_KIND_DEPROVISION
+    department = await api.stub.GetDepartment(pb.GetDepartmentRequest(department_id="hr"))
+    assert department.status == pb.DEPARTMENT_STATUS_ACTIVE
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await api.stub.Deprovision(pb.DeprovisionRequest(department_id="ghost", validate_only=True))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    audited = (await api.stub.ListAuditEvents(pb.ListAuditEventsRequest())).audit_events
+    assert [(e.action, e.department_id) for e in audited] == [("provision", "hr")], "dry runs are not audited"
+
+
 async def test_health_reports_each_component_live(api: Api) -> None:
     job = await api.stub.Provision(request())
     await api.finished(job.job_id)

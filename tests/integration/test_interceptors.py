@@ -534,3 +534,28 @@ async def test_an_overloaded_server_sheds_new_calls_with_a_retry_delay(tmp_path:
         assert (
             await health.Check(health_pb2.HealthCheckRequest())
         ).status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["in-memory windows", "windows in the job store"])
+async def test_a_dry_run_costs_a_read_and_says_whether_the_real_call_would_fit(
+    tmp_path: Path, shared: bool
+) -> None:
+    store = SqlJobStore(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}") if shared else None
+    if store is not None:
+        await store.initialize()
+    limits = limiter(provision=Rate(1, 3600.0), shared=store)
+    try:
+        async for api in serve(tmp_path, store=store, limits=limits):
+            dry = request("dry", validate_only=True)
+            for _ in range(3):  # dry runs do not use up the provision window
+                preview = await api.stub.Provision(dry, metadata=bearer(ADMIN))
+                assert preview.job_id == ""
+            await api.stub.Provision(request("dry"), metadata=bearer(ADMIN))
+            error = await refused(
+                api.stub.Provision(request("other", validate_only=True), metadata=bearer(ADMIN))
+            )
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "PROVISIONER_RATE_LIMIT_PROVISION" in (error.details() or "")
+    finally:
+        if store is not None:
+            await store.close()

@@ -434,3 +434,14 @@ async def test_a_region_the_platform_does_not_run_is_refused_before_any_job(
     }
     assert await store.get_department("mars") is None
     assert await store.list_jobs() == []
+
+
+async def test_a_dry_run_reports_the_quota_and_reserves_nothing(
+    build: Build, store: InMemoryJobStore
+) -> None:
+    orchestrator = build(config=dataclasses.replace(FAST, max_departments=1))
+    job, _ = await run(orchestrator, "first")
+    assert (await orchestrator.preview_provision(spec("first"), principal="alice")).job_id == job.job_id
+    with pytest.raises(QuotaExceededError):
+        await orchestrator.preview_provision(spec("second"), principal="alice")
+    assert await store.get_department("second") is None

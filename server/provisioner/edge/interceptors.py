@@ -40,7 +40,7 @@ from provisioner.edge.auth import (
     roles_needed,
 )
 from provisioner.edge.concurrency import ConcurrencyLimiter, kind_for
-from provisioner.edge.ratelimit import RateLimiter, bucket_for
+from provisioner.edge.ratelimit import READ_BUCKET, RateLimiter, bucket_for
 from provisioner.telemetry import metrics, tracing
 
 log = logging.getLogger(__name__)
@@ -333,7 +333,9 @@ class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
 
 #: Admission for one call: None to go ahead, or what to call when the call ends; raises
 #: a `ProvisioningError` to refuse it.
-Admit: TypeAlias = Callable[[], Awaitable[Callable[[], None] | None]]
+#: Given the call's request, admit it (returning what releases its slot, if anything) or
+#: raise the refusal.
+Admit: TypeAlias = Callable[[Any], Awaitable[Callable[[], None] | None]]
 
 
 def _admitted(handler: Handler, admit: Admit) -> Handler:
@@ -341,9 +343,9 @@ def _admitted(handler: Handler, admit: Admit) -> Handler:
     looks the method up, so that whatever admission holds is released however the call
     ends). Only for our own handlers: coroutines and async generators."""
 
-    async def admitted(context: Context) -> Callable[[], None] | None:
+    async def admitted(request: Any, context: Context) -> Callable[[], None] | None:
         try:
-            return await admit()
+            return await admit(request)
         except ProvisioningError as exc:
             await errors.abort(context, exc)
 
@@ -351,7 +353,7 @@ def _admitted(handler: Handler, admit: Admit) -> Handler:
         streamed: Behavior = handler.unary_stream or handler.stream_stream  # type: ignore[assignment]
 
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            release = await admitted(context)
+            release = await admitted(request, context)
             try:
                 async for item in streamed(request, context):
                     yield item
@@ -364,7 +366,7 @@ def _admitted(handler: Handler, admit: Admit) -> Handler:
     called: Behavior = handler.unary_unary or handler.stream_unary  # type: ignore[assignment]
 
     async def unary(request: Any, context: Context) -> Any:
-        release = await admitted(context)
+        release = await admitted(request, context)
         try:
             return await called(request, context)
         finally:
@@ -391,7 +393,7 @@ class ConcurrencyInterceptor(grpc.aio.ServerInterceptor):
             return handler
         principal = caller.principal.get()
 
-        async def admit() -> Callable[[], None]:
+        async def admit(request: Any) -> Callable[[], None]:
             return self._limiter.admit(principal, kind)
 
         return _admitted(handler, admit)
@@ -414,8 +416,14 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
             return handler
         principal = caller.principal.get()
 
-        async def admit() -> None:
+        async def admit(request: Any) -> None:
             # Rate limited, or the shared windows unreachable: refused either way.
-            await self._limiter.acquire(principal, bucket, self._clock())
+            now = self._clock()
+            if getattr(request, "validate_only", False) is True:
+                # A dry run (AIP-163) costs a read, and says whether the real call would fit.
+                await self._limiter.acquire(principal, READ_BUCKET, now)
+                await self._limiter.check(principal, bucket, now)
+                return
+            await self._limiter.acquire(principal, bucket, now)
 
         return _admitted(handler, admit)

@@ -108,6 +108,14 @@ class SlidingWindow:
         times.append(now)
         return None
 
+    def wait(self, key: str, now: float) -> float | None:
+        """What `admit` would answer, recording nothing."""
+        times = self._log.get(key)
+        if times is None:
+            return None
+        live = [t for t in times if t > now - self.rate.period]
+        return max(live[0] + self.rate.period - now, 1e-6) if len(live) >= self.rate.count else None
+
     def _expire(self, times: deque[float], now: float) -> None:
         horizon = now - self.rate.period
         while times and times[0] <= horizon:
@@ -128,6 +136,9 @@ class AdmissionStore(Protocol):
 
     async def admit(self, bucket: str, principal: str, count: int, period: float, now: float) -> float | None:
         """Record an admission and return None, or return the seconds to wait."""
+
+    async def wait(self, bucket: str, principal: str, count: int, period: float, now: float) -> float | None:
+        """What `admit` would answer, recording nothing."""
 
 
 class RateLimiter:
@@ -153,5 +164,16 @@ class RateLimiter:
             wait = await self._shared.admit(bucket, principal, rate.count, rate.period, now)
         else:
             wait = window.admit(principal, now)
+        if wait is not None:
+            raise RateLimitedError(bucket, window.rate, wait)
+
+    async def check(self, principal: str, bucket: str, now: float) -> None:
+        """Raise `RateLimitedError` if a call would be refused now; admit nothing."""
+        window = self.windows[bucket]
+        if self._shared is not None and bucket in SHARED_BUCKETS:
+            rate = window.rate
+            wait = await self._shared.wait(bucket, principal, rate.count, rate.period, now)
+        else:
+            wait = window.wait(principal, now)
         if wait is not None:
             raise RateLimitedError(bucket, window.rate, wait)

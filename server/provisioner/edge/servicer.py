@@ -46,12 +46,18 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
 
     @errors.unary
     async def Provision(self, request: pb.ProvisionRequest, context: Context) -> pb.Job:
-        _validated(request)
-        job, _ = await self._orchestrator.provision(
-            convert.spec_from_request(request),
-            principal=caller.principal.get(),
-            request_id=request.request_id or None,
-        )
+        spec, principal = convert.spec_from_request(request), caller.principal.get()
+        # Every problem at once: the contract's rules, then the platform's (its regions).
+        found = violations(request)
+        named = {v.field for v in found}
+        found += [v for v in self._orchestrator.spec_violations(spec) if v.field not in named]
+        if found:
+            raise InvalidSpecError(found)
+        request_id = request.request_id or None
+        if request.validate_only:
+            job = await self._orchestrator.preview_provision(spec, principal=principal, request_id=request_id)
+        else:
+            job, _ = await self._orchestrator.provision(spec, principal=principal, request_id=request_id)
         return convert.job(job, internals=caller.internals.get())
 
     @errors.unary
@@ -109,9 +115,15 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
     @errors.unary
     async def Deprovision(self, request: pb.DeprovisionRequest, context: Context) -> pb.Job:
         _validated(request)
-        job, _ = await self._orchestrator.deprovision(
-            request.department_id, principal=caller.principal.get(), request_id=request.request_id or None
-        )
+        principal, request_id = caller.principal.get(), request.request_id or None
+        if request.validate_only:
+            job = await self._orchestrator.preview_deprovision(
+                request.department_id, principal=principal, request_id=request_id
+            )
+        else:
+            job, _ = await self._orchestrator.deprovision(
+                request.department_id, principal=principal, request_id=request_id
+            )
         return convert.job(job, internals=caller.internals.get())
 
     @errors.unary

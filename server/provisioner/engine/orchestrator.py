@@ -27,6 +27,7 @@ from provisioner.core.errors import (
     InvalidSpecError,
     NotFoundError,
     ProvisioningError,
+    QuotaExceededError,
     ServiceDrainingError,
 )
 from provisioner.core.job import Event, IssuedClient, Job
@@ -194,8 +195,67 @@ class Orchestrator:
                 # Another request for the same department won the race: answer with its job.
         raise AssertionError("unreachable")
 
-    def _check_spec(self, spec: DepartmentSpec) -> None:
-        """The spec's own rules and those of this platform's configuration, all reported."""
+    async def preview_provision(
+        self, spec: DepartmentSpec, *, principal: str, request_id: str | None = None
+    ) -> Job:
+        """Every check of `provision` that has no side effect (AIP-163 `validate_only`): the
+        spec's rules and the region, a replayed request id, a conflict with the department
+        as it is, the quota. Returns the job the call would return: the existing one for a
+        repeat, else a preview of a new one, without an id. Writes nothing."""
+        self._check_spec(spec)
+        request_id = _check_request_id(request_id)
+        self._check_accepting()
+        department = await self.store.get_department(spec.department_id)
+        existing = await self._existing_provision(
+            spec, request_id, principal, department is not None, audit=False
+        )
+        if existing is not None:
+            return existing
+        if department is None or department.status not in HOLDING_RESOURCES:
+            census = await self.store.census(self._clock())
+            if sum(census.departments[s] for s in HOLDING_RESOURCES) >= self.config.max_departments:
+                raise QuotaExceededError(self.config.max_departments)
+        return self._preview(JobKind.PROVISION, spec, principal, request_id)
+
+    async def preview_deprovision(
+        self, department_id: str, *, principal: str, request_id: str | None = None
+    ) -> Job:
+        """Every check of `deprovision` that has no side effect: the teardown running now,
+        or a preview of a new one (without an id). Writes nothing and cancels nothing."""
+        violations = check_department_id(department_id)
+        if violations:
+            raise InvalidSpecError(violations)
+        request_id = _check_request_id(request_id)
+        self._check_accepting()
+        if request_id is not None:
+            replay = await self.store.find_by_request_id(request_id)
+            if replay is not None:
+                if replay.kind is JobKind.DEPROVISION and replay.department_id == department_id:
+                    return replay
+                raise ConflictError(f"request id {request_id} was already used for another request")
+        department = await self.store.get_department(department_id)
+        if department is None or department.status is DepartmentStatus.DEPROVISIONED:
+            raise NotFoundError(f"department {department_id} not found")
+        for job in await self.store.unfinished_jobs(department_id):
+            if job.kind is JobKind.DEPROVISION:
+                return job
+        return self._preview(JobKind.DEPROVISION, department.spec, principal, request_id)
+
+    def _preview(self, kind: JobKind, spec: DepartmentSpec, principal: str, request_id: str | None) -> Job:
+        now = self._clock()
+        job, _ = Job.create(
+            job_id="",
+            kind=kind,
+            spec=spec,
+            principal=principal,
+            now=now,
+            deadline_at=now + timedelta(seconds=self.config.job_deadline),
+            request_id=request_id,
+        )
+        return job
+
+    def spec_violations(self, spec: DepartmentSpec) -> list[FieldViolation]:
+        """The spec's own rules and those of this platform's configuration (the region)."""
         violations: list[FieldViolation] = []
         try:
             validate(spec)
@@ -206,6 +266,10 @@ class Orchestrator:
             violations.append(
                 FieldViolation("region", f"must be one of this platform's regions: {', '.join(regions)}")
             )
+        return violations
+
+    def _check_spec(self, spec: DepartmentSpec) -> None:
+        violations = self.spec_violations(spec)
         if violations:
             raise InvalidSpecError(violations)
 
@@ -246,14 +310,17 @@ class Orchestrator:
         raise AssertionError("unreachable")
 
     async def _existing_provision(
-        self, spec: DepartmentSpec, request_id: str | None, principal: str, known: bool
+        self, spec: DepartmentSpec, request_id: str | None, principal: str, known: bool, *, audit: bool = True
     ) -> Job | None:
+        """The job that already answers this provisioning, if one does; with `audit`, the
+        answer is audited (the rate limit is rebuilt from it)."""
         fingerprint = spec.fingerprint()
         if request_id is not None:
             replay = await self.store.find_by_request_id(request_id)
             if replay is not None:
                 if replay.kind is JobKind.PROVISION and replay.spec.fingerprint() == fingerprint:
-                    await self._audit(principal, "provision", spec.department_id, "replayed", replay)
+                    if audit:
+                        await self._audit(principal, "provision", spec.department_id, "replayed", replay)
                     return replay
                 raise ConflictError(f"request id {request_id} was already used for a different request")
         if not known:
@@ -264,12 +331,15 @@ class Orchestrator:
                 f"department {spec.department_id} is being deprovisioned; "
                 "provision it again once that job finishes"
             )
-        for job in unfinished:
-            return await self._answered_with(principal, self._same_spec(job, fingerprint))
-        latest = await self.store.latest_job(spec.department_id)
-        if latest is not None and latest.kind is JobKind.PROVISION and latest.state is State.COMPLETED:
-            return await self._answered_with(principal, self._same_spec(latest, fingerprint))
-        return None
+        answer = next(iter(unfinished), None)
+        if answer is None:
+            latest = await self.store.latest_job(spec.department_id)
+            done = latest is not None and latest.kind is JobKind.PROVISION and latest.state is State.COMPLETED
+            answer = latest if done else None
+        if answer is None:
+            return None
+        job = self._same_spec(answer, fingerprint)
+        return await self._answered_with(principal, job) if audit else job
 
     async def _answered_with(self, principal: str, job: Job) -> Job:
         """Audit a request answered with an existing job: the rate limit is rebuilt from it."""

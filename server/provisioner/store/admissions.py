@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from provisioner.store.connections import reading
 from provisioner.store.schema import rate_admissions
 
 _T = rate_admissions
@@ -48,13 +49,23 @@ class _Writer(Protocol):
 class SqlAdmissions:
     """The `AdmissionStore` of `edge.ratelimit`, on the job store's database."""
 
-    def __init__(self, writer: _Writer) -> None:
+    def __init__(self, writer: _Writer, engine: AsyncEngine) -> None:
         self._writer = writer
+        #: Reads (`wait`) need no turn at the writer.
+        self._engine = engine
 
     async def admit(self, bucket: str, principal: str, count: int, period: float, now: float) -> float | None:
         """Record an admission at `now` and return None, or return the seconds until the
         oldest admission in the window leaves it (and record nothing)."""
         return await self._writer.admit(PendingAdmission(bucket, principal, count, period, now))
+
+    async def wait(self, bucket: str, principal: str, count: int, period: float, now: float) -> float | None:
+        """The seconds until an admission would fit, or None if one fits now; records nothing."""
+        key = (_T.c.bucket == bucket, _T.c.principal == principal, _T.c.at > now - period)
+        newest = sa.select(_T.c.at).where(*key).order_by(_T.c.at.desc()).offset(count - 1).limit(1)
+        async with reading(self._engine) as conn:
+            opens = (await conn.execute(newest)).scalar_one_or_none()
+        return None if opens is None else max(float(opens) + period - now, 1e-6)
 
 
 async def decide(

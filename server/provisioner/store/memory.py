@@ -426,3 +426,7 @@ class InMemoryAdmissions:
             return max(times[-count] + period - now, 1e-6)
         times.append(now)
         return None
+
+    async def wait(self, bucket: str, principal: str, count: int, period: float, now: float) -> float | None:
+        times = sorted(t for t in self.times.get((bucket, principal), []) if t > now - period)
+        return max(times[-count] + period - now, 1e-6) if len(times) >= count else None

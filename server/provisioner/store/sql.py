@@ -96,7 +96,7 @@ class SqlJobStore:
         #: The gateway's routes, on the same database.
         self.routes = SqlRouteStore(self._engine)
         #: The API's rate-limit windows, shared by every replica.
-        self.admissions = SqlAdmissions(self._writer)
+        self.admissions = SqlAdmissions(self._writer, self._engine)
         #: Webhook messages, written by `commit` and sent by `webhooks`.
         self.outbox = SqlOutbox(self._engine)
         #: Step rows as last committed per running job, so commits send only what changed.

@@ -109,7 +109,7 @@ DEPARTMENT_STATUS_DEPROVISIONING: DepartmentStatus
 DEPARTMENT_STATUS_DEPROVISIONED: DepartmentStatus
 
 class ProvisionRequest(_message.Message):
-    __slots__ = ("department_id", "department_name", "workflows", "data_retention", "region", "admin_email", "request_id")
+    __slots__ = ("department_id", "department_name", "workflows", "data_retention", "region", "admin_email", "request_id", "validate_only")
     DEPARTMENT_ID_FIELD_NUMBER: _ClassVar[int]
     DEPARTMENT_NAME_FIELD_NUMBER: _ClassVar[int]
     WORKFLOWS_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,7 @@ class ProvisionRequest(_message.Message):
     REGION_FIELD_NUMBER: _ClassVar[int]
     ADMIN_EMAIL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     department_id: str
     department_name: str
     workflows: _containers.RepeatedScalarFieldContainer[str]
@@ -124,7 +125,8 @@ class ProvisionRequest(_message.Message):
     region: str
     admin_email: str
     request_id: str
-    def __init__(self, department_id: _Optional[str] = ..., department_name: _Optional[str] = ..., workflows: _Optional[_Iterable[str]] = ..., data_retention: _Optional[str] = ..., region: _Optional[str] = ..., admin_email: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, department_id: _Optional[str] = ..., department_name: _Optional[str] = ..., workflows: _Optional[_Iterable[str]] = ..., data_retention: _Optional[str] = ..., region: _Optional[str] = ..., admin_email: _Optional[str] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -159,12 +161,14 @@ class Heartbeat(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_sequence: _Optional[int] = ...) -> None: ...
 
 class DeprovisionRequest(_message.Message):
-    __slots__ = ("department_id", "request_id")
+    __slots__ = ("department_id", "request_id", "validate_only")
     DEPARTMENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     department_id: str
     request_id: str
-    def __init__(self, department_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, department_id: _Optional[str] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class ListDepartmentsRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "status", "region")
