@@ -315,7 +315,8 @@ def past_int64(value: object) -> bool:
 def known_rest_finding(case: schemathesis.Case, reply: Any, failure: Exception) -> str | None:
     """The finding a schemathesis failure is, if it is a known one."""
     kind, body = type(failure).__name__, reply.json() if reply.text.startswith("{") else {}
-    fields = {v["field"] for d in body.get("details", []) for v in d.get("fieldViolations", [])}
+    # A region the platform does not run is configuration, not a deviation (`only_region_refused`).
+    fields = {v["field"] for d in body.get("details", []) for v in d.get("fieldViolations", [])} - {"region"}
     sent = dict(case.body) if isinstance(case.body, dict) else {}
     sent |= {**(case.path_parameters or {}), **(case.query or {})}
     rejected = kind == "RejectedPositiveData"

@@ -49,8 +49,8 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
         spec, principal = convert.spec_from_request(request), caller.principal.get()
         # Every problem at once: the contract's rules, then the platform's (its regions).
         found = violations(request)
-        named = {v.field for v in found}
-        found += [v for v in self._orchestrator.spec_violations(spec) if v.field not in named]
+        named = {_base_field(v.field) for v in found}
+        found += [v for v in self._orchestrator.spec_violations(spec) if _base_field(v.field) not in named]
         if found:
             raise InvalidSpecError(found)
         request_id = request.request_id or None
@@ -220,6 +220,11 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
             healthy=all(c.healthy for c in conditions),
             conditions=conditions,
         )
+
+
+def _base_field(path: str) -> str:
+    """`workflows` for `workflows[3]`: the engine's rules repeat the contract's per item."""
+    return path.split("[", 1)[0].split(".", 1)[0]
 
 
 def _fingerprint(*filters: object) -> str:
