@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import importlib.metadata
 import os
 import sys
 import textwrap
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO, TypeVar
 
+from google.protobuf.message import Message
 from rich.console import Console
 
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
@@ -25,7 +27,7 @@ from provisioner_client import exitcodes, render
 from provisioner_client._base import KIND_NAMES, STATE_NAMES, STATUS_NAMES
 from provisioner_client.aio import AsyncProvisioningClient
 from provisioner_client.config import DEFAULT_TIMEOUT, Endpoint, resolve_endpoint, token_settings
-from provisioner_client.errors import ClientError, ConfigurationError
+from provisioner_client.errors import ApiError, ClientError, ConfigurationError
 from provisioner_client.live import JsonSink, LiveSink, PlainSink, ProgressSink
 from provisioner_client.spec import DepartmentSpec, SpecFields, load_spec_file
 from provisioner_client.tokens import DEFAULT_TTL, ROLES, mint_token, parse_duration
@@ -44,14 +46,36 @@ _FLAGS = {
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """Where and how a command writes."""
+    """Where and how a command writes: `format` is text, wide, json or yaml."""
 
-    json: bool
+    format: str
     out: TextIO
     err: TextIO
+    headers: bool = True
+
+    @property
+    def structured(self) -> bool:
+        return self.format in ("json", "yaml")
+
+    @property
+    def json(self) -> bool:
+        """Machine-readable: a document for reads, JSON lines for streams (either format)."""
+        return self.structured
+
+    @property
+    def wide(self) -> bool:
+        return self.format == "wide"
 
     def lines(self, lines: Sequence[str]) -> None:
         render.write_lines(self.out, lines)
+
+    def document(self, data: Message | dict[str, object]) -> None:
+        """A read command's answer as JSON or YAML, in the contract's JSON names."""
+        self.lines([render.json_text(data) if self.format == "json" else render.yaml_text(data)])
+
+    def table(self, lines: Sequence[str]) -> None:
+        """Aligned rows under a header line, which `--no-headers` leaves out."""
+        self.lines(lines if self.headers else lines[1:])
 
     def sink(self) -> ProgressSink:
         if self.json:
@@ -137,7 +161,7 @@ async def _provision(args: argparse.Namespace, client: AsyncProvisioningClient, 
         )
     if args.export:
         # Progress to stderr; stdout is only the `export` lines, for `eval "$(...)"`.
-        code = await _started(job, args, client, Output(False, output.err, output.err))
+        code = await _started(job, args, client, Output("text", output.err, output.err))
         output.lines(render.export_lines(job, with_secret=code == exitcodes.OK))
         return code
     code = await _started(job, args, client, output)
@@ -160,8 +184,8 @@ async def _deprovision(args: argparse.Namespace, client: AsyncProvisioningClient
 
 def _dry_run(preview: pb.Job, action: str, output: Output) -> int:
     """What the server said it would do; exit 0 (a refusal exits as the real call would)."""
-    if output.json:
-        output.lines([render.json_text(preview)])
+    if output.structured:
+        output.document(preview)
     elif preview.job_id:
         output.lines(
             [
@@ -195,26 +219,40 @@ async def _watch(args: argparse.Namespace, client: AsyncProvisioningClient, outp
 
 async def _status(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
     job = await client.get_status(args.job_id)
-    output.lines([render.json_text(job)] if output.json else render.job_lines(job))
+    if output.structured:
+        output.document(job)
+    else:
+        output.lines(render.job_lines(job))
     return exitcodes.FAILED if job.state == pb.JOB_STATE_FAILED else exitcodes.OK
 
 
 async def _list(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
-    found = [d async for d in client.list_departments(status=args.status, region=args.region)]
-    if output.json:
-        output.lines([render.json_text({"departments": [render.to_dict(d) for d in found]})])
+    listed = [d async for d in client.list_departments(status=args.status, region=args.region)]
+    # Like `kubectl get`, what is gone is hidden unless asked for (--all, or its status).
+    shown = args.all or args.status
+    found = [d for d in listed if shown or d.status != pb.DEPARTMENT_STATUS_DEPROVISIONED]
+    hidden = len(listed) - len(found)
+    if output.structured:
+        output.document({"departments": [render.to_dict(d) for d in found]})
+        return exitcodes.OK
+    if found:
+        output.table(render.department_table(found, wide=output.wide))
     else:
-        output.lines(render.department_table(found) if found else ["no departments"])
+        output.lines(["no departments"])
+    if hidden:
+        render.write_lines(output.err, [f"({hidden} deprovisioned not shown; --all shows them)"])
     return exitcodes.OK
 
 
 async def _jobs(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
     found = client.list_jobs(department_id=args.department, kind=args.kind, state=args.state)
     jobs = [j async for j in _first(found, args.limit)]
-    if output.json:
-        output.lines([render.json_text({"jobs": [render.to_dict(j) for j in jobs]})])
+    if output.structured:
+        output.document({"jobs": [render.to_dict(j) for j in jobs]})
+    elif jobs:
+        output.table(render.job_table(jobs, wide=output.wide))
     else:
-        output.lines(render.job_table(jobs) if jobs else ["no jobs"])
+        output.lines(["no jobs"])
     return exitcodes.OK
 
 
@@ -227,10 +265,12 @@ async def _audit(args: argparse.Namespace, client: AsyncProvisioningClient, outp
         until=args.until,
     )
     events = [e async for e in _first(found, args.limit)]
-    if output.json:
-        output.lines([render.json_text({"auditEvents": [render.to_dict(e) for e in events]})])
+    if output.structured:
+        output.document({"auditEvents": [render.to_dict(e) for e in events]})
+    elif events:
+        output.table(render.audit_table(events, wide=output.wide))
     else:
-        output.lines(render.audit_table(events) if events else ["no audit entries"])
+        output.lines(["no audit entries"])
     return exitcodes.OK
 
 
@@ -248,13 +288,48 @@ async def _first(items: AsyncIterator[T], limit: int) -> AsyncIterator[T]:
 
 async def _get(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
     department = await client.get_department(args.department_id)
-    output.lines([render.json_text(department)] if output.json else render.department_lines(department))
+    if output.structured:
+        output.document(department)
+    else:
+        output.lines(render.department_lines(department))
     return exitcodes.OK
+
+
+async def _describe(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
+    """The department, its current job and its live health, in one view."""
+    department = await client.get_department(args.department_id)
+    job = await client.get_status(department.current_job_id) if department.current_job_id else None
+    health: pb.GetDepartmentHealthResponse | None = None
+    unchecked = ""
+    try:
+        health = await client.get_department_health(args.department_id)
+    except ApiError as exc:  # deprovisioned, or run by another replica: say why, show the rest
+        unchecked = exc.message
+    if output.structured:
+        document: dict[str, object] = {"department": render.to_dict(department)}
+        if job is not None:
+            document["currentJob"] = render.to_dict(job)
+        document["health"] = render.to_dict(health) if health is not None else {"unchecked": unchecked}
+        output.document(document)
+    else:
+        lines = render.department_lines(department)
+        if job is not None:
+            lines += ["", *render.job_lines(job)]
+        lines += [
+            "",
+            *(render.health_lines(health) if health is not None else [f"health not checked: {unchecked}"]),
+        ]
+        output.lines(lines)
+    return exitcodes.OK if health is None or health.healthy else exitcodes.FAILED
 
 
 async def _health(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
     health = await client.get_department_health(args.department_id)
-    output.lines([render.json_text(health)] if output.json else render.health_lines(health))
+    if output.structured:
+        output.document(health)
+    else:
+        lines = render.health_lines(health)
+        output.lines([lines[0], *(lines[1:] if output.headers else lines[2:])])
     return exitcodes.OK if health.healthy else exitcodes.FAILED
 
 
@@ -290,7 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "token":
             return _token(args, out)
-        return asyncio.run(_run(args.handler, args, Output(args.output == "json", out, err)))
+        output = Output(args.output, out, err, headers=not args.no_headers)
+        return asyncio.run(_run(args.handler, args, output))
     except ClientError as exc:
         names = getattr(args, "field_names", None)
         render.write_lines(
@@ -332,6 +408,13 @@ def _time(text: str) -> datetime:
     return found if found.tzinfo is not None else found.replace(tzinfo=UTC)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("provisioning-orchestrator")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _positive_seconds(text: str) -> float:
     try:
         return parse_duration(text)
@@ -351,9 +434,15 @@ def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     group.add_argument(
         "-o",
         "--output",
-        choices=("text", "json"),
+        choices=("text", "wide", "json", "yaml"),
         default=argparse.SUPPRESS if suppress else "text",
-        help="output format",
+        help="text, wide (more columns), json or yaml; progress streams are JSON lines for both",
+    )
+    group.add_argument(
+        "--no-headers",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="tables without their header line",
     )
     group.add_argument(
         "--timeout",
@@ -373,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_globals(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Command | None, text: str) -> argparse.ArgumentParser:
@@ -440,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("list", _list, "List departments, optionally filtered.")
     sub.add_argument("--status", choices=STATUS_NAMES, help="only departments in this status")
     sub.add_argument("--region", help="only departments in this region")
+    sub.add_argument("--all", action="store_true", help="deprovisioned departments too")
 
     sub = command("jobs", _jobs, "List jobs, newest first: a department's history, or every job.")
     sub.add_argument("--department", metavar="DEPARTMENT_ID", help="only this department's jobs")
@@ -456,6 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--limit", type=int, default=50, metavar="N", help="at most N entries (default 50)")
 
     sub = command("get", _get, "Show one department.")
+    sub.add_argument("department_id", metavar="DEPARTMENT_ID")
+
+    sub = command(
+        "describe", _describe, "Show a department, its current job and its live health; exit 1 if unhealthy."
+    )
     sub.add_argument("department_id", metavar="DEPARTMENT_ID")
 
     sub = command("health", _health, "Check a department's components live; exit 1 if unhealthy.")

@@ -107,15 +107,17 @@ def describe(
         delay = error.retry_delay
         after = f"; retry in {max(1, math.ceil(delay))} s" if delay is not None and not said else ""
         return [_sentence(f"rate limited: {message}{after}")]
-    if code in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED):
+    if code in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.ABORTED):
         return [_sentence(f"conflict: {message}")]
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return [_sentence(f"not possible now: {message}")]
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return [_sentence(f"{where} did not answer within {timeout:g} s ({message})")]
     if code == grpc.StatusCode.UNAVAILABLE:
         if "connect" in message.lower():
             return [_sentence(f"cannot reach {where}: is it running? ({message})")]
         return [_sentence(f"{where} is unavailable: {message}")]
-    reason = f", {error.reason}" if error.reason else ""
+    reason = f", {error.reason}" if error.reason and error.reason != error.code_name else ""
     return [_sentence(f"{message} ({error.code_name}{reason})")]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+import yaml
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -24,6 +25,11 @@ from provisioner_client.watch import Reconnect
 def to_dict(message: Message) -> dict[str, object]:
     """The message as the REST gateway shows it: lowerCamelCase names, enum names, all fields."""
     return MessageToDict(message, always_print_fields_with_no_presence=True)
+
+
+def yaml_text(message: Message | dict[str, object]) -> str:
+    data = message if isinstance(message, dict) else to_dict(message)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip("\n")
 
 
 def json_text(message: Message | dict[str, object], *, pretty: bool = True) -> str:
@@ -206,44 +212,41 @@ def department_lines(department: pb.Department) -> list[str]:
     )
 
 
-def department_table(departments: Iterable[pb.Department]) -> list[str]:
-    rows = [
-        [
-            d.department_id,
-            department_status_name(d.status),
-            d.region,
-            ",".join(d.workflows),
-            when(d.update_time),
-            d.department_name,
-        ]
-        for d in departments
-    ]
-    return columns(["DEPARTMENT", "STATUS", "REGION", "WORKFLOWS", "UPDATED", "NAME"], rows)
+def department_table(departments: Iterable[pb.Department], *, wide: bool = False) -> list[str]:
+    headers = ["DEPARTMENT", "STATUS", "REGION", "WORKFLOWS", "UPDATED"]
+    headers += ["CREATED", "RETENTION", "ADMIN", "CURRENT JOB", "NAME"] if wide else ["NAME"]
+    rows = []
+    for d in departments:
+        row = [d.department_id, department_status_name(d.status), d.region, ",".join(d.workflows)]
+        row.append(when(d.update_time))
+        if wide:
+            row += [when(d.create_time), d.data_retention, d.admin_email, d.current_job_id or "-"]
+        rows.append([*row, d.department_name])
+    return columns(headers, rows)
 
 
-def job_table(jobs: Iterable[pb.Job]) -> list[str]:
-    rows = [
-        [
-            j.job_id,
-            j.department_id,
-            kind_name(j.kind),
-            state_name(j.state),
-            f"{j.progress}%",
-            when(j.create_time),
-            when(j.finish_time) if j.HasField("finish_time") else "-",
-            j.principal,
-        ]
-        for j in jobs
-    ]
-    return columns(["JOB", "DEPARTMENT", "KIND", "STATE", "PROGRESS", "CREATED", "FINISHED", "BY"], rows)
+def job_table(jobs: Iterable[pb.Job], *, wide: bool = False) -> list[str]:
+    headers = ["JOB", "DEPARTMENT", "KIND", "STATE", "PROGRESS", "CREATED", "FINISHED", "BY"]
+    headers += ["REQUEST ID", "ERROR"] if wide else []
+    rows = []
+    for j in jobs:
+        row = [j.job_id, j.department_id, kind_name(j.kind), state_text(j.kind, j.state), f"{j.progress}%"]
+        row += [when(j.create_time), when(j.finish_time) if j.HasField("finish_time") else "-", j.principal]
+        if wide:
+            row += [j.request_id or "-", error_text(j.error) if j.HasField("error") else "-"]
+        rows.append(row)
+    return columns(headers, rows)
 
 
-def audit_table(events: Iterable[pb.AuditEvent]) -> list[str]:
-    rows = [
-        [when(e.time), e.principal, e.action, e.department_id, e.outcome, e.job_id or "-", e.detail]
-        for e in events
-    ]
-    return columns(["TIME", "PRINCIPAL", "ACTION", "DEPARTMENT", "OUTCOME", "JOB", "DETAIL"], rows)
+def audit_table(events: Iterable[pb.AuditEvent], *, wide: bool = False) -> list[str]:
+    headers = ["TIME", "PRINCIPAL", "ACTION", "DEPARTMENT", "OUTCOME", "JOB"]
+    headers += ["REQUEST ID", "ID", "DETAIL"] if wide else ["DETAIL"]
+    rows = []
+    for e in events:
+        row = [when(e.time), e.principal, e.action, e.department_id, e.outcome, e.job_id or "-"]
+        row += [e.request_id or "-", str(e.id)] if wide else []
+        rows.append([*row, e.detail])
+    return columns(headers, rows)
 
 
 def health_lines(health: pb.GetDepartmentHealthResponse) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+import yaml
 
 from provisioner_client import cli
 from tests.client.harness import ThreadedServer
@@ -382,3 +383,57 @@ def test_dry_runs_say_what_would_happen_and_do_nothing(
     )
     code, out, _ = run(capsys, "provision", "--department-id", "hr", *FLAGS, "--dry-run")
     assert code == 0 and "would return job" in out and "(COMPLETED), which already does it" in out
+
+
+def test_every_read_command_speaks_yaml_wide_and_no_headers(
+    target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "provision", "--department-id", "hr", *FLAGS)[0] == 0
+    assert run(capsys, "provision", "--department-id", "ops", *FLAGS)[0] == 0
+    assert run(capsys, "deprovision", "ops")[0] == 0
+
+    code, out, err = run(capsys, "list")
+    assert [line.split()[0] for line in out.splitlines()] == ["DEPARTMENT", "hr"]
+    assert err == "(1 deprovisioned not shown; --all shows them)\n"
+    code, out, _ = run(capsys, "list", "--all", "--no-headers")
+    assert [line.split()[:2] for line in out.splitlines()] == [["hr", "active"], ["ops", "deprovisioned"]]
+    code, out, _ = run(capsys, "list", "-o", "wide")
+    assert "CURRENT JOB" in out.splitlines()[0] and "admin@synrgscaling.com" in out
+    code, out, _ = run(capsys, "list", "-o", "yaml")
+    assert yaml.safe_load(out)["departments"][0]["departmentId"] == "hr"
+
+    code, out, _ = run(capsys, "jobs", "--department", "ops", "-o", "yaml")
+    assert [j["kind"] for j in yaml.safe_load(out)["jobs"]] == ["JOB_KIND_DEPROVISION", "JOB_KIND_PROVISION"]
+    code, out, _ = run(capsys, "jobs", "--no-headers", "-o", "wide")
+    assert len(out.splitlines()) == 3 and not out.startswith("JOB")
+    code, out, _ = run(capsys, "get", "hr", "-o", "yaml")
+    assert yaml.safe_load(out)["status"] == "DEPARTMENT_STATUS_ACTIVE"
+    code, out, _ = run(capsys, "health", "hr", "--no-headers")
+    assert out.startswith("department hr is healthy") and "STEP" not in out
+    code, out, _ = run(capsys, "audit", "-o", "wide", "--limit", "1")
+    assert code == 0 and "REQUEST ID" in out.splitlines()[0] and len(out.splitlines()) == 2
+
+
+def test_version_and_a_precondition_said_once(target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("provisionctl ")
+    assert run(capsys, "provision", "--department-id", "hr", *FLAGS)[0] == 0
+    assert run(capsys, "deprovision", "hr")[0] == 0
+    code, _, err = run(capsys, "health", "hr")
+    assert code == 8
+    assert err == "provisionctl: error: not possible now: department hr is deprovisioned\n"
+
+
+def test_describe_shows_the_department_its_job_and_its_health(
+    target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "provision", "--department-id", "hr", *FLAGS)[0] == 0
+    code, out, _ = run(capsys, "describe", "hr")
+    assert code == 0
+    assert out.split()[:2] == ["department", "hr"] and "\njob " in out and "department hr is healthy" in out
+    code, out, _ = run(capsys, "describe", "hr", "-o", "json")
+    described = json.loads(out)
+    assert described["currentJob"]["state"] == "JOB_STATE_COMPLETED" and described["health"]["healthy"]
+    assert run(capsys, "deprovision", "hr")[0] == 0
+    code, out, _ = run(capsys, "describe", "hr")
+    assert code == 0 and "health not checked: department hr is deprovisioned" in out
