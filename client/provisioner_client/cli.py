@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import importlib.metadata
+import io
 import os
 import sys
 import textwrap
@@ -226,6 +228,30 @@ async def _status(args: argparse.Namespace, client: AsyncProvisioningClient, out
     return exitcodes.FAILED if job.state == pb.JOB_STATE_FAILED else exitcodes.OK
 
 
+def _watchable(command: Command) -> Command:
+    """`command`, or with `--watch` the same read every `--interval` seconds, printing each
+    answer that differs from the one before, until Ctrl-C (like `kubectl get -w`)."""
+
+    async def repeated(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
+        if not args.watch:
+            return await command(args, client, output)
+        previous: tuple[str, str] | None = None
+        while True:
+            out, err = io.StringIO(), io.StringIO()
+            await command(args, client, dataclasses.replace(output, out=out, err=err))
+            answer = (out.getvalue(), err.getvalue())
+            if answer != previous:
+                if previous is not None and not output.structured:
+                    output.lines([f"-- {datetime.now(UTC):%H:%M:%S}Z --"])
+                output.out.write(answer[0])
+                output.out.flush()
+                output.err.write(answer[1])
+                previous = answer
+            await asyncio.sleep(args.interval)
+
+    return repeated
+
+
 async def _list(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
     listed = [d async for d in client.list_departments(status=args.status, region=args.region)]
     # Like `kubectl get`, what is gone is hidden unless asked for (--all, or its status).
@@ -408,6 +434,19 @@ def _time(text: str) -> datetime:
     return found if found.tzinfo is not None else found.replace(tzinfo=UTC)
 
 
+def _add_watch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-w", "--watch", action="store_true", help="keep reading; print each change (Ctrl-C stops)"
+    )
+    parser.add_argument(
+        "--interval",
+        type=_positive_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often --watch reads (default 2 s)",
+    )
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("provisioning-orchestrator")
@@ -527,7 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("status", _status, "Show a job and its steps; exit 1 if it FAILED.")
     sub.add_argument("job_id", metavar="JOB_ID")
 
-    sub = command("list", _list, "List departments, optionally filtered.")
+    sub = command("list", _watchable(_list), "List departments, optionally filtered.")
+    _add_watch(sub)
     sub.add_argument("--status", choices=STATUS_NAMES, help="only departments in this status")
     sub.add_argument("--region", help="only departments in this region")
     sub.add_argument("--all", action="store_true", help="deprovisioned departments too")
@@ -546,8 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--until", type=_time, metavar="TIME", help="before this time: ISO 8601, or ago")
     sub.add_argument("--limit", type=int, default=50, metavar="N", help="at most N entries (default 50)")
 
-    sub = command("get", _get, "Show one department.")
+    sub = command("get", _watchable(_get), "Show one department.")
     sub.add_argument("department_id", metavar="DEPARTMENT_ID")
+    _add_watch(sub)
 
     sub = command(
         "describe", _describe, "Show a department, its current job and its live health; exit 1 if unhealthy."

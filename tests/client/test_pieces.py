@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import io
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from provisioner_client import (
     DepartmentSpec,
     FieldViolation,
     RetryPolicy,
+    cli,
     load_spec_file,
 )
 from provisioner_client.config import TokenSettings, channel_credentials, resolve_endpoint, resolve_token
@@ -271,3 +274,20 @@ def test_the_client_depends_on_the_contract_never_on_the_server() -> None:
             root = {n.split(".")[0] for n in names}
             offenders += [f"{path.name}: {n}" for n in root - allowed if n not in sys.stdlib_module_names]
     assert offenders == []
+
+
+async def test_watch_prints_each_changed_answer_once() -> None:
+    answers = iter(["a\n", "a\n", "b\n", *["b\n"] * 1000])
+
+    async def read(args: object, client: object, output: cli.Output) -> int:
+        output.out.write(next(answers))
+        return 0
+
+    out = io.StringIO()
+    watching = cli._watchable(read)(  # type: ignore[arg-type]
+        argparse.Namespace(watch=True, interval=0.01), None, cli.Output("text", out, io.StringIO())
+    )
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(watching, 0.3)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "a" and lines[1].startswith("-- ") and lines[2:] == ["b"]
