@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from rich.console import Console
 
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
-from provisioner_client import exitcodes, render
+from provisioner_client import completion, exitcodes, render
 from provisioner_client._base import KIND_NAMES, STATE_NAMES, STATUS_NAMES
 from provisioner_client.aio import AsyncProvisioningClient
 from provisioner_client.config import DEFAULT_TIMEOUT, Endpoint, resolve_endpoint, token_settings
@@ -391,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "token":
             return _token(args, out)
+        if args.command == "completion":
+            out.write(completion.script(parser, args.shell))
+            return exitcodes.OK
         output = Output(args.output, out, err, headers=not args.no_headers)
         return asyncio.run(_run(args.handler, args, output))
     except ClientError as exc:
@@ -597,6 +600,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("health", _health, "Check a department's components live; exit 1 if unhealthy.")
     sub.add_argument("department_id", metavar="DEPARTMENT_ID")
+
+    sub = command(
+        "completion",
+        None,
+        "Print shell completion for bash, zsh or fish: "
+        "`source <(provisionctl completion bash)` (or add that line to ~/.bashrc).",
+    )
+    sub.add_argument("shell", choices=completion.SHELLS)
 
     sub = command(
         "token",

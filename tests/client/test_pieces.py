@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from provisioner_client import (
     FieldViolation,
     RetryPolicy,
     cli,
+    completion,
     load_spec_file,
 )
 from provisioner_client.config import TokenSettings, channel_credentials, resolve_endpoint, resolve_token
@@ -291,3 +294,32 @@ async def test_watch_prints_each_changed_answer_once() -> None:
         await asyncio.wait_for(watching, 0.3)
     lines = out.getvalue().splitlines()
     assert lines[0] == "a" and lines[1].startswith("-- ") and lines[2:] == ["b"]
+
+
+def complete_in_bash(*words: str) -> list[str]:
+    """What bash offers after `words` (the last one being completed), with our script."""
+    script = completion.script(cli.build_parser(), "bash")
+    setup = f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)}); COMP_CWORD={len(words) - 1}"
+    ran = subprocess.run(
+        ["bash", "-c", f'{script}\n{setup}\n_provisionctl\nprintf "%s\\n" "${{COMPREPLY[@]}}"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return ran.stdout.split()
+
+
+def test_bash_completes_commands_flags_and_choices_from_the_parser() -> None:
+    assert complete_in_bash("provisionctl", "de") == ["deprovision", "describe"]
+    assert complete_in_bash("provisionctl", "list", "--st") == ["--status"]
+    assert complete_in_bash("provisionctl", "jobs", "--state", "ro") == ["rolling_back"]
+    assert complete_in_bash("provisionctl", "get", "-o", "y") == ["yaml"]
+    assert "--dry-run" in complete_in_bash("provisionctl", "provision", "--")
+
+
+@pytest.mark.parametrize("shell", ["zsh", "fish"])
+def test_zsh_and_fish_scripts_name_every_command(shell: str) -> None:
+    script = completion.script(cli.build_parser(), shell)
+    for command in ("provision", "deprovision", "list", "jobs", "audit", "describe", "completion"):
+        assert command in script
+    assert ("bashcompinit" in script) == (shell == "zsh")
