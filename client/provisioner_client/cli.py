@@ -25,10 +25,18 @@ from google.protobuf.message import Message
 from rich.console import Console
 
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
-from provisioner_client import completion, exitcodes, render
+from provisioner_client import completion, contexts, exitcodes, render
 from provisioner_client._base import KIND_NAMES, STATE_NAMES, STATUS_NAMES
 from provisioner_client.aio import AsyncProvisioningClient
-from provisioner_client.config import DEFAULT_TIMEOUT, Endpoint, resolve_endpoint, token_settings
+from provisioner_client.config import (
+    CA_FILE_ENV,
+    DEFAULT_TIMEOUT,
+    SERVER_ENV,
+    TOKEN_ENV,
+    Endpoint,
+    resolve_endpoint,
+    token_settings,
+)
 from provisioner_client.errors import ApiError, ClientError, ConfigurationError
 from provisioner_client.live import JsonSink, LiveSink, PlainSink, ProgressSink
 from provisioner_client.spec import DepartmentSpec, SpecFields, load_spec_file
@@ -367,6 +375,44 @@ def _token(args: argparse.Namespace, out: TextIO) -> int:
     return exitcodes.OK
 
 
+def _config(args: argparse.Namespace, out: TextIO) -> int:
+    settings = contexts.Config.load(contexts.config_path())
+    if args.action == "get-contexts":
+        rows = [
+            ["*" if name == settings.current else "", name, c.get("server", "-"), c.get("ca-file", "-")]
+            for name, c in sorted(settings.contexts.items())
+        ]
+        render.write_lines(out, render.columns(["CURRENT", "NAME", "SERVER", "CA FILE"], rows))
+    elif args.action == "current-context":
+        if not settings.current:
+            raise ConfigurationError(f"no current context in {settings.path}")
+        render.write_lines(out, [settings.current])
+    elif args.action == "use-context":
+        settings.context(args.name)  # it must exist
+        settings.current = args.name
+        settings.save()
+        render.write_lines(out, [f"switched to context {args.name}"])
+    else:  # set-context
+        given = {"server": args.server, "token-command": args.token_command, "ca-file": args.ca_file}
+        context = settings.contexts.setdefault(args.name, {})
+        context.update({k: v for k, v in given.items() if v is not None})
+        settings.current = settings.current or args.name
+        settings.save()
+        render.write_lines(out, [f"context {args.name} saved in {settings.path}"])
+    return exitcodes.OK
+
+
+def _apply_context(args: argparse.Namespace) -> None:
+    """Fill in what flags and the environment leave unset from the chosen context."""
+    chosen = contexts.Config.load(contexts.config_path()).context(args.context)
+    if args.server is None and not os.environ.get(SERVER_ENV) and chosen.get("server"):
+        args.server = chosen["server"]
+    if chosen.get("ca-file") and not os.environ.get(CA_FILE_ENV):
+        os.environ[CA_FILE_ENV] = chosen["ca-file"]  # read with the server's address, as set
+    if args.token is None and not os.environ.get(TOKEN_ENV) and chosen.get("token-command"):
+        args.token = contexts.token_from(chosen["token-command"])
+
+
 def _default_subject() -> str:
     try:
         return getpass.getuser()
@@ -394,6 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "completion":
             out.write(completion.script(parser, args.shell))
             return exitcodes.OK
+        if args.command == "config":
+            return _config(args, out)
+        _apply_context(args)
         output = Output(args.output, out, err, headers=not args.no_headers)
         return asyncio.run(_run(args.handler, args, output))
     except ClientError as exc:
@@ -473,6 +522,9 @@ def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--server", default=default, help="gRPC address (default: $PROVISIONER_SERVER or 127.0.0.1:50051)"
     )
     group.add_argument("--token", default=default, help="bearer token (default: $PROVISIONER_TOKEN)")
+    group.add_argument(
+        "--context", default=default, help="a context of the config file (default: its current one)"
+    )
     group.add_argument(
         "-o",
         "--output",
@@ -600,6 +652,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("health", _health, "Check a department's components live; exit 1 if unhealthy.")
     sub.add_argument("department_id", metavar="DEPARTMENT_ID")
+
+    sub = command(
+        "config",
+        None,
+        "Contexts: named servers with how to get a token and which CA to trust, kept in "
+        "$PROVISIONER_CONFIG or ~/.config/provisionctl/config.yaml.",
+    )
+    actions = sub.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("get-contexts", help="list the contexts, the current one starred")
+    actions.add_parser("current-context", help="print the current context's name")
+    chosen = actions.add_parser("use-context", help="make NAME the current context")
+    chosen.add_argument("name", metavar="NAME")
+    made = actions.add_parser("set-context", help="add or change context NAME")
+    made.add_argument("name", metavar="NAME")
+    made.add_argument("--server", help="host:port, several comma-separated, or https://host:port")
+    made.add_argument("--token-command", help="a command that prints a bearer token, run without a shell")
+    made.add_argument("--ca-file", help="the CA that signed the server's certificate")
 
     sub = command(
         "completion",

@@ -48,6 +48,8 @@ environment:
   PROVISIONER_JWT_SECRET    HS256 secret for `provisionctl token` (the server's own)
   PROVISIONER_JWT_ISSUER    iss claim for `provisionctl token`, when the server checks it
   PROVISIONER_JWT_AUDIENCE  aud claim for `provisionctl token`, when the server checks it
+  PROVISIONER_CONFIG        the contexts file (default ~/.config/provisionctl/config.yaml);
+                            see `provisionctl config --help`
 """
 
 _CODES: dict[grpc.StatusCode, int] = {

@@ -26,8 +26,9 @@ def threaded_server(tmp_path: Path) -> Iterator[ThreadedServer]:
 
 
 @pytest.fixture(autouse=True)
-def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The developer's own server, token and secret must not leak into the tests."""
+def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The developer's own server, token, secret and contexts must not leak into the tests."""
+    monkeypatch.setenv("PROVISIONER_CONFIG", str(tmp_path / "provisionctl.yaml"))
     for name in (
         "PROVISIONER_SERVER",
         "PROVISIONER_TOKEN",

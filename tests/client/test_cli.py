@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -437,3 +438,33 @@ def test_describe_shows_the_department_its_job_and_its_health(
     assert run(capsys, "deprovision", "hr")[0] == 0
     code, out, _ = run(capsys, "describe", "hr")
     assert code == 0 and "health not checked: department hr is deprovisioned" in out
+
+
+def test_contexts_name_a_server_and_how_to_get_a_token(
+    target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("PROVISIONER_SERVER")
+    marker = tmp_path / "token-asked"
+    command = f"{sys.executable} -c \"open('{marker}', 'w').close(); print('a-token')\""
+    code, out, err = run(
+        capsys, "config", "set-context", "local", "--server", target, "--token-command", command
+    )
+    assert code == 0, err
+    config = tmp_path / "provisionctl.yaml"
+    assert f"context local saved in {config}" in out and config.stat().st_mode & 0o777 == 0o600
+    assert run(capsys, "config", "set-context", "nowhere", "--server", "127.0.0.1:1")[0] == 0
+
+    code, out, _ = run(capsys, "config", "get-contexts")
+    assert [line.split()[:2] for line in out.splitlines()[1:]] == [["*", "local"], ["nowhere", "127.0.0.1:1"]]
+    code, out, err = run(capsys, "list")
+    assert (code, out) == (0, "no departments\n"), err
+    assert marker.exists(), "the token came from the context's command"
+    assert run(capsys, "--timeout", "1", "--context", "nowhere", "list")[0] == 6
+
+    assert run(capsys, "config", "use-context", "nowhere")[1] == "switched to context nowhere\n"
+    assert run(capsys, "config", "current-context")[1] == "nowhere\n"
+    code, _, err = run(capsys, "config", "use-context", "prod")
+    assert code == 2 and "no context 'prod'" in err and "local, nowhere" in err
+    # The environment still wins over the context.
+    monkeypatch.setenv("PROVISIONER_SERVER", target)
+    assert run(capsys, "list")[0] == 0
