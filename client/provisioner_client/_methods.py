@@ -44,6 +44,7 @@ WATCH_PROGRESS = Method("WatchProgress", pb.WatchProgressRequest, pb.WatchProgre
 DEPROVISION = Method("Deprovision", pb.DeprovisionRequest, pb.Job)
 LIST_DEPARTMENTS = Method("ListDepartments", pb.ListDepartmentsRequest, pb.ListDepartmentsResponse)
 GET_DEPARTMENT = Method("GetDepartment", pb.GetDepartmentRequest, pb.Department)
+CANCEL_JOB = Method("CancelJob", pb.CancelJobRequest, pb.Job)
 LIST_JOBS = Method("ListJobs", pb.ListJobsRequest, pb.ListJobsResponse)
 LIST_AUDIT_EVENTS = Method("ListAuditEvents", pb.ListAuditEventsRequest, pb.ListAuditEventsResponse)
 GET_DEPARTMENT_HEALTH = Method(

@@ -156,6 +156,10 @@ class AsyncProvisioningClient:
             if not token:
                 return
 
+    async def cancel_job(self, job_id: str, *, timeout: float | None = None) -> pb.Job:  # noqa: ASYNC109
+        """Stop a running provisioning and roll it back (admins); returns the job as it stands."""
+        return await self._unary(_methods.CANCEL_JOB, pb.CancelJobRequest(job_id=job_id), timeout)
+
     async def list_jobs(
         self,
         *,

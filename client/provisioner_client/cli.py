@@ -223,6 +223,24 @@ async def _started(
         raise
 
 
+async def _cancel(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
+    job = await client.cancel_job(args.job_id)
+    if args.no_wait:
+        if output.structured:
+            output.document(job)
+        else:
+            output.lines(
+                [
+                    f"cancelling job {job.job_id} ({job.department_id}): it rolls back; "
+                    f"follow it with: provisionctl watch {job.job_id}"
+                ]
+            )
+        return exitcodes.OK
+    # Followed to its end, which is FAILED (cancelled, and rolled back): that is success here.
+    code = await _follow(client, job.job_id, output)
+    return exitcodes.OK if code == exitcodes.FAILED else code
+
+
 async def _watch(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
     return await _follow(client, args.job_id, output, args.after_sequence)
 
@@ -617,6 +635,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("job_id", metavar="JOB_ID")
     sub.add_argument("--after-sequence", type=int, default=0, metavar="N", help="skip events up to N")
+
+    sub = command(
+        "cancel", _cancel, "Stop a running provisioning and roll it back (admin role); follows the rollback."
+    )
+    sub.add_argument("job_id", metavar="JOB_ID")
+    sub.add_argument("--no-wait", action="store_true", help="return once the cancellation is recorded")
 
     sub = command("status", _status, "Show a job and its steps; exit 1 if it FAILED.")
     sub.add_argument("job_id", metavar="JOB_ID")

@@ -130,6 +130,10 @@ class ProvisioningClient:
             if not token:
                 return
 
+    def cancel_job(self, job_id: str, *, timeout: float | None = None) -> pb.Job:
+        """Stop a running provisioning and roll it back; see `AsyncProvisioningClient.cancel_job`."""
+        return self._unary(_methods.CANCEL_JOB, pb.CancelJobRequest(job_id=job_id), timeout)
+
     def list_jobs(
         self,
         *,

@@ -468,3 +468,10 @@ def test_contexts_name_a_server_and_how_to_get_a_token(
     # The environment still wins over the context.
     monkeypatch.setenv("PROVISIONER_SERVER", target)
     assert run(capsys, "list")[0] == 0
+
+
+def test_cancel_of_an_ended_job_is_not_possible_now(target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "provision", "--department-id", "hr", *FLAGS)[0] == 0
+    job_id = run(capsys, "jobs", "--no-headers")[1].split()[0]
+    code, _, err = run(capsys, "cancel", job_id)
+    assert code == 8 and "has already ended (COMPLETED)" in err

@@ -164,6 +164,8 @@ def test_dry_runs_over_rest_check_everything_and_change_nothing(plane: ControlPl
         assert teardown.status_code == 200, teardown.text
         assert teardown.json()["kind"] == "JOB_KIND_DEPROVISION" and not teardown.json().get("jobId")
         assert client.get(f"/api/departments/{dept}").json()["status"] == "DEPARTMENT_STATUS_ACTIVE"
+        ended = client.post(f"/api/jobs/{job['jobId']}:cancel", json={})
+        assert ended.status_code == 400 and ended.json()["code"] == 9, ended.text  # FAILED_PRECONDITION
 
 
 def test_a_resumed_watch_sees_nothing_twice_and_misses_nothing(plane: ControlPlane) -> None:

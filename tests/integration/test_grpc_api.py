@@ -360,6 +360,32 @@ async def test_a_dry_run_answers_every_check_and_changes_nothing(api: Api) -> No
     assert [(e.action, e.department_id) for e in audited] == [("provision", "hr")], "dry runs are not audited"
 
 
+async def test_cancel_rolls_a_running_provisioning_back_and_nothing_else(tmp_path: Path) -> None:
+    async for api in serve(tmp_path, delay=0.2):
+        job = await api.stub.Provision(request())
+        await asyncio.sleep(0.3)  # into its first steps
+        cancelled = await api.stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id))
+        assert cancelled.job_id == job.job_id
+        messages = await api.finished(job.job_id)
+        final = await api.stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))
+        assert final.state == pb.JOB_STATE_FAILED and final.error.reason == "CANCELLED"
+        assert any(m.event.type == pb.JOB_EVENT_TYPE_STEP_COMPENSATED for m in messages[1:])
+        assert not list(api.root.rglob("*.json")), "everything it made was undone"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await api.stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+        done = await api.stub.Provision(request("ops"))
+        await api.finished(done.job_id)
+        teardown = await api.stub.Deprovision(pb.DeprovisionRequest(department_id="ops"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await api.stub.CancelJob(pb.CancelJobRequest(job_id=teardown.job_id))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "teardown" in (caught.value.details() or "")
+        audited = (await api.stub.ListAuditEvents(pb.ListAuditEventsRequest(action="cancel"))).audit_events
+        assert [(e.department_id, e.job_id) for e in audited] == [("hr", job.job_id)]
+
+
 async def test_health_reports_each_component_live(api: Api) -> None:
     job = await api.stub.Provision(request())
     await api.finished(job.job_id)

@@ -187,12 +187,16 @@ CALLS: dict[str, tuple[Call, grpc.StatusCode]] = {
         lambda s, md: s.ListJobs(pb.ListJobsRequest(), metadata=md),
         grpc.StatusCode.OK,
     ),
+    "CancelJob": (
+        lambda s, md: s.CancelJob(pb.CancelJobRequest(job_id=str(uuid.uuid4())), metadata=md),
+        grpc.StatusCode.NOT_FOUND,
+    ),
     "ListAuditEvents": (
         lambda s, md: s.ListAuditEvents(pb.ListAuditEventsRequest(), metadata=md),
         grpc.StatusCode.OK,
     ),
 }
-ADMIN_ONLY = {"Provision", "Deprovision", "ListAuditEvents"}
+ADMIN_ONLY = {"Provision", "Deprovision", "CancelJob", "ListAuditEvents"}
 
 
 def expected(caller: str, method: str) -> grpc.StatusCode:

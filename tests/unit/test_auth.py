@@ -379,6 +379,7 @@ def test_a_jwks_file_that_is_not_a_jwks_is_refused_at_start(tmp_path: Path) -> N
         (f"{SERVICE}/WatchProgress", READERS),
         (f"{SERVICE}/ListJobs", READERS),
         (f"{SERVICE}/ListAuditEvents", ADMINS),
+        (f"{SERVICE}/CancelJob", ADMINS),
         (f"{SERVICE}/NoSuchMethod", READERS),
         ("/some.other.Service/Method", ANY_CALLER),
         ("/grpc.health.v1.Health/Check/extra", ANY_CALLER),

@@ -40,6 +40,7 @@ PROVISION = f"/{SERVICE}/Provision"
 DEPROVISION = f"/{SERVICE}/Deprovision"
 #: The audit log says who did what: admins only.
 LIST_AUDIT_EVENTS = f"/{SERVICE}/ListAuditEvents"
+CANCEL_JOB = f"/{SERVICE}/CancelJob"
 #: Services anyone may call: health checks and reflection (what `grpcurl` needs).
 PUBLIC_SERVICES = frozenset(
     {
@@ -104,7 +105,7 @@ def roles_needed(method: str) -> frozenset[Role] | None:
     service, _, name = method.removeprefix("/").partition("/")
     if service in PUBLIC_SERVICES and name and "/" not in name:
         return None
-    if method in (PROVISION, DEPROVISION, LIST_AUDIT_EVENTS):
+    if method in (PROVISION, DEPROVISION, CANCEL_JOB, LIST_AUDIT_EVENTS):
         return ADMINS
     return READERS if service == SERVICE else ANY_CALLER
 

@@ -146,6 +146,12 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
         )
 
     @errors.unary
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
+        _validated(request)
+        job = await self._orchestrator.cancel(request.job_id, principal=caller.principal.get())
+        return convert.job(job, internals=caller.internals.get())
+
+    @errors.unary
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         _validated(request)
         filters = _fingerprint(request.department_id, request.kind, request.state)

@@ -418,6 +418,21 @@ class Orchestrator:
             return department.home
         return self.owner if self._pinned else None
 
+    async def cancel(self, job_id: str, *, principal: str) -> Job:
+        """Stop a running provisioning and roll it back: it ends FAILED, reason CANCELLED.
+        Returns the job as it stands once the cancellation is recorded."""
+        job = await self.get_job(job_id)
+        if job.is_finished:
+            raise FailedPreconditionError(f"job {job_id} has already ended ({job.state.value})")
+        if job.kind is JobKind.DEPROVISION:
+            raise FailedPreconditionError(
+                f"job {job_id} is a teardown, which cannot be cancelled: stopped halfway it would "
+                "leave the department partly removed"
+            )
+        await self._cancel_job(job_id)
+        await self._audit(principal, "cancel", job.department_id, "accepted", job)
+        return await self.get_job(job_id)
+
     async def _cancel_job(self, job_id: str) -> None:
         await self.store.request_cancel(job_id)
         local = self._runners.get(job_id)

@@ -32,6 +32,9 @@ from provisioner.telemetry import metrics, tracing
 log = logging.getLogger(__name__)
 
 
+_CANCELLED = "cancelled on request (CancelJob, or a deprovisioning of the department)"
+
+
 class _StepFailed(Exception):
     def __init__(self, error: JobError) -> None:
         super().__init__(error.message)
@@ -98,7 +101,7 @@ class JobRunner:
         if error is None and remaining <= 0:
             error = JobError.from_exception(DeadlineExceededError("the job passed its deadline"))
         if error is None and self._cancel_requested:
-            error = JobError.from_exception(CancelledByRequestError("cancelled by a deprovisioning"))
+            error = JobError.from_exception(CancelledByRequestError(_CANCELLED))
         if error is None:
             self._graph = asyncio.create_task(self._run_graph(), name=f"graph-{job.job_id}")
             try:
@@ -114,7 +117,7 @@ class JobRunner:
                 current = asyncio.current_task()
                 if not self._cancel_requested or (current is not None and current.cancelling()):
                     raise
-                error = JobError.from_exception(CancelledByRequestError("cancelled by a deprovisioning"))
+                error = JobError.from_exception(CancelledByRequestError(_CANCELLED))
             finally:
                 await cancel_and_wait(self._graph)
         if error is None:

@@ -190,6 +190,12 @@ class ListDepartmentsResponse(_message.Message):
     next_page_token: str
     def __init__(self, departments: _Optional[_Iterable[_Union[Department, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
 class ListJobsRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "department_id", "kind", "state")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]

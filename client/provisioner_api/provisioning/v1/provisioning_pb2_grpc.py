@@ -76,6 +76,11 @@ class ProvisioningServiceStub:
                 request_serializer=provisioning_dot_v1_dot_provisioning__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=provisioning_dot_v1_dot_provisioning__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/provisioning.v1.ProvisioningService/CancelJob',
+                request_serializer=provisioning_dot_v1_dot_provisioning__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=provisioning_dot_v1_dot_provisioning__pb2.Job.FromString,
+                _registered_method=True)
         self.ListAuditEvents = channel.unary_unary(
                 '/provisioning.v1.ProvisioningService/ListAuditEvents',
                 request_serializer=provisioning_dot_v1_dot_provisioning__pb2.ListAuditEventsRequest.SerializeToString,
@@ -150,6 +155,15 @@ class ProvisioningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelJob(self, request, context):
+        """Cancels a running provisioning: it stops and rolls back, and ends FAILED with reason
+        CANCELLED. A teardown cannot be cancelled, nor a job that has ended. Returns the job
+        as it stands when the cancellation is recorded. Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAuditEvents(self, request, context):
         """Lists the audit log, newest first, a page at a time, optionally filtered. Admins only.
         """
@@ -199,6 +213,11 @@ def add_ProvisioningServiceServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=provisioning_dot_v1_dot_provisioning__pb2.ListJobsRequest.FromString,
                     response_serializer=provisioning_dot_v1_dot_provisioning__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=provisioning_dot_v1_dot_provisioning__pb2.CancelJobRequest.FromString,
+                    response_serializer=provisioning_dot_v1_dot_provisioning__pb2.Job.SerializeToString,
             ),
             'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAuditEvents,
@@ -424,6 +443,33 @@ class ProvisioningService:
             '/provisioning.v1.ProvisioningService/ListJobs',
             provisioning_dot_v1_dot_provisioning__pb2.ListJobsRequest.SerializeToString,
             provisioning_dot_v1_dot_provisioning__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/provisioning.v1.ProvisioningService/CancelJob',
+            provisioning_dot_v1_dot_provisioning__pb2.CancelJobRequest.SerializeToString,
+            provisioning_dot_v1_dot_provisioning__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
