@@ -222,20 +222,11 @@ class Orchestrator:
     ) -> Job:
         """Every check of `deprovision` that has no side effect: the teardown running now,
         or a preview of a new one (without an id). Writes nothing and cancels nothing."""
-        violations = check_department_id(department_id)
-        if violations:
-            raise InvalidSpecError(violations)
-        request_id = _check_request_id(request_id)
-        self._check_accepting()
-        if request_id is not None:
-            replay = await self.store.find_by_request_id(request_id)
-            if replay is not None:
-                if replay.kind is JobKind.DEPROVISION and replay.department_id == department_id:
-                    return replay
-                raise ConflictError(f"request id {request_id} was already used for another request")
-        department = await self.store.get_department(department_id)
-        if department is None or department.status is DepartmentStatus.DEPROVISIONED:
-            raise NotFoundError(f"department {department_id} not found")
+        request_id = self._check_deprovision(department_id, request_id)
+        replay = await self._deprovision_replay(department_id, request_id)
+        if replay is not None:
+            return replay
+        department = await self._live_department(department_id)
         for job in await self.store.unfinished_jobs(department_id):
             if job.kind is JobKind.DEPROVISION:
                 return job
@@ -276,22 +267,13 @@ class Orchestrator:
     async def _deprovision(
         self, department_id: str, principal: str, request_id: str | None
     ) -> tuple[Job, bool]:
-        violations = check_department_id(department_id)
-        if violations:
-            raise InvalidSpecError(violations)
-        request_id = _check_request_id(request_id)
-        self._check_accepting()
+        request_id = self._check_deprovision(department_id, request_id)
         for attempt in range(2):
-            if request_id is not None:
-                replay = await self.store.find_by_request_id(request_id)
-                if replay is not None:
-                    if replay.kind is JobKind.DEPROVISION and replay.department_id == department_id:
-                        await self._audit(principal, "deprovision", department_id, "replayed", replay)
-                        return replay, False
-                    raise ConflictError(f"request id {request_id} was already used for another request")
-            department = await self.store.get_department(department_id)
-            if department is None or department.status is DepartmentStatus.DEPROVISIONED:
-                raise NotFoundError(f"department {department_id} not found")
+            replay = await self._deprovision_replay(department_id, request_id)
+            if replay is not None:
+                await self._audit(principal, "deprovision", department_id, "replayed", replay)
+                return replay, False
+            department = await self._live_department(department_id)
             for job in await self.store.unfinished_jobs(department_id):
                 if job.kind is JobKind.DEPROVISION:
                     # Every answered request is audited: the rate limit is rebuilt from it.
@@ -308,6 +290,32 @@ class Orchestrator:
                 continue
             return job, True
         raise AssertionError("unreachable")
+
+    def _check_deprovision(self, department_id: str, request_id: str | None) -> str | None:
+        """A deprovisioning's own checks; the request id, normalised."""
+        violations = check_department_id(department_id)
+        if violations:
+            raise InvalidSpecError(violations)
+        request_id = _check_request_id(request_id)
+        self._check_accepting()
+        return request_id
+
+    async def _deprovision_replay(self, department_id: str, request_id: str | None) -> Job | None:
+        """The teardown a replayed request id made; a conflict if it made something else."""
+        if request_id is None:
+            return None
+        replay = await self.store.find_by_request_id(request_id)
+        if replay is None:
+            return None
+        if replay.kind is JobKind.DEPROVISION and replay.department_id == department_id:
+            return replay
+        raise ConflictError(f"request id {request_id} was already used for another request")
+
+    async def _live_department(self, department_id: str) -> Department:
+        department = await self.store.get_department(department_id)
+        if department is None or department.status is DepartmentStatus.DEPROVISIONED:
+            raise NotFoundError(f"department {department_id} not found")
+        return department
 
     async def _existing_provision(
         self, spec: DepartmentSpec, request_id: str | None, principal: str, known: bool, *, audit: bool = True
