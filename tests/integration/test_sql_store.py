@@ -21,6 +21,7 @@ from provisioner.core.department import AuditEntry
 from provisioner.core.errors import ConflictError, LeaseLostError, QuotaExceededError
 from provisioner.core.job import Event, EventType, Job
 from provisioner.core.notifications import notifications
+from provisioner.core.queries import AuditQuery, JobQuery
 from provisioner.core.spec import DepartmentSpec
 from provisioner.core.states import STEP_ORDER, DepartmentStatus, JobKind, State, StepName, StepStatus
 from provisioner.engine.config import EngineConfig
@@ -606,17 +607,19 @@ async def test_jobs_are_listed_newest_first_with_ties_broken_by_id(sql_store: Sq
     ties = sorted((j.job_id for j in same_time), reverse=True)
     everything = [newest.job_id, *ties, older.job_id]
     pages, before = [], None
-    while page := await sql_store.list_jobs(before=before, limit=2):
+    while page := await sql_store.list_jobs(JobQuery(), before=before, limit=2):
         pages.append([j.job_id for j in page])
         before = (page[-1].created_at, page[-1].job_id)
     assert pages == [everything[:2], everything[2:4], everything[4:]]
 
-    assert [j.job_id for j in await sql_store.list_jobs(department_id="tie-0")] == [
+    assert [j.job_id for j in await sql_store.list_jobs(JobQuery(department_id="tie-0"))] == [
         newest.job_id,
         same_time[0].job_id,
     ]
-    assert [j.job_id for j in await sql_store.list_jobs(kind=JobKind.DEPROVISION)] == [newest.job_id]
-    (failed,) = await sql_store.list_jobs(state=State.FAILED)
+    assert [j.job_id for j in await sql_store.list_jobs(JobQuery(kind=JobKind.DEPROVISION))] == [
+        newest.job_id
+    ]
+    (failed,) = await sql_store.list_jobs(JobQuery(state=State.FAILED))
     assert failed.job_id == older.job_id and failed.error is not None
     assert len(failed.steps) == len(StepName), "jobs come with their steps"
 
@@ -630,14 +633,16 @@ async def test_the_audit_log_is_listed_newest_first_and_filtered(sql_store: SqlJ
     ]
     for entry in entries:
         await sql_store.record_audit(entry)
-    listed = await sql_store.list_audit()
+    listed = await sql_store.list_audit(AuditQuery())
     assert [e for _, e in listed] == entries[::-1]
     ids = [number for number, _ in listed]
     assert ids == sorted(ids, reverse=True)
-    assert [e for _, e in await sql_store.list_audit(before_id=ids[0], limit=1)] == [entries[1]]
-    assert [e for _, e in await sql_store.list_audit(principal="alice", action="provision")] == [entries[0]]
-    assert [e.principal for _, e in await sql_store.list_audit(department_id="ops")] == ["bob"]
-    window = await sql_store.list_audit(since=now - timedelta(minutes=90), until=now)
+    assert [e for _, e in await sql_store.list_audit(AuditQuery(), before_id=ids[0], limit=1)] == [entries[1]]
+    assert [e for _, e in await sql_store.list_audit(AuditQuery(principal="alice", action="provision"))] == [
+        entries[0]
+    ]
+    assert [e.principal for _, e in await sql_store.list_audit(AuditQuery(department_id="ops"))] == ["bob"]
+    window = await sql_store.list_audit(AuditQuery(since=now - timedelta(minutes=90), until=now))
     assert [e for _, e in window] == [entries[1]]
 
 
@@ -676,7 +681,7 @@ async def test_retention_removes_old_events_audit_and_settled_webhooks_in_batche
         assert kept is not None and kept.state is State.COMPLETED and len(kept.steps) == len(StepName)
     assert await sequences(sql_store, running.job_id) == [1, 2]
     assert len(await sequences(sql_store, recent.job_id)) > 10
-    assert [e.department_id for _, e in await sql_store.list_audit()] == ["recent"]
+    assert [e.department_id for _, e in await sql_store.list_audit(AuditQuery())] == ["recent"]
     assert (await sql_store.census(now)).webhooks_pending == 2
 
 

@@ -23,6 +23,7 @@ from provisioner.core.errors import (
     ServiceDrainingError,
 )
 from provisioner.core.job import Event, EventType, Job
+from provisioner.core.queries import AuditQuery, JobQuery
 from provisioner.core.retry import RetryPolicy
 from provisioner.core.states import STEP_STATE, DepartmentStatus, State, StepName, StepStatus
 from provisioner.engine.config import EngineConfig
@@ -418,7 +419,7 @@ async def test_retention_prunes_finished_jobs_events_and_a_watch_of_one_still_en
     assert await store.events_after(job.job_id, 0) == []
     assert (await pruner.get_job(job.job_id)).state is State.COMPLETED
     assert [e async for e in pruner.watch(job.job_id)] == []
-    assert await store.list_audit() == [], "audit entries go too"
+    assert await store.list_audit(AuditQuery()) == [], "audit entries go too"
 
 
 async def test_a_region_the_platform_does_not_run_is_refused_before_any_job(
@@ -433,7 +434,7 @@ async def test_a_region_the_platform_does_not_run_is_refused_before_any_job(
         "region": "must be one of this platform's regions: us-west, eu-west",
     }
     assert await store.get_department("mars") is None
-    assert await store.list_jobs() == []
+    assert await store.list_jobs(JobQuery()) == []
 
 
 async def test_a_dry_run_reports_the_quota_and_reserves_nothing(

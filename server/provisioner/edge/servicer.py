@@ -21,6 +21,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from provisioner.core.errors import FieldViolation, InvalidSpecError
+from provisioner.core.queries import AuditQuery, JobQuery
 from provisioner.edge import context as caller
 from provisioner.edge import convert, errors
 from provisioner.edge.validation import violations
@@ -154,15 +155,16 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
     @errors.unary
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         _validated(request)
-        filters = _fingerprint(request.department_id, request.kind, request.state)
+        query = JobQuery(
+            request.department_id or None,
+            convert.job_kind_from(request.kind),
+            convert.job_state_from(request.state),
+        )
+        filters = _fingerprint(query)
         after = _decode_page_token(request.page_token, filters, "department, kind and state")
         size = request.page_size or DEFAULT_PAGE_SIZE
         found = await self._orchestrator.list_jobs(
-            department_id=request.department_id or None,
-            kind=convert.job_kind_from(request.kind),
-            state=convert.job_state_from(request.state),
-            before=_job_position(after) if after else None,
-            limit=size + 1,
+            query, before=_job_position(after) if after else None, limit=size + 1
         )
         page, more = found[:size], len(found) > size
         last = page[-1] if page else None
@@ -180,19 +182,18 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
         self, request: pb.ListAuditEventsRequest, context: Context
     ) -> pb.ListAuditEventsResponse:
         _validated(request)
-        since = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
-        until = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
-        filters = _fingerprint(request.department_id, request.principal, request.action, since, until)
+        query = AuditQuery(
+            request.department_id or None,
+            request.principal or None,
+            request.action or None,
+            request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None,
+            request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None,
+        )
+        filters = _fingerprint(query)
         after = _decode_page_token(request.page_token, filters, "department, principal, action and times")
         size = request.page_size or DEFAULT_PAGE_SIZE
         found = await self._orchestrator.list_audit(
-            department_id=request.department_id or None,
-            principal=request.principal or None,
-            action=request.action or None,
-            since=since,
-            until=until,
-            before_id=_audit_position(after) if after else None,
-            limit=size + 1,
+            query, before_id=_audit_position(after) if after else None, limit=size + 1
         )
         page, more = found[:size], len(found) > size
         return pb.ListAuditEventsResponse(

@@ -31,6 +31,7 @@ from provisioner.core.errors import (
     ServiceDrainingError,
 )
 from provisioner.core.job import Event, IssuedClient, Job
+from provisioner.core.queries import AuditQuery, JobQuery
 from provisioner.core.spec import DepartmentSpec, check_department_id, validate
 from provisioner.core.states import DepartmentStatus, JobKind, State, StepName
 from provisioner.engine.config import EngineConfig
@@ -506,38 +507,14 @@ class Orchestrator:
         return await self.store.list_departments(status=status, region=region, after_id=after_id, limit=limit)
 
     async def list_jobs(
-        self,
-        *,
-        department_id: str | None = None,
-        kind: JobKind | None = None,
-        state: State | None = None,
-        before: tuple[datetime, str] | None = None,
-        limit: int = 100,
+        self, query: JobQuery, *, before: tuple[datetime, str] | None = None, limit: int = 100
     ) -> list[Job]:
-        return await self.store.list_jobs(
-            department_id=department_id, kind=kind, state=state, before=before, limit=limit
-        )
+        return await self.store.list_jobs(query, before=before, limit=limit)
 
     async def list_audit(
-        self,
-        *,
-        department_id: str | None = None,
-        principal: str | None = None,
-        action: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        before_id: int | None = None,
-        limit: int = 100,
+        self, query: AuditQuery, *, before_id: int | None = None, limit: int = 100
     ) -> list[tuple[int, AuditEntry]]:
-        return await self.store.list_audit(
-            department_id=department_id,
-            principal=principal,
-            action=action,
-            since=since,
-            until=until,
-            before_id=before_id,
-            limit=limit,
-        )
+        return await self.store.list_audit(query, before_id=before_id, limit=limit)
 
     async def get_department(self, department_id: str) -> Department:
         department = await self.store.get_department(department_id)

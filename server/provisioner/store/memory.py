@@ -12,9 +12,10 @@ from provisioner.core.department import HOLDING_RESOURCES, AuditEntry, Departmen
 from provisioner.core.errors import ConflictError, LeaseLostError, QuotaExceededError
 from provisioner.core.job import Event, Job
 from provisioner.core.notifications import Notification
+from provisioner.core.queries import AuditQuery, JobQuery
 from provisioner.core.routes import Route
 from provisioner.core.secrets import SealedSecret
-from provisioner.core.states import DepartmentStatus, JobKind, State
+from provisioner.core.states import DepartmentStatus, JobKind
 from provisioner.store.protocol import Census, JobHead, OutboxMessage, Pruned
 
 
@@ -217,22 +218,13 @@ class InMemoryJobStore:
         return Pruned(len(finished), len(old), self.outbox.prune(before, batch))
 
     async def list_jobs(
-        self,
-        *,
-        department_id: str | None = None,
-        kind: JobKind | None = None,
-        state: State | None = None,
-        before: tuple[datetime, str] | None = None,
-        limit: int = 100,
+        self, query: JobQuery, *, before: tuple[datetime, str] | None = None, limit: int = 100
     ) -> list[Job]:
         found = sorted(
             (
                 j
                 for j in self._jobs.values()
-                if (department_id is None or j.department_id == department_id)
-                and (kind is None or j.kind is kind)
-                and (state is None or j.state is state)
-                and (before is None or (j.created_at, j.job_id) < before)
+                if query.matches(j) and (before is None or (j.created_at, j.job_id) < before)
             ),
             key=lambda j: (j.created_at, j.job_id),
             reverse=True,
@@ -240,25 +232,12 @@ class InMemoryJobStore:
         return [j.snapshot() for j in found[:limit]]
 
     async def list_audit(
-        self,
-        *,
-        department_id: str | None = None,
-        principal: str | None = None,
-        action: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        before_id: int | None = None,
-        limit: int = 100,
+        self, query: AuditQuery, *, before_id: int | None = None, limit: int = 100
     ) -> list[tuple[int, AuditEntry]]:
         found = [
             (number, a)
             for number, a in self._audit.items()
-            if (department_id is None or a.department_id == department_id)
-            and (principal is None or a.principal == principal)
-            and (action is None or a.action == action)
-            and (since is None or a.at >= since)
-            and (until is None or a.at < until)
-            and (before_id is None or number < before_id)
+            if query.matches(a) and (before_id is None or number < before_id)
         ]
         return found[::-1][:limit]
 

@@ -9,7 +9,8 @@ from typing import NamedTuple, Protocol
 from provisioner.core.department import AuditEntry, Department
 from provisioner.core.job import Event, Job
 from provisioner.core.notifications import Notification
-from provisioner.core.states import DepartmentStatus, JobKind, State
+from provisioner.core.queries import AuditQuery, JobQuery
+from provisioner.core.states import DepartmentStatus, JobKind
 
 
 class JobHead(NamedTuple):
@@ -148,31 +149,16 @@ class JobStore(Protocol):
         ...
 
     async def list_jobs(
-        self,
-        *,
-        department_id: str | None = None,
-        kind: JobKind | None = None,
-        state: State | None = None,
-        before: tuple[datetime, str] | None = None,
-        limit: int = 100,
+        self, query: JobQuery, *, before: tuple[datetime, str] | None = None, limit: int = 100
     ) -> list[Job]:
-        """Jobs newest first (by creation time, then id), those created before `before`
-        (a job's creation time and id) if given."""
+        """Jobs matching `query`, newest first (by creation time, then id), those created
+        before `before` (a job's creation time and id) if given."""
         ...
 
     async def list_audit(
-        self,
-        *,
-        department_id: str | None = None,
-        principal: str | None = None,
-        action: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        before_id: int | None = None,
-        limit: int = 100,
+        self, query: AuditQuery, *, before_id: int | None = None, limit: int = 100
     ) -> list[tuple[int, AuditEntry]]:
-        """Audit entries with their ids, newest first, at `since` or later and before
-        `until`, with ids below `before_id`."""
+        """Audit entries matching `query` with their ids, newest first, ids below `before_id`."""
         ...
 
     async def claim_jobs(

@@ -21,7 +21,8 @@ from provisioner.core.department import AuditEntry, Department, department_statu
 from provisioner.core.errors import StoreUnavailableError
 from provisioner.core.job import Event, Job
 from provisioner.core.notifications import Notification
-from provisioner.core.states import DepartmentStatus, JobKind, State
+from provisioner.core.queries import AuditQuery, JobQuery
+from provisioner.core.states import DepartmentStatus, JobKind
 from provisioner.store import codec
 from provisioner.store.admissions import SqlAdmissions
 from provisioner.store.connections import reading, writing
@@ -410,51 +411,39 @@ class SqlJobStore:
         return Pruned(*counts)
 
     async def list_jobs(
-        self,
-        *,
-        department_id: str | None = None,
-        kind: JobKind | None = None,
-        state: State | None = None,
-        before: tuple[datetime, str] | None = None,
-        limit: int = 100,
+        self, query: JobQuery, *, before: tuple[datetime, str] | None = None, limit: int = 100
     ) -> list[Job]:
         criteria = []
-        if department_id is not None:
-            criteria.append(jobs.c.department_id == department_id)
-        if kind is not None:
-            criteria.append(jobs.c.kind == kind.value)
-        if state is not None:
-            criteria.append(jobs.c.state == state.value)
+        if query.department_id is not None:
+            criteria.append(jobs.c.department_id == query.department_id)
+        if query.kind is not None:
+            criteria.append(jobs.c.kind == query.kind.value)
+        if query.state is not None:
+            criteria.append(jobs.c.state == query.state.value)
         if before is not None:
             criteria.append(sa.tuple_(jobs.c.created_at, jobs.c.job_id) < sa.tuple_(*before))
         newest = (jobs.c.created_at.desc(), jobs.c.job_id.desc())
         return await self._jobs_where(*criteria, order=newest, limit=limit)
 
     async def list_audit(
-        self,
-        *,
-        department_id: str | None = None,
-        principal: str | None = None,
-        action: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        before_id: int | None = None,
-        limit: int = 100,
+        self, query: AuditQuery, *, before_id: int | None = None, limit: int = 100
     ) -> list[tuple[int, AuditEntry]]:
         a = audit_log.c
         criteria = []
-        for column, value in ((a.department_id, department_id), (a.principal, principal), (a.action, action)):
+        for column, value in ((a.department_id, query.department_id), (a.principal, query.principal)):
             if value is not None:
                 criteria.append(column == value)
-        if since is not None:
-            criteria.append(a.at >= since)
-        if until is not None:
-            criteria.append(a.at < until)
+        if query.action is not None:
+            criteria.append(a.action == query.action)
+        if query.since is not None:
+            criteria.append(a.at >= query.since)
+        if query.until is not None:
+            criteria.append(a.at < query.until)
         if before_id is not None:
             criteria.append(a.id < before_id)
-        query = sa.select(audit_log).where(*criteria).order_by(a.id.desc()).limit(limit)
+        statement = sa.select(audit_log).where(*criteria).order_by(a.id.desc()).limit(limit)
         async with reading(self._engine) as conn:
-            rows = (await conn.execute(query)).mappings().all()
+            rows = (await conn.execute(statement)).mappings().all()
         return [(int(r["id"]), codec.audit_from_row(r)) for r in rows]
 
     async def audit_log(self, department_id: str) -> list[AuditEntry]:
