@@ -99,22 +99,18 @@ class SlidingWindow:
         """Record an admission of `key` at `now` and return None, or return the seconds
         until the oldest admission leaves the window (more than 0) and record nothing."""
         self._sweep(now)
-        times = self._log.get(key)
-        if times is None:
-            times = self._log[key] = deque()
-        self._expire(times, now)
-        if len(times) >= self.rate.count:
-            return max(times[0] + self.rate.period - now, 1e-6)
-        times.append(now)
-        return None
+        wait = self.wait(key, now)
+        if wait is None:
+            self._log.setdefault(key, deque()).append(now)
+        return wait
 
     def wait(self, key: str, now: float) -> float | None:
-        """What `admit` would answer, recording nothing."""
+        """What `admit` would answer, admitting nothing."""
         times = self._log.get(key)
         if times is None:
             return None
-        live = [t for t in times if t > now - self.rate.period]
-        return max(live[0] + self.rate.period - now, 1e-6) if len(live) >= self.rate.count else None
+        self._expire(times, now)
+        return max(times[0] + self.rate.period - now, 1e-6) if len(times) >= self.rate.count else None
 
     def _expire(self, times: deque[float], now: float) -> None:
         horizon = now - self.rate.period
@@ -158,22 +154,18 @@ class RateLimiter:
     async def acquire(self, principal: str, bucket: str, now: float) -> None:
         """Admit one call, or raise `RateLimitedError` with the exact wait (or
         `StoreUnavailableError` when a shared window cannot be counted)."""
-        window = self.windows[bucket]
-        if self._shared is not None and bucket in SHARED_BUCKETS:
-            rate = window.rate
-            wait = await self._shared.admit(bucket, principal, rate.count, rate.period, now)
-        else:
-            wait = window.admit(principal, now)
-        if wait is not None:
-            raise RateLimitedError(bucket, window.rate, wait)
+        await self._decide(principal, bucket, now, admit=True)
 
     async def check(self, principal: str, bucket: str, now: float) -> None:
         """Raise `RateLimitedError` if a call would be refused now; admit nothing."""
+        await self._decide(principal, bucket, now, admit=False)
+
+    async def _decide(self, principal: str, bucket: str, now: float, *, admit: bool) -> None:
         window = self.windows[bucket]
         if self._shared is not None and bucket in SHARED_BUCKETS:
-            rate = window.rate
-            wait = await self._shared.wait(bucket, principal, rate.count, rate.period, now)
+            ask = self._shared.admit if admit else self._shared.wait
+            wait = await ask(bucket, principal, window.rate.count, window.rate.period, now)
         else:
-            wait = window.wait(principal, now)
+            wait = window.admit(principal, now) if admit else window.wait(principal, now)
         if wait is not None:
             raise RateLimitedError(bucket, window.rate, wait)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -62,10 +62,14 @@ class SqlAdmissions:
     async def wait(self, bucket: str, principal: str, count: int, period: float, now: float) -> float | None:
         """The seconds until an admission would fit, or None if one fits now; records nothing."""
         key = (_T.c.bucket == bucket, _T.c.principal == principal, _T.c.at > now - period)
-        newest = sa.select(_T.c.at).where(*key).order_by(_T.c.at.desc()).offset(count - 1).limit(1)
         async with reading(self._engine) as conn:
-            opens = (await conn.execute(newest)).scalar_one_or_none()
+            opens = (await conn.execute(_window_opens(key, count))).scalar_one_or_none()
         return None if opens is None else max(float(opens) + period - now, 1e-6)
+
+
+def _window_opens(key: tuple[sa.ColumnElement[bool], ...], count: int) -> sa.Select[Any]:
+    """The admission whose leaving the window lets one more in: the count-th newest."""
+    return sa.select(_T.c.at).where(*key).order_by(_T.c.at.desc()).offset(count - 1).limit(1)
 
 
 async def decide(
@@ -83,9 +87,7 @@ async def decide(
         # fetching them all made every admission cost as much as the window is long.
         held = (await conn.execute(sa.select(sa.func.count()).where(*key))).scalar_one()
         if held >= item.count:
-            # The window opens when the count-th newest admission leaves it.
-            newest = sa.select(_T.c.at).where(*key).order_by(_T.c.at.desc())
-            opens = (await conn.execute(newest.offset(item.count - 1).limit(1))).scalar_one()
+            opens = (await conn.execute(_window_opens(key, item.count))).scalar_one()
             waits.append(max(float(opens) + item.period - item.now, 1e-6))
             continue
         await conn.execute(_T.insert().values(bucket=item.bucket, principal=item.principal, at=item.now))

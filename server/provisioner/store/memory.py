@@ -399,13 +399,12 @@ class InMemoryAdmissions:
         self.times: dict[tuple[str, str], list[float]] = {}
 
     async def admit(self, bucket: str, principal: str, count: int, period: float, now: float) -> float | None:
-        times = sorted(t for t in self.times.get((bucket, principal), []) if t > now - period)
-        self.times[(bucket, principal)] = times
-        if len(times) >= count:
-            return max(times[-count] + period - now, 1e-6)
-        times.append(now)
-        return None
+        wait = await self.wait(bucket, principal, count, period, now)
+        if wait is None:
+            self.times[(bucket, principal)].append(now)
+        return wait
 
     async def wait(self, bucket: str, principal: str, count: int, period: float, now: float) -> float | None:
         times = sorted(t for t in self.times.get((bucket, principal), []) if t > now - period)
+        self.times[(bucket, principal)] = times
         return max(times[-count] + period - now, 1e-6) if len(times) >= count else None
