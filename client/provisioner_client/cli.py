@@ -87,6 +87,17 @@ class Output:
         """Aligned rows under a header line, which `--no-headers` leaves out."""
         self.lines(lines if self.headers else lines[1:])
 
+    def listing(
+        self, key: str, items: Sequence[Message], table: Callable[..., list[str]], empty: str
+    ) -> None:
+        """A list command's answer: `{key: [...]}` as JSON or YAML, else a table (or `empty`)."""
+        if self.structured:
+            self.document({key: [render.to_dict(item) for item in items]})
+        elif items:
+            self.table(table(items, wide=self.wide))
+        else:
+            self.lines([empty])
+
     def sink(self) -> ProgressSink:
         if self.json:
             return JsonSink(self.out, self.err)
@@ -284,14 +295,8 @@ async def _list(args: argparse.Namespace, client: AsyncProvisioningClient, outpu
     shown = args.all or args.status
     found = [d for d in listed if shown or d.status != pb.DEPARTMENT_STATUS_DEPROVISIONED]
     hidden = len(listed) - len(found)
-    if output.structured:
-        output.document({"departments": [render.to_dict(d) for d in found]})
-        return exitcodes.OK
-    if found:
-        output.table(render.department_table(found, wide=output.wide))
-    else:
-        output.lines(["no departments"])
-    if hidden:
+    output.listing("departments", found, render.department_table, "no departments")
+    if hidden and not output.structured:
         render.write_lines(output.err, [f"({hidden} deprovisioned not shown; --all shows them)"])
     return exitcodes.OK
 
@@ -299,12 +304,7 @@ async def _list(args: argparse.Namespace, client: AsyncProvisioningClient, outpu
 async def _jobs(args: argparse.Namespace, client: AsyncProvisioningClient, output: Output) -> int:
     found = client.list_jobs(department_id=args.department, kind=args.kind, state=args.state)
     jobs = [j async for j in _first(found, args.limit)]
-    if output.structured:
-        output.document({"jobs": [render.to_dict(j) for j in jobs]})
-    elif jobs:
-        output.table(render.job_table(jobs, wide=output.wide))
-    else:
-        output.lines(["no jobs"])
+    output.listing("jobs", jobs, render.job_table, "no jobs")
     return exitcodes.OK
 
 
@@ -317,12 +317,7 @@ async def _audit(args: argparse.Namespace, client: AsyncProvisioningClient, outp
         until=args.until,
     )
     events = [e async for e in _first(found, args.limit)]
-    if output.structured:
-        output.document({"auditEvents": [render.to_dict(e) for e in events]})
-    elif events:
-        output.table(render.audit_table(events, wide=output.wide))
-    else:
-        output.lines(["no audit entries"])
+    output.listing("auditEvents", events, render.audit_table, "no audit entries")
     return exitcodes.OK
 
 
