@@ -7,6 +7,9 @@ one transaction. A request the action cannot accept raises `InputRejected` (422)
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import re
 import string
@@ -23,6 +26,13 @@ _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _FORMATTER = string.Formatter()
 MAX_SUBJECT = 998  # RFC 5322's line limit
 MAX_FILE_NAME = 255
+MAX_FILE_BYTES = 1024 * 1024
+"""The largest file google_drive keeps (its request may be up to `UPLOAD_BODY_LIMIT`)."""
+UPLOAD_BODY_LIMIT = 1536 * 1024
+"""A workflow request's size limit: a 1 MiB file in base64, with its JSON around it."""
+_CONTENT_TYPE = re.compile(
+    r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*(; ?[ -~]*)?", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,7 @@ class Effect:
     """A row for `table` (values in the table's column order after id, execution_id, created_at)."""
 
     table: Literal["outbox", "files", "records"]
-    values: tuple[str, ...]
+    values: tuple[str | int | bytes, ...]
     result: dict[str, object]
 
 
@@ -92,15 +102,56 @@ def _email(action: EmailAction, request: Mapping[str, object], row_id: str) -> E
         body = render(action.body, request)
     return Effect(
         "outbox",
-        (action.to, subject, body),
+        (action.to, subject, body, "pending"),
         {"outbox_id": row_id, "to": action.to, "subject": subject},
     )
 
 
 def _drive(action: DriveAction, request: Mapping[str, object], row_id: str) -> Effect:
+    """A file in the department's own storage: "content" (text), "contentBase64" (bytes),
+    or, with neither, the request itself as JSON; "contentType" names its media type."""
     name = request.get("name")
     if not isinstance(name, str) or not name.strip():
         raise InputRejected('google_drive needs a non-empty string "name"')
     if len(name) > MAX_FILE_NAME or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
         raise InputRejected(f'"name" must be at most {MAX_FILE_NAME} characters with no control characters')
-    return Effect("files", (action.folder, name), {"file_id": row_id, "folder": action.folder, "name": name})
+    content, content_type = _file_content(request)
+    declared = request.get("contentType")
+    if declared is not None:
+        if not isinstance(declared, str) or len(declared) > 200 or not _CONTENT_TYPE.fullmatch(declared):
+            raise InputRejected('"contentType" must be a media type such as "application/pdf"')
+        content_type = declared
+    if len(content) > MAX_FILE_BYTES:
+        raise InputRejected(f"the file is over the limit of {MAX_FILE_BYTES} bytes")
+    digest = hashlib.sha256(content).hexdigest()
+    return Effect(
+        "files",
+        (action.folder, name, content_type, len(content), digest, content),
+        {
+            "file_id": row_id,
+            "folder": action.folder,
+            "name": name,
+            "content_type": content_type,
+            "size": len(content),
+            "sha256": digest,
+        },
+    )
+
+
+def _file_content(request: Mapping[str, object]) -> tuple[bytes, str]:
+    text, encoded = request.get("content"), request.get("contentBase64")
+    if text is not None and encoded is not None:
+        raise InputRejected('give "content" or "contentBase64", not both')
+    if text is not None:
+        if not isinstance(text, str):
+            raise InputRejected('"content" must be a string (use "contentBase64" for bytes)')
+        return text.encode("utf-8"), "text/plain; charset=utf-8"
+    if encoded is not None:
+        if not isinstance(encoded, str):
+            raise InputRejected('"contentBase64" must be a base64 string')
+        try:
+            return base64.b64decode(encoded, validate=True), "application/octet-stream"
+        except (binascii.Error, ValueError) as exc:
+            raise InputRejected(f'"contentBase64" is not valid base64: {exc}') from exc
+    document = json.dumps(dict(request), ensure_ascii=False, indent=2, sort_keys=True)
+    return document.encode("utf-8"), "application/json"

@@ -11,6 +11,9 @@ Two ways to run it:
   `CLIENT_ID` and `CLIENT_SECRET_SHA256` (the department's OAuth client; never the secret
   itself). It serves no workflows of its own: they run on the workflow platform.
 
+Either way `SMTP_URL` (and `SMTP_CA_FILE`) name the relay the email workflow sends through
+(see `mail`); without it, messages are recorded unsent.
+
 The database URL is read from the environment, never the command line, because it
 carries the role's password and a command line is visible to every user.
 
@@ -32,6 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
 
+from department_service import mail, schema
 from department_service.auth import credentials_from_environment
 from department_service.httpd import DepartmentHTTPServer
 from department_service.logs import emit, utc_now
@@ -141,11 +145,26 @@ def _department(department_id: str, directory: Path | None, env: Mapping[str, st
     if database_url and not is_postgres_url(database_url):  # not echoed: it may hold a password
         raise ValueError("DATABASE_URL must start with postgresql:// or postgres://, or be unset for data.db")
     store = PostgresStore(database_url, department_id) if database_url else None
+    smtp_url = env.get("SMTP_URL", "")
+    relay = mail.parse_url(smtp_url, department_id, ca_file=env.get("SMTP_CA_FILE")) if smtp_url else None
     if directory is not None:
-        return Department(department_id, directory, store=store)
+        if store is None:
+            _upgrade(directory / "data.db")
+        return Department(department_id, directory, store=store, relay=relay)
     if store is None:
         raise ValueError("without --dir, DATABASE_URL must name the department's PostgreSQL database")
-    return Department(department_id, None, store=store, credentials=credentials_from_environment(env))
+    credentials = credentials_from_environment(env)
+    return Department(department_id, None, store=store, credentials=credentials, relay=relay)
+
+
+def _upgrade(database: Path) -> None:
+    """Bring an existing data.db to this release's schema (a new one is the database step's)."""
+    if database.is_file():
+        try:
+            schema.create(database)
+        except schema.SchemaError as exc:
+            # Served anyway: /healthz then says what is wrong with the database.
+            emit(event="database_not_upgraded", problem=str(exc))
 
 
 def _write_service_file(path: Path, department_id: str, host: str, port: int) -> None:

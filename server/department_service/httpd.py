@@ -27,7 +27,6 @@ from department_service.errors import (
 from department_service.logs import emit
 from department_service.routes import Department, Request, Response
 
-MAX_BODY = 64 * 1024
 _DRAIN_LIMIT = 1024 * 1024
 
 
@@ -74,7 +73,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                 path=self.path.partition("?")[0],
                 query=self.path.partition("?")[2],
                 authorization=self.headers.get("Authorization"),
-                body=self._read_body(),
+                body=self._read_body(self.server.department.body_limit(self.path.partition("?")[0])),
             )
             response = self.server.department.handle(request)
         except ServiceError as exc:
@@ -104,7 +103,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         """Connection-level trouble (timeouts) as a JSON line."""
         emit(event="connection_error", message=format % args)
 
-    def _read_body(self) -> bytes:
+    def _read_body(self, limit: int) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise LengthRequired("send the body with a Content-Length")
         declared = self.headers.get("Content-Length")
@@ -113,9 +112,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         if not (declared.strip().isascii() and declared.strip().isdigit()):
             raise BadRequest("Content-Length is not a number")
         length = int(declared)
-        if length > MAX_BODY:
+        if length > limit:
             self._discard(length)
-            raise PayloadTooLarge(f"the body is over the limit of {MAX_BODY} bytes")
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
         body = self.rfile.read(length)
         if len(body) < length:
             raise BadRequest("the body ended before Content-Length bytes")
@@ -138,10 +137,13 @@ class RequestHandler(BaseHTTPRequestHandler):
             return
 
     def _finish(self, response: Response, started: float | None, fields: dict[str, Any]) -> None:
-        payload = json.dumps(response.body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if response.raw is None:
+            payload = json.dumps(response.body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            response.headers.setdefault("Content-Type", "application/json")
+        else:
+            payload = response.raw
         try:
             self.send_response(response.status)
-            self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Content-Type-Options", "nosniff")

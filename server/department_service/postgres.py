@@ -21,7 +21,8 @@ from typing import Any
 from department_service import schema
 from department_service.actions import Effect
 from department_service.errors import DatabaseUnavailable
-from department_service.store import Execution, listed
+from department_service.mail import Delivery
+from department_service.store import Execution, StoredFile, listed, listed_file, stored_file
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 _CONNECT_TIMEOUT = 5
@@ -33,13 +34,16 @@ _INSERT_EXECUTION = (
     " VALUES (%s, %s, %s::timestamptz, %s, %s::jsonb, %s::jsonb)"
 )
 _INSERT_EFFECT = {
-    "outbox": "INSERT INTO outbox (id, execution_id, created_at, recipient, subject, body)"
-    " VALUES (%s, %s, %s::timestamptz, %s, %s, %s)",
-    "files": "INSERT INTO files (id, execution_id, created_at, folder, name)"
-    " VALUES (%s, %s, %s::timestamptz, %s, %s)",
+    "outbox": "INSERT INTO outbox (id, execution_id, created_at, recipient, subject, body, status)"
+    " VALUES (%s, %s, %s::timestamptz, %s, %s, %s, %s)",
+    "files": "INSERT INTO files"
+    " (id, execution_id, created_at, folder, name, content_type, size, sha256, content)"
+    " VALUES (%s, %s, %s::timestamptz, %s, %s, %s, %s, %s, %s)",
     "records": "INSERT INTO records (id, execution_id, created_at, data)"
     " VALUES (%s, %s, %s::timestamptz, %s::jsonb)",
 }
+_SETTLE_MESSAGE = "UPDATE outbox SET status = %s, reply = %s, settled_at = %s::timestamptz WHERE id = %s"
+_SETTLE_EXECUTION = "UPDATE workflow_executions SET status = %s, result = %s::jsonb WHERE id = %s"
 # id breaks ties between executions received in the same microsecond (PostgreSQL has no rowid).
 _RECENT = (
     "SELECT id, workflow, received_at, status, request, result FROM workflow_executions"
@@ -49,6 +53,11 @@ _RECENT_OF = (
     "SELECT id, workflow, received_at, status, request, result FROM workflow_executions"
     " WHERE workflow = %s ORDER BY received_at DESC, id DESC LIMIT %s"
 )
+_FILES = (
+    "SELECT id, execution_id, created_at, folder, name, content_type, size, sha256 FROM files"
+    " WHERE (%s::text IS NULL OR folder = %s) ORDER BY created_at DESC, id DESC LIMIT %s"
+)
+_FILE = "SELECT content_type, sha256, name, content FROM files WHERE id = %s"
 _TABLES = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
 
 
@@ -81,6 +90,11 @@ class PostgresStore:
             if effect is not None:
                 conn.execute(_INSERT_EFFECT[effect.table], execution.effect_row(effect, effect_id))
 
+    def settle_message(self, message_id: str, delivery: Delivery, at: str, execution: Execution) -> None:
+        with self._connection() as conn, conn.transaction():
+            conn.execute(_SETTLE_MESSAGE, (delivery.status, delivery.reply, at, message_id))
+            conn.execute(_SETTLE_EXECUTION, execution.settled_row())
+
     def recent(self, workflow: str | None, limit: int) -> list[dict[str, object]]:
         with self._connection() as conn:
             if workflow is None:
@@ -89,6 +103,15 @@ class PostgresStore:
                 rows = conn.execute(_RECENT_OF, (workflow, limit)).fetchall()
         # jsonb comes back decoded already; timestamptz as a datetime.
         return [listed(row, received_at=_timestamp(row[2]), request=row[4], result=row[5]) for row in rows]
+
+    def files(self, folder: str | None, limit: int) -> list[dict[str, object]]:
+        with self._connection() as conn:
+            rows = conn.execute(_FILES, (folder, folder, limit)).fetchall()
+        return [listed_file(row, _timestamp(row[2])) for row in rows]
+
+    def file(self, file_id: str) -> StoredFile | None:
+        with self._connection() as conn:
+            return stored_file(conn.execute(_FILE, (file_id,)).fetchone())
 
     def check(self) -> str | None:
         try:

@@ -12,16 +12,25 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
-from department_service import actions, workflows
+from department_service import actions, mail, workflows
 from department_service.auth import Credentials, authenticate, credentials_state, load_credentials
-from department_service.errors import BadRequest, InputRejected, MethodNotAllowed, NotFound, WorkflowBroken
+from department_service.errors import (
+    BadRequest,
+    InputRejected,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    WorkflowBroken,
+)
 from department_service.logs import utc_now
 from department_service.store import Execution, SqliteStore, Store
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+MAX_BODY = 64 * 1024
+"""The size limit of a request body, except a file for google_drive (`actions.UPLOAD_BODY_LIMIT`)."""
 
 
 @dataclass(frozen=True)
@@ -37,12 +46,14 @@ class Request:
 
 @dataclass
 class Response:
-    """A JSON response; `execution_id` is for the log line."""
+    """A JSON response, or with `raw` set, those bytes as they are (a stored file's);
+    `execution_id` is for the log line."""
 
     status: int
     body: dict[str, object]
     headers: dict[str, str] = field(default_factory=dict)
     execution_id: str | None = None
+    raw: bytes | None = None
 
 
 Handler = Callable[[Request], Response]
@@ -75,12 +86,14 @@ class Department:
         *,
         store: Store | None = None,
         credentials: Credentials | None = None,
+        relay: mail.Relay | None = None,
         new_id: Callable[[], str] = lambda: secrets.token_hex(16),
         clock: Callable[[], str] = utc_now,
     ) -> None:
         """Serve `directory` (credentials.json, workflows/, data.db), or with `directory`
         None, a department configured by its environment: fixed `credentials`, a `store`
-        and no workflows of its own (they run on the workflow platform)."""
+        and no workflows of its own (they run on the workflow platform). `relay` is where
+        the email workflow sends; without it, its messages are kept unsent."""
         if directory is None and (store is None or credentials is None):
             raise ValueError("a department without a directory needs its store and its credentials")
         self.department_id = department_id
@@ -88,9 +101,14 @@ class Department:
         #: The department's own `data.db` unless another store (PostgreSQL) is given.
         self.store: Store = store or SqliteStore(_within(directory, "data.db"))
         self._credentials = credentials
+        self._relay = relay
         self.draining = False  # set at shutdown: /healthz then answers NOT_SERVING
         self._new_id = new_id
         self._clock = clock
+
+    def body_limit(self, path: str) -> int:
+        """How many bytes of body a request to `path` may send: files go to workflow webhooks."""
+        return actions.UPLOAD_BODY_LIMIT if path.startswith("/workflows/") else MAX_BODY
 
     def handle(self, request: Request) -> Response:
         """Route the request to its handler (HEAD is answered as GET, without the body)."""
@@ -108,6 +126,11 @@ class Department:
             return {"GET": self._list_workflows}
         if path == "/executions":
             return {"GET": self._executions}
+        if path == "/files":
+            return {"GET": self._files}
+        file_id = path.removeprefix("/files/")
+        if file_id != path and file_id and "/" not in file_id:
+            return {"GET": lambda request: self._file(request, file_id)}
         name = path.removeprefix("/workflows/")
         if name != path and name and "/" not in name:
             return {"POST": lambda request: self._run(request, name)}
@@ -151,16 +174,29 @@ class Department:
 
     def _executions(self, request: Request) -> Response:
         self._authenticate(request)
-        try:
-            params = parse_qs(request.query, max_num_fields=20)
-        except ValueError as exc:
-            raise BadRequest(f"bad query string: {exc}") from exc
+        params = _params(request.query)
         workflow = params.get("workflow", [None])[-1] or None
-        raw_limit = params.get("limit", [str(DEFAULT_LIMIT)])[-1]
-        if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_LIMIT):
-            raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-        executions = self.store.recent(workflow, int(raw_limit))
+        executions = self.store.recent(workflow, _limit(params))
         return Response(200, {"department_id": self.department_id, "executions": executions})
+
+    def _files(self, request: Request) -> Response:
+        self._authenticate(request)
+        params = _params(request.query)
+        files = self.store.files(params.get("folder", [None])[-1] or None, _limit(params))
+        return Response(200, {"department_id": self.department_id, "files": files})
+
+    def _file(self, request: Request, file_id: str) -> Response:
+        self._authenticate(request)
+        stored = self.store.file(file_id)
+        if stored is None:
+            raise NotFound(f"no file {file_id!r}")
+        headers = {
+            "Content-Type": stored.content_type,
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(stored.name, safe='')}",
+            "ETag": f'"{stored.sha256}"',
+            "Content-Security-Policy": "sandbox",  # never run as a page, whatever it holds
+        }
+        return Response(200, {}, headers, raw=stored.content)
 
     def _run(self, request: Request, name: str) -> Response:
         received_at = self._clock()
@@ -174,6 +210,8 @@ class Department:
             raise NotFound(f"workflow {name!r} is not deployed")
         if workflow.action is None:
             raise WorkflowBroken(f"workflow {name!r} is broken: {workflow.problem}")
+        if len(request.body) > MAX_BODY and not isinstance(workflow.action, workflows.DriveAction):
+            raise PayloadTooLarge(f"the body is over the limit of {MAX_BODY} bytes")
         payload = parse_object(request.body)
         execution = Execution(self._new_id(), name, received_at, "succeeded", actions.to_json(payload), {})
         effect_id = self._new_id()
@@ -184,8 +222,60 @@ class Department:
             error = {"code": exc.code, "message": exc.message}
             self.store.record(replace(execution, status="rejected", result={"error": error}), None)
             return _answer(422, execution.id, name, "rejected", error=error)
+        if _dry_run(request.query):
+            # Checked, authenticated and recorded, but no effect: no row, no mail.
+            result = {**effect.result, "dry_run": True}
+            self.store.record(replace(execution, result=result), None)
+            return _answer(200, execution.id, name, "succeeded", result=result)
+        if effect.table == "outbox":
+            return self._send(replace(execution, result=effect.result), effect, effect_id)
         self.store.record(replace(execution, result=effect.result), effect, effect_id)
         return _answer(200, execution.id, name, "succeeded", result=effect.result)
+
+    def _send(self, execution: Execution, effect: actions.Effect, message_id: str) -> Response:
+        """Record the message as pending, hand it to the relay, then record what the relay said.
+
+        A crash between the two writes leaves the message `pending` and its execution
+        `sending`: it is never sent twice on its own (see docs/workflows.md).
+        """
+        self.store.record(replace(execution, status="sending"), effect, message_id)
+        if self._relay is None:
+            delivery = mail.NOT_CONFIGURED
+        else:
+            to, subject, body = (str(value) for value in effect.values[:3])
+            message = mail.compose(self._relay, message_id, self.department_id, to, subject, body)
+            delivery = mail.send(self._relay, message)
+        sent = delivery.status == "sent"
+        result = {**execution.result, "delivery": {"status": delivery.status, "reply": delivery.reply}}
+        settled = replace(execution, status="succeeded" if sent else "failed", result=result)
+        self.store.settle_message(message_id, delivery, self._clock(), settled)
+        if sent:
+            return _answer(200, execution.id, execution.workflow, "succeeded", result=result)
+        code, status = ("smtp_not_configured", 503) if delivery.status == "unsent" else ("smtp_failed", 502)
+        error = {"code": code, "message": delivery.reply}
+        return _answer(status, execution.id, execution.workflow, "failed", error=error, result=result)
+
+
+def _params(query: str) -> dict[str, list[str]]:
+    try:
+        return parse_qs(query, max_num_fields=20)
+    except ValueError as exc:
+        raise BadRequest(f"bad query string: {exc}") from exc
+
+
+def _limit(params: dict[str, list[str]]) -> int:
+    raw = params.get("limit", [str(DEFAULT_LIMIT)])[-1]
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_LIMIT):
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def _dry_run(query: str) -> bool:
+    """`?dryRun=true`: run the checks and record the execution, without the action's effect."""
+    values = _params(query).get("dryRun", [])
+    if values and values[-1] not in ("true", "false"):
+        raise BadRequest("dryRun must be true or false")
+    return bool(values) and values[-1] == "true"
 
 
 def _within(directory: Path | None, name: str) -> Path:

@@ -23,7 +23,8 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 @dataclass(frozen=True)
 class EmailAction:
-    """Queue a message in the outbox; `subject` (and `body`, if given) are `{field}` templates."""
+    """Mail `to` through the SMTP relay, recorded in the outbox; `subject` (and `body`, if
+    given) are `{field}` templates."""
 
     to: str
     subject: str
@@ -32,7 +33,8 @@ class EmailAction:
 
 @dataclass(frozen=True)
 class DriveAction:
-    """Record a file entry named by the request's "name" in `folder`."""
+    """Keep the file the request carries (named by its "name") in `folder`, in the
+    department's own database; see `actions._drive`."""
 
     folder: str
 

@@ -127,7 +127,9 @@ def embedded_steps(settings: Settings, shared: Shared) -> StepKit:
     if settings.railway:
         container = _railway(settings, vault, database_url)
     else:
-        container = local = LocalProcessContainer(dirs, environment=_service_database(database_url))
+        container = local = LocalProcessContainer(
+            dirs, environment=_service_environment(settings, database_url)
+        )
     gateway = EnvoyGateway(
         dirs,
         routes=shared.routes,
@@ -176,16 +178,18 @@ def embedded_steps(settings: Settings, shared: Shared) -> StepKit:
 _LOCAL_STEPS = (SqliteTenantDatabase, LocalProcessContainer, EmbeddedWorkflows)
 
 
-def _service_database(
-    database_url: Callable[[str], Awaitable[str]] | None,
-) -> Callable[[str], Awaitable[dict[str, str]]] | None:
-    """A local service's extra environment: its `DATABASE_URL` when departments are on PostgreSQL."""
-    if database_url is None:
-        return None
-    url_of = database_url
+def _service_environment(
+    settings: Settings, database_url: Callable[[str], Awaitable[str]] | None
+) -> Callable[[str], Awaitable[dict[str, str]]]:
+    """A local service's extra environment: its `DATABASE_URL` when departments are on
+    PostgreSQL, and the SMTP relay its email workflow sends through."""
+    relay = {"SMTP_URL": settings.smtp_url} if settings.smtp_url else {}
+    if settings.smtp_ca_file is not None:
+        relay["SMTP_CA_FILE"] = str(settings.smtp_ca_file.absolute())
 
     async def environment(department_id: str) -> dict[str, str]:
-        return {"DATABASE_URL": await url_of(department_id)}
+        database = {} if database_url is None else {"DATABASE_URL": await database_url(department_id)}
+        return {**database, **relay}
 
     return environment
 

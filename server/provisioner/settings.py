@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from department_service import mail
 from provisioner.core.errors import ConfigurationError
 from provisioner.core.retry import RetryPolicy
 from provisioner.core.states import StepName
@@ -108,6 +109,11 @@ class Settings:
     webhook_timeout: float = 10.0
     webhook_max_attempts: int = 12
     webhook_retry_base: float = 5.0
+    #: The SMTP relay the email workflow sends through (`smtp://` or `smtps://`, see
+    #: `department_service.mail`), and an extra CA for its certificate. Passed to each
+    #: department's service in its environment when the service starts.
+    smtp_url: str = field(default="", repr=False)
+    smtp_ca_file: Path | None = None
     #: `production` (the default) refuses to start without real secrets; `development`
     #: allows the conveniences of a trial on one machine (see `production_problems`).
     mode: str = "production"
@@ -225,6 +231,18 @@ def _webhook_secret(text: str) -> str:
         # Never echoed: it is a secret.
         raise ValueError("expected whsec_ followed by base64 of 24 to 64 random bytes")
     return text
+
+
+def _smtp_url(text: str) -> str:
+    mail.parse_url(text, "department")  # ValueError says what is wrong, without the password
+    return text
+
+
+def _readable_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(f"{text!r} is not a readable file")
+    return path
 
 
 def _origins(text: str) -> tuple[str, ...]:
@@ -393,6 +411,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "webhook_timeout": read("WEBHOOK_TIMEOUT", _positive_seconds, defaults.webhook_timeout),
         "webhook_max_attempts": read("WEBHOOK_MAX_ATTEMPTS", _positive, defaults.webhook_max_attempts),
         "webhook_retry_base": read("WEBHOOK_RETRY_BASE", _positive_seconds, defaults.webhook_retry_base),
+        "smtp_url": read("SMTP_URL", _smtp_url, ""),
+        "smtp_ca_file": read("SMTP_CA_FILE", _readable_file, None),
     }
     values["tls"] = _tls_files(env, problems)
     if values["jwt_secret"] and len(str(values["jwt_secret"])) < 32:

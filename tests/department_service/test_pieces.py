@@ -116,7 +116,7 @@ class TestPlan:
             EmailAction("a@example.com", "Hi {name}", "Dear {name},\nwelcome."), {"name": "Ada"}, "m1"
         )
         assert effect.table == "outbox"
-        assert effect.values == ("a@example.com", "Hi Ada", "Dear Ada,\nwelcome.")
+        assert effect.values == ("a@example.com", "Hi Ada", "Dear Ada,\nwelcome.", "pending")
         assert effect.result == {"outbox_id": "m1", "to": "a@example.com", "subject": "Hi Ada"}
 
     def test_email_body_defaults_to_the_request(self) -> None:
@@ -133,7 +133,10 @@ class TestPlan:
             plan(DriveAction("Docs"), {} if name is None else {"name": name}, "f1")
 
     def test_google_drive_and_database(self) -> None:
-        assert plan(DriveAction("Docs"), {"name": "a.pdf"}, "f1").values == ("Docs", "a.pdf")
+        document = b'{\n  "name": "a.pdf"\n}'
+        assert plan(DriveAction("Docs"), {"name": "a.pdf"}, "f1").values == (
+            "Docs", "a.pdf", "application/json", len(document), hashlib.sha256(document).hexdigest(), document
+        )  # fmt: skip
         effect = plan(DatabaseAction(), {"k": [1, {"v": None}]}, "r1")
         assert (effect.table, json.loads(effect.values[0]), effect.result) == (
             "records", {"k": [1, {"v": None}]}, {"record_id": "r1"}

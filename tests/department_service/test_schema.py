@@ -14,13 +14,13 @@ from department_service import schema
 def test_create_makes_every_table_in_wal_mode(tmp_path: Path) -> None:
     db = tmp_path / "data.db"
 
-    assert schema.create(db) == schema.SCHEMA_VERSION == 1
+    assert schema.create(db) == schema.SCHEMA_VERSION == 2
 
     conn = sqlite3.connect(db)
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert tables == set(schema.TABLES)
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
     conn.close()
     assert schema.check(db) is None
 
@@ -33,11 +33,11 @@ def test_create_is_idempotent_and_keeps_the_data(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
 
-    assert schema.create(db) == 1
-    assert schema.create(db) == 1
+    assert schema.create(db) == 2
+    assert schema.create(db) == 2
 
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
     assert conn.execute("SELECT id FROM workflow_executions").fetchall() == [("e1",)]
     conn.close()
     assert schema.check(db) is None
@@ -46,9 +46,9 @@ def test_create_is_idempotent_and_keeps_the_data(tmp_path: Path) -> None:
 def test_concurrent_creates_all_succeed_once(tmp_path: Path) -> None:
     db = tmp_path / "data.db"
     with ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(lambda _: schema.create(db), range(8))) == [1] * 8
+        assert list(pool.map(lambda _: schema.create(db), range(8))) == [schema.SCHEMA_VERSION] * 8
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
     conn.close()
 
 
@@ -84,9 +84,9 @@ def test_check_says_what_is_wrong(tmp_path: Path) -> None:
 
     schema.create(db)
     _sql(db, "UPDATE schema_version SET version = 7")
-    assert schema.check(db) == "schema version is 7, expected 1"
+    assert schema.check(db) == "schema version is 7, expected 2"
 
-    _sql(db, "UPDATE schema_version SET version = 1", "DROP TABLE files")
+    _sql(db, "UPDATE schema_version SET version = 2", "DROP TABLE files")
     assert schema.check(db) == "tables missing: files"
 
     garbage = tmp_path / "garbage.db"
@@ -97,12 +97,12 @@ def test_check_says_what_is_wrong(tmp_path: Path) -> None:
 def test_create_refuses_a_newer_database(tmp_path: Path) -> None:
     db = tmp_path / "data.db"
     schema.create(db)
-    _sql(db, "UPDATE schema_version SET version = 2")
+    _sql(db, "UPDATE schema_version SET version = 3")
 
-    with pytest.raises(schema.SchemaError, match="newer than 1") as caught:
+    with pytest.raises(schema.SchemaError, match="newer than 2") as caught:
         schema.create(db)
     assert not caught.value.retryable
-    assert schema.check(db) == "schema version is 2, expected 1"
+    assert schema.check(db) == "schema version is 3, expected 2"
 
 
 def test_create_reports_an_unusable_path(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.department_service.harness import CLIENT_ID, SECRET, DepartmentDir, RunningService
+from tests.smtp import MailServer
 
 JSON = "application/json"
 
@@ -59,7 +60,7 @@ def test_healthz_is_not_serving_without_its_database(tmp_path: Path) -> None:
         service.close()
 
 
-def test_email_workflow_queues_a_message(service: RunningService) -> None:
+def test_email_workflow_sends_a_message(service: RunningService, mail_server: MailServer) -> None:
     response = service.post("email", {"name": "Ada Lovelace", "employee_id": 1815})
 
     assert response.status_code == 200
@@ -67,13 +68,22 @@ def test_email_workflow_queues_a_message(service: RunningService) -> None:
     assert body["workflow"] == "email"
     assert body["status"] == "succeeded"
     assert body["result"]["subject"] == "New hire: Ada Lovelace (1815)"
+    assert body["result"]["delivery"] == {"status": "sent", "reply": "250 2.0.0 Ok: queued as Q0001"}
     [execution] = service.directory.rows("SELECT id, workflow, status, request FROM workflow_executions")
     assert execution[:3] == (body["execution_id"], "email", "succeeded")
     assert json.loads(execution[3]) == {"name": "Ada Lovelace", "employee_id": 1815}
-    [message] = service.directory.rows("SELECT id, execution_id, recipient, subject, body FROM outbox")
+    [message] = service.directory.rows(
+        "SELECT id, execution_id, recipient, subject, body, status, reply FROM outbox"
+    )
     assert message[:4] == (body["result"]["outbox_id"], body["execution_id"], "hr-team@example.com",
                            "New hire: Ada Lovelace (1815)")  # fmt: skip
     assert json.loads(message[4]) == {"name": "Ada Lovelace", "employee_id": 1815}
+    assert message[5:] == ("sent", "250 2.0.0 Ok: queued as Q0001")
+    [received] = mail_server.received
+    assert received.recipients == ["hr-team@example.com"]
+    assert received.message["Subject"] == "New hire: Ada Lovelace (1815)"
+    assert received.message["Message-ID"] == f"<{message[0]}@hr.department>"
+    assert json.loads(received.message.get_content()) == {"name": "Ada Lovelace", "employee_id": 1815}
 
 
 def test_google_drive_workflow_records_a_file(service: RunningService) -> None:

@@ -32,6 +32,7 @@ from tests.e2e.conftest import (
     stop_department_services,
     token,
 )
+from tests.smtp import MailServer
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +40,14 @@ METADATA = (("authorization", f"Bearer {token()}"),)
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with started_plane(tmp_path_factory.mktemp("real")) as running:
+def relay() -> Iterator[MailServer]:
+    with MailServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory, relay: MailServer) -> Iterator[ControlPlane]:
+    with started_plane(tmp_path_factory.mktemp("real"), PROVISIONER_SMTP_URL=relay.url) as running:
         yield running
 
 
@@ -118,7 +125,7 @@ def traces(plane: ControlPlane, department_id: str) -> dict[str, object]:
 
 
 def test_a_provisioned_department_serves_runs_its_workflows_and_vanishes_when_deprovisioned(
-    real: ControlPlane,
+    real: ControlPlane, relay: MailServer
 ) -> None:
     dept = f"rnd-{uuid.uuid4().hex[:6]}"
     created, job = provision(real, dept)
@@ -143,6 +150,11 @@ def test_a_provisioned_department_serves_runs_its_workflows_and_vanishes_when_de
             real, dept, f"workflows/{workflow}", method="POST", json=payload, auth=(client_id, secret)
         )
         assert ran.status_code == 200, ran.text
+    # The email workflow mailed the administrator through the SMTP relay (and only that run:
+    # the validation step's smoke test was a dry run).
+    [mail] = [m for m in relay.received if dept in m.message["Subject"]]
+    assert mail.message["Subject"] == f"New event for {dept}: quarterly report"
+    assert mail.recipients == ["rnd@example.com"]
     wrong = through_envoy(
         real, dept, "workflows/email", method="POST", json={"name": "x"}, auth=(client_id, "guess")
     )

@@ -9,6 +9,7 @@ administrator, an auditor's view, and through the step's own `execution_status`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import secrets
@@ -27,6 +28,9 @@ from provisioner.steps.base import StepContext
 from provisioner.steps.tenant_postgres import PostgresTenantDatabase
 from tests.department_service.harness import DepartmentDir, RunningService
 from tests.e2e.conftest import free_port
+from tests.smtp import MailServer, mail_server
+
+__all__ = ["mail_server"]
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -64,7 +68,9 @@ async def step(admin_url: str, passwords: Passwords) -> AsyncIterator[PostgresTe
         await adapter.close()
 
 
-async def service_on(step: PostgresTenantDatabase, root: Path, department_id: str) -> RunningService:
+async def service_on(
+    step: PostgresTenantDatabase, root: Path, department_id: str, **env: str
+) -> RunningService:
     """The real service for `department_id`, on the database step's URL; no data.db at all."""
     directory = DepartmentDir(root / department_id, department_id)
     directory.write_credentials()
@@ -73,7 +79,7 @@ async def service_on(step: PostgresTenantDatabase, root: Path, department_id: st
     return RunningService(
         directory,
         root / f"{department_id}.log",
-        env={"DATABASE_URL": await step.department_url(department_id)},
+        env={"DATABASE_URL": await step.department_url(department_id), **env},
     )
 
 
@@ -87,10 +93,14 @@ def running(tmp_path: Path) -> Iterator[list[RunningService]]:
 
 
 async def test_the_service_writes_to_its_own_schema_as_its_own_role(
-    step: PostgresTenantDatabase, admin_url: str, tmp_path: Path, running: list[RunningService]
+    step: PostgresTenantDatabase,
+    admin_url: str,
+    tmp_path: Path,
+    running: list[RunningService],
+    mail_server: MailServer,
 ) -> None:
     await step.apply(ctx("hr"))
-    service = await service_on(step, tmp_path, "hr")
+    service = await service_on(step, tmp_path, "hr", SMTP_URL=mail_server.url)
     running.append(service)
 
     health = service.anonymous.get("/healthz").json()
@@ -105,7 +115,7 @@ async def test_the_service_writes_to_its_own_schema_as_its_own_role(
             "SELECT workflow, status, department_id, current_user FROM dept_hr.workflow_executions"
         )
         record = await admin.fetchrow("SELECT data, department_id FROM dept_hr.records")
-        outbox = await admin.fetchrow("SELECT recipient, subject FROM dept_hr.outbox")
+        outbox = await admin.fetchrow("SELECT recipient, subject, status, reply FROM dept_hr.outbox")
         sessions = await admin.fetch(
             "SELECT usename FROM pg_stat_activity WHERE application_name = 'department_service:hr'"
         )
@@ -116,7 +126,8 @@ async def test_the_service_writes_to_its_own_schema_as_its_own_role(
         ("email", "succeeded", "hr"),
     ]
     assert record["department_id"] == "hr" and '"employee": "Ada"' in record["data"]
-    assert tuple(outbox) == ("team@example.com", "Hello Grace")
+    assert tuple(outbox) == ("team@example.com", "Hello Grace", "sent", "250 2.0.0 Ok: queued as Q0001")
+    assert [m.message["Subject"] for m in mail_server.received] == ["Hello Grace"]
     assert all(s["usename"] == "dept_hr" for s in sessions)  # never as the administrator
 
     listed = service.client.get("/executions").json()["executions"]
@@ -125,6 +136,27 @@ async def test_the_service_writes_to_its_own_schema_as_its_own_role(
     assert listed[0]["received_at"].endswith("Z") and len(listed[0]["received_at"]) == 27
     assert await step.execution_status("hr", str(stored.json()["execution_id"])) == "succeeded"
     assert await step.execution_status("hr", "no-such-execution") is None
+
+
+async def test_files_are_kept_as_bytes_in_the_departments_schema(
+    step: PostgresTenantDatabase, tmp_path: Path, running: list[RunningService]
+) -> None:
+    await step.apply(ctx("hr"))
+    service = await service_on(step, tmp_path, "hr")
+    running.append(service)
+    service.directory.deploy("google_drive", {"type": "google_drive", "folder": "Docs"})
+    data = bytes(range(256)) * 100
+
+    kept = service.post(
+        "google_drive", {"name": "blob.bin", "contentBase64": base64.b64encode(data).decode()}
+    )
+
+    assert kept.status_code == 200, kept.text
+    file_id = kept.json()["result"]["file_id"]
+    assert service.client.get(f"/files/{file_id}").content == data
+    [listed] = service.client.get("/files").json()["files"]
+    assert (listed["name"], listed["size"], listed["folder"]) == ("blob.bin", len(data), "Docs")
+    assert listed["created_at"].endswith("Z")
 
 
 async def test_a_department_sees_only_its_own_executions(

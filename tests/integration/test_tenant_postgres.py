@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
+from department_service.schema import SCHEMA_VERSION
 from provisioner.core.errors import ConfigurationError, StepError, TransientStepError
 from provisioner.core.spec import DepartmentSpec
 from provisioner.core.states import StepName
@@ -35,6 +36,7 @@ from tests.postgres import PostgresServer
 
 pytestmark = pytest.mark.postgres
 
+ALL_VERSIONS = [(version,) for version in range(1, SCHEMA_VERSION + 1)]
 TABLES = {"schema_version", "workflow_executions", "outbox", "files", "records"}
 HOSTILE_IDS = [
     'x"; drop role postgres; --',
@@ -180,7 +182,7 @@ async def test_apply_creates_the_department_and_is_idempotent(
     first = await step.apply(ctx(department_id))
     second = await step.apply(ctx(department_id))
 
-    assert first == second == {"schema": name, "role": name, "template_version": "1"}
+    assert first == second == {"schema": name, "role": name, "template_version": str(SCHEMA_VERSION)}
     role = await admin.fetchrow("SELECT * FROM pg_roles WHERE rolname = $1", name)
     assert role["rolcanlogin"] and role["rolconnlimit"] == 20
     assert not any(role[flag] for flag in ("rolsuper", "rolinherit", "rolcreaterole", "rolcreatedb"))
@@ -206,7 +208,7 @@ async def test_apply_creates_the_department_and_is_idempotent(
     assert sorted(p["tablename"] for p in policies) == sorted(TABLES)
     assert {p["policyname"] for p in policies} == {"department_isolation"}
     assert {p["qual"] for p in policies} == {p["with_check"] for p in policies}
-    assert await admin.fetch(f'SELECT version FROM "{name}".schema_version') == [(1,)]
+    assert await admin.fetch(f'SELECT version FROM "{name}".schema_version') == ALL_VERSIONS
     privileges = await admin.fetch(
         "SELECT table_name, privilege_type FROM information_schema.role_table_grants"
         " WHERE grantee = $1 AND table_schema = $1",
@@ -280,7 +282,7 @@ async def test_concurrent_applies_of_one_department_converge(
     assert results[0] == results[1] == results[2]
     assert await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", name) == 1
     assert await admin.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", name) == 1
-    assert await admin.fetch(f'SELECT version FROM "{name}".schema_version') == [(1,)]
+    assert await admin.fetch(f'SELECT version FROM "{name}".schema_version') == ALL_VERSIONS
     assert await admin.fetchval("SELECT count(*) FROM pg_policies WHERE schemaname = $1", name) == len(TABLES)
 
 
@@ -365,6 +367,39 @@ async def test_a_database_where_public_may_create_is_refused(
     assert await role_count(admin, department_id) == 0
 
 
+async def test_a_schema_at_an_older_template_is_brought_up_to_date_keeping_its_rows(
+    admin_url: str,
+    password_for: Passwords,
+    step: PostgresTenantDatabase,
+    departments: Departments,
+    admin: asyncpg.Connection,
+    connect_as: Callable[[str], asyncpg.Connection],
+) -> None:
+    department_id = departments.new()
+    name = schema_of(department_id)
+    old = PostgresTenantDatabase(admin_url, password_for, template_version=1)
+    try:
+        await old.apply(ctx(department_id))
+    finally:
+        await old.close()
+    conn = await connect_as(department_id)
+    try:
+        await insert_execution(conn, "e1")
+        await conn.execute(
+            "INSERT INTO outbox (id, execution_id, recipient, subject, body)"
+            " VALUES ('o1', 'e1', 'a@b.c', 's', 'b')"
+        )
+    finally:
+        await conn.close()
+
+    await step.apply(ctx(department_id))
+
+    assert await admin.fetch(f'SELECT version FROM "{name}".schema_version ORDER BY 1') == ALL_VERSIONS
+    assert (await step.check(ctx(department_id))).healthy
+    await admin.execute("SELECT set_config('app.department_id', $1, false)", department_id)
+    assert await admin.fetch(f'SELECT id, status FROM "{name}".outbox') == [("o1", "unsent")]
+
+
 async def test_a_schema_at_a_newer_template_is_refused(
     step: PostgresTenantDatabase, departments: Departments, admin: asyncpg.Connection
 ) -> None:
@@ -372,7 +407,9 @@ async def test_a_schema_at_a_newer_template_is_refused(
     name = schema_of(department_id)
     await step.apply(ctx(department_id))
     await admin.execute(
-        f'INSERT INTO "{name}".schema_version (version, department_id) VALUES (2, $1)', department_id
+        f'INSERT INTO "{name}".schema_version (version, department_id) VALUES ($2, $1)',
+        department_id,
+        SCHEMA_VERSION + 1,
     )
 
     with pytest.raises(StepError, match="newer"):
@@ -407,7 +444,7 @@ async def test_the_role_reads_and_writes_its_own_rows(
         assert await conn.fetchval("SELECT count(*) FROM outbox WHERE department_id = $1", department_id) == 1
         assert await conn.execute("UPDATE records SET data = '{\"k\": 2}'") == "UPDATE 1"
         assert await conn.execute("DELETE FROM files") == "DELETE 1"
-        assert await conn.fetchval("SELECT max(version) FROM schema_version") == 1
+        assert await conn.fetchval("SELECT max(version) FROM schema_version") == SCHEMA_VERSION
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
             await insert_execution(conn, "e2", department_id="someone-else")
     finally:

@@ -7,6 +7,7 @@ tests/e2e/test_tracing.py.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -175,7 +176,13 @@ async def test_without_a_traceparent_a_call_starts_a_trace_of_its_own(
     stub: pb_grpc.ProvisioningServiceStub, spans: InMemorySpanExporter
 ) -> None:
     await stub.ListDepartments(pb.ListDepartmentsRequest())
-    (call,) = by_name(spans)["provisioning.v1.ProvisioningService/ListDepartments"]
+    name = "provisioning.v1.ProvisioningService/ListDepartments"
+    # The server ends its span after the response is on its way: the client can be first.
+    for _ in range(200):
+        if name in by_name(spans):
+            break
+        await asyncio.sleep(0.01)
+    (call,) = by_name(spans)[name]
     assert call.parent is None and call.context.trace_id != int(TRACE, 16)
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The version this code creates and the service expects."""
 
 TABLES = frozenset({"schema_version", "workflow_executions", "outbox", "files", "records"})

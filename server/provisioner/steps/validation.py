@@ -2,8 +2,9 @@
 
 `DeploymentValidation` (workflows served by the department service): through Envoy's
 route, `/healthz` answers SERVING; a workflow webhook called with the department's client
-credentials runs, and its execution row is then read back from the department's own
-database; the same call with a wrong secret is refused. The check leaves one execution
+credentials runs as a dry run (so the email workflow sends nothing), and its execution row
+is then read back from the department's own database; the same call with a wrong secret
+is refused. The check leaves one execution
 (the smoke test) in the department's history.
 
 `PlatformValidation` (workflows on n8n, whose webhooks take no client credentials):
@@ -109,7 +110,8 @@ class DeploymentValidation:
         await _require_serving(self._gateway, department)
         client_id, secret = await self._vault.reveal(department)
         workflow = sorted(ctx.spec.workflows)[0]
-        url = self._gateway.url(department, f"workflows/{workflow}")
+        # A dry run: authenticated, routed and recorded like any call, but it sends no mail.
+        url = self._gateway.url(department, f"workflows/{workflow}?dryRun=true")
         async with http_client(trust=self._gateway.trust) as client:
             try:
                 ran = await _admits_only_its_client(

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from department_service import schema
 from provisioner.core.errors import ConfigurationError, StepError
 from provisioner.core.states import StepName
 from provisioner.steps.base import Condition, StepContext, settle
@@ -86,7 +87,7 @@ class PostgresTenantDatabase:
         password_for: Callable[[str], Awaitable[str]],
         *,
         forget_password: Callable[[str], Awaitable[None]] | None = None,
-        template_version: int = 1,
+        template_version: int = schema.SCHEMA_VERSION,
         connection_limit: int = 20,
         timeout: float = 10.0,
     ) -> None:
