@@ -1,34 +1,63 @@
-"""Client authentication: HTTP Basic with the department's OAuth client (RFC 6749 §2.3.1).
+"""Who may call: a Bearer access token (RFC 6750) from the platform's authorization server.
 
-`credentials.json` holds the client id and the SHA-256 of the secret, never the secret.
-`parse_credentials` and `authenticate` are pure; `load_credentials` is the only file access.
+A token is accepted when it is an RFC 9068 JWT (`typ: at+jwt`, ES256) signed by one of the
+platform's published keys, issued by `OAUTH_ISSUER` for this department's audience (its
+URL through the gateway), unexpired, and given to the department's *current* client: the
+client id in `credentials.json` (or `CLIENT_ID`), which the control plane removes or marks
+revoked the moment it revokes the client. So a revoked client's tokens stop working at
+once, not at their expiry. Each route then needs its scope (`workflows:run`,
+`executions:read`, `files:read`): a token without it gets 403 `insufficient_scope`.
+
+The keys come from a file the control plane keeps up to date (`OAUTH_JWKS_FILE`, on the
+same machine) or from its URL (`OAUTH_JWKS_URL`), fetched again when a token names a key
+not yet known, at most every `REFETCH_INTERVAL` seconds. `parse_credentials`,
+`bearer_token` and `TokenVerifier.verify` do no I/O of their own; the key sources and
+`load_credentials` do.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import json
 import re
-from collections.abc import Mapping
+import ssl
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote_plus
+from typing import Protocol
 
-from department_service.errors import Unauthorized
+import jwt
 
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+from department_service.errors import Forbidden, Unauthorized
+
+ALGORITHMS = ["ES256"]
+LEEWAY = 30  # seconds of clock difference tolerated on exp and iat
+REFETCH_INTERVAL = 30.0
+MAX_TOKEN = 4096
+MAX_JWKS_BYTES = 64 * 1024
+_CLIENT_ID = re.compile(r"[a-z][a-z0-9-]{0,30}[a-z0-9]\.[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
 class Credentials:
-    """The department's client: its id and the lowercase hex SHA-256 of its secret."""
+    """The department's current client, as the control plane published it."""
 
     client_id: str
-    secret_sha256: str
-    revoked: bool
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class Caller:
+    client_id: str
+    scopes: frozenset[str]
+
+
+def audience_of(issuer: str, department_id: str) -> str:
+    """The department's audience: its URL through the gateway (the control plane's
+    `provisioner.core.oauth.audience_of`; the service stands alone, so it is repeated)."""
+    return f"{issuer.rstrip('/')}/departments/{department_id}/"
 
 
 def parse_credentials(text: str) -> Credentials:
@@ -39,24 +68,20 @@ def parse_credentials(text: str) -> Credentials:
         raise ValueError(f"credentials.json is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError("credentials.json is not a JSON object")
-    client_id, digest, revoked = data.get("client_id"), data.get("secret_sha256"), data.get("revoked", False)
-    if not isinstance(client_id, str) or not client_id:
-        raise ValueError("credentials.json: client_id must be a non-empty string")
-    if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest.lower()):
-        raise ValueError("credentials.json: secret_sha256 must be 64 hex digits")
+    client_id, revoked = data.get("client_id"), data.get("revoked", False)
+    if not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
+        raise ValueError("credentials.json: client_id must be a client id like hr.0123abcd")
     if not isinstance(revoked, bool):
         raise ValueError("credentials.json: revoked must be true or false")
-    return Credentials(client_id, digest.lower(), revoked)
+    return Credentials(client_id, revoked)
 
 
 def credentials_from_environment(env: Mapping[str, str]) -> Credentials:
-    """`CLIENT_ID` and `CLIENT_SECRET_SHA256`, as a container platform passes them; ValueError if unusable."""
-    client_id, digest = env.get("CLIENT_ID", ""), env.get("CLIENT_SECRET_SHA256", "").lower()
-    if not client_id:
+    """`CLIENT_ID`, as a container platform passes it; ValueError if unusable."""
+    client_id = env.get("CLIENT_ID", "")
+    if not _CLIENT_ID.fullmatch(client_id):
         raise ValueError("CLIENT_ID must be set to the department's client id")
-    if not _SHA256_HEX.fullmatch(digest):
-        raise ValueError("CLIENT_SECRET_SHA256 must be the 64 hex digits of the secret's SHA-256")
-    return Credentials(client_id, digest, revoked=False)
+    return Credentials(client_id)
 
 
 def load_credentials(path: Path) -> Credentials:
@@ -69,51 +94,13 @@ def load_credentials(path: Path) -> Credentials:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise Unauthorized("credentials.json is missing") from exc
+        raise Unauthorized("credentials.json is missing: the client is revoked") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise Unauthorized(f"credentials.json is unreadable: {exc}") from exc
     try:
         return parse_credentials(text)
     except ValueError as exc:
         raise Unauthorized(str(exc)) from exc
-
-
-def parse_basic(header: str | None) -> tuple[str, str]:
-    """The (client_id, client_secret) of an `Authorization: Basic` header.
-
-    Both halves are form-urlencoded before base64, as RFC 6749 §2.3.1 requires; decoding
-    is the identity for the usual URL-safe ids and secrets.
-    """
-    if not header:
-        raise Unauthorized("no Authorization header")
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "basic" or not token.strip():
-        raise Unauthorized("Authorization is not Basic")
-    try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as exc:
-        raise Unauthorized("Authorization is not valid base64 UTF-8") from exc
-    client_id, colon, secret = decoded.partition(":")
-    if not colon:
-        raise Unauthorized("Authorization has no client_id:client_secret pair")
-    return unquote_plus(client_id), unquote_plus(secret)
-
-
-def authenticate(header: str | None, credentials: Credentials) -> str:
-    """Return the client id if `header` presents this department's client, else raise Unauthorized.
-
-    Both the id and the secret's digest are compared in constant time, and both are always
-    compared, so the response time does not tell which one was wrong.
-    """
-    if credentials.revoked:
-        raise Unauthorized("client credentials are revoked")
-    client_id, secret = parse_basic(header)
-    digest = hashlib.sha256(secret.encode("utf-8")).hexdigest()
-    id_ok = hmac.compare_digest(client_id.encode("utf-8"), credentials.client_id.encode("utf-8"))
-    secret_ok = hmac.compare_digest(digest.encode("ascii"), credentials.secret_sha256.encode("ascii"))
-    if not (id_ok & secret_ok):
-        raise Unauthorized("wrong client id or secret")
-    return client_id
 
 
 def credentials_state(path: Path) -> str:
@@ -123,3 +110,157 @@ def credentials_state(path: Path) -> str:
     except Unauthorized:
         return "missing" if not path.exists() else "invalid"
     return "revoked" if credentials.revoked else "ok"
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of an `Authorization: Bearer` header (RFC 6750 §2.1)."""
+    if not header:
+        raise Unauthorized("no Authorization header", token_error=False)
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthorized("Authorization is not Bearer (get a token at the platform's /oauth2/token)")
+    token = token.strip()
+    if not token or len(token) > MAX_TOKEN:
+        raise Unauthorized("the Bearer token is empty or too long")
+    return token
+
+
+class KeySource(Protocol):
+    def key(self, kid: str) -> jwt.PyJWK | None:
+        """The published key `kid`, or None if there is none by that id."""
+
+
+class _Keys:
+    """A parsed key set, kept while the text it came from is the same."""
+
+    def __init__(self) -> None:
+        self._text: bytes | None = None
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._lock = threading.Lock()
+
+    def parsed(self, text: bytes) -> dict[str, jwt.PyJWK]:
+        with self._lock:
+            if text != self._text:
+                try:
+                    published = json.loads(text.decode("utf-8"))
+                    # An empty set is a set with no keys yet, not an error.
+                    keys = jwt.PyJWKSet.from_dict(published).keys if published.get("keys") else []
+                except (
+                    jwt.PyJWKSetError,
+                    jwt.InvalidKeyError,
+                    UnicodeDecodeError,
+                    ValueError,
+                    AttributeError,
+                ) as exc:
+                    raise Unauthorized(f"the published key set is unusable: {exc}") from exc
+                self._keys = {key.key_id: key for key in keys if key.key_id}
+                self._text = text
+            return self._keys
+
+
+class JwksFile:
+    """Keys from the file the control plane writes beside its department services."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._keys = _Keys()
+
+    def key(self, kid: str) -> jwt.PyJWK | None:
+        try:
+            with self.path.open("rb") as handle:
+                text = handle.read(MAX_JWKS_BYTES + 1)
+        except OSError as exc:
+            raise Unauthorized(f"the published key set cannot be read: {exc}") from exc
+        if len(text) > MAX_JWKS_BYTES:
+            raise Unauthorized("the published key set is too large")
+        return self._keys.parsed(text).get(kid)
+
+
+class JwksUrl:
+    """Keys from the authorization server's jwks_uri, fetched again for an unknown key id
+    at most every REFETCH_INTERVAL seconds (so unknown ids cannot make it fetch per request)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca_file: str | None = None,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not url.startswith(("https://", "http://")):
+            raise ValueError("OAUTH_JWKS_URL must be an http:// or https:// URL")
+        self.url = url
+        self._context = ssl.create_default_context(cafile=ca_file) if url.startswith("https://") else None
+        self._timeout = timeout
+        self._clock = clock
+        self._keys = _Keys()
+        self._text: bytes | None = None
+        self._fetched = -float("inf")
+        self._lock = threading.Lock()
+
+    def key(self, kid: str) -> jwt.PyJWK | None:
+        if self._text is not None:
+            found = self._keys.parsed(self._text).get(kid)
+            if found is not None:
+                return found
+        with self._lock:
+            if self._clock() - self._fetched >= REFETCH_INTERVAL or self._text is None:
+                self._fetched = self._clock()
+                self._text = self._fetch()
+        return self._keys.parsed(self._text).get(kid)
+
+    def _fetch(self) -> bytes:
+        request = urllib.request.Request(self.url, headers={"Accept": "application/json"})  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout, context=self._context) as answer:  # noqa: S310
+                text: bytes = answer.read(MAX_JWKS_BYTES + 1)
+        except OSError as exc:
+            raise Unauthorized(f"the published key set cannot be fetched: {exc}") from exc
+        if len(text) > MAX_JWKS_BYTES:
+            raise Unauthorized("the published key set is too large")
+        return text
+
+
+class TokenVerifier:
+    """Checks access tokens for one department."""
+
+    def __init__(self, issuer: str, department_id: str, keys: KeySource) -> None:
+        self.issuer = issuer.rstrip("/")
+        self.audience = audience_of(issuer, department_id)
+        self._keys = keys
+
+    def verify(self, header: str | None, credentials: Credentials, scope: str) -> Caller:
+        """The caller, if the header carries a valid token of the current client with `scope`."""
+        token = bearer_token(header)
+        try:
+            unverified = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"the token is not a JWT: {exc}") from exc
+        if unverified.get("typ", "").lower() not in ("at+jwt", "application/at+jwt"):
+            raise Unauthorized("the token is not an access token (typ is not at+jwt)")
+        kid = unverified.get("kid")
+        key = self._keys.key(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise Unauthorized(f"the token's key {kid!r} is not one of the platform's")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=ALGORITHMS,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=LEEWAY,
+                options={"require": ["iss", "aud", "exp", "iat", "sub", "client_id", "jti"]},
+            )
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"the token is not valid here: {exc}") from exc
+        client_id, scopes = claims.get("client_id"), claims.get("scope", "")
+        if not isinstance(client_id, str) or not isinstance(scopes, str):
+            raise Unauthorized("the token's client_id or scope is not a string")
+        if credentials.revoked or client_id != credentials.client_id:
+            raise Unauthorized("the token's client is not the department's current client (revoked)")
+        granted = frozenset(scopes.split())
+        if scope not in granted:
+            raise Forbidden(scope)
+        return Caller(client_id, granted)

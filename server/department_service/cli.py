@@ -11,7 +11,10 @@ Two ways to run it:
   `CLIENT_ID` and `CLIENT_SECRET_SHA256` (the department's OAuth client; never the secret
   itself). It serves no workflows of its own: they run on the workflow platform.
 
-Either way `SMTP_URL` (and `SMTP_CA_FILE`) name the relay the email workflow sends through
+Either way callers present access tokens from the platform's authorization server:
+`OAUTH_ISSUER` names it, and its keys come from `OAUTH_JWKS_FILE` (the control plane's
+copy on this machine) or `OAUTH_JWKS_URL` (with `OAUTH_CA_FILE` for a private CA); see
+`auth`. `SMTP_URL` (and `SMTP_CA_FILE`) name the relay the email workflow sends through
 (see `mail`); without it, messages are recorded unsent.
 
 The database URL is read from the environment, never the command line, because it
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from department_service import mail, schema
-from department_service.auth import credentials_from_environment
+from department_service.auth import JwksFile, JwksUrl, TokenVerifier, credentials_from_environment
 from department_service.httpd import DepartmentHTTPServer
 from department_service.logs import emit, utc_now
 from department_service.postgres import PostgresStore, is_postgres_url
@@ -147,14 +150,34 @@ def _department(department_id: str, directory: Path | None, env: Mapping[str, st
     store = PostgresStore(database_url, department_id) if database_url else None
     smtp_url = env.get("SMTP_URL", "")
     relay = mail.parse_url(smtp_url, department_id, ca_file=env.get("SMTP_CA_FILE")) if smtp_url else None
+    verifier = _verifier(department_id, env)
     if directory is not None:
         if store is None:
             _upgrade(directory / "data.db")
-        return Department(department_id, directory, store=store, relay=relay)
+        return Department(department_id, directory, store=store, verifier=verifier, relay=relay)
     if store is None:
         raise ValueError("without --dir, DATABASE_URL must name the department's PostgreSQL database")
     credentials = credentials_from_environment(env)
-    return Department(department_id, None, store=store, credentials=credentials, relay=relay)
+    return Department(
+        department_id, None, store=store, credentials=credentials, verifier=verifier, relay=relay
+    )
+
+
+def _verifier(department_id: str, env: Mapping[str, str]) -> TokenVerifier:
+    """The access-token check the environment describes; ValueError says what is missing."""
+    issuer, jwks_file, jwks_url = (
+        env.get("OAUTH_ISSUER", ""),
+        env.get("OAUTH_JWKS_FILE"),
+        env.get("OAUTH_JWKS_URL"),
+    )
+    if not issuer.startswith(("https://", "http://")):
+        raise ValueError("OAUTH_ISSUER must be the authorization server's http:// or https:// URL")
+    if bool(jwks_file) == bool(jwks_url):
+        raise ValueError("set one of OAUTH_JWKS_FILE and OAUTH_JWKS_URL: where the issuer's keys are")
+    keys = (
+        JwksFile(Path(jwks_file)) if jwks_file else JwksUrl(str(jwks_url), ca_file=env.get("OAUTH_CA_FILE"))
+    )
+    return TokenVerifier(issuer, department_id, keys)
 
 
 def _upgrade(database: Path) -> None:

@@ -28,16 +28,31 @@ class BadRequest(ServiceError):
 
 
 class Unauthorized(ServiceError):
-    """Client authentication failed; `reason` is for the log only, never for the client."""
+    """No valid access token; `reason` is for the log only, never for the client.
+
+    The challenge follows RFC 6750 §3: a request with no token gets a bare `Bearer`
+    challenge, one with a bad token `error="invalid_token"` too.
+    """
 
     status = 401
     code = "unauthorized"
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(
-            "client authentication failed", headers={"WWW-Authenticate": 'Basic realm="department"'}
-        )
+    def __init__(self, reason: str, *, token_error: bool = True) -> None:
+        challenge = 'Bearer realm="department"' + (', error="invalid_token"' if token_error else "")
+        super().__init__("a valid access token is required", headers={"WWW-Authenticate": challenge})
         self.reason = reason
+
+
+class Forbidden(ServiceError):
+    """A valid token without the scope the route needs (RFC 6750 §3.1, insufficient_scope)."""
+
+    status = 403
+    code = "insufficient_scope"
+
+    def __init__(self, scope: str) -> None:
+        challenge = f'Bearer realm="department", error="insufficient_scope", scope="{scope}"'
+        super().__init__(f"the token lacks the scope {scope}", headers={"WWW-Authenticate": challenge})
+        self.reason = f"scope {scope} missing"
 
 
 class NotFound(ServiceError):

@@ -19,6 +19,7 @@ from typing import Any
 
 from department_service.errors import (
     BadRequest,
+    Forbidden,
     LengthRequired,
     PayloadTooLarge,
     ServiceError,
@@ -77,7 +78,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             )
             response = self.server.department.handle(request)
         except ServiceError as exc:
-            if isinstance(exc, Unauthorized):
+            if isinstance(exc, Unauthorized | Forbidden):
                 fields["auth"] = exc.reason  # why, for the operator; the client only sees 401
             response = error_response(exc.status, exc.code, exc.message, exc.headers)
         except Exception:  # noqa: BLE001 - the edge is where everything is mapped

@@ -15,13 +15,14 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote
 
 from department_service import actions, mail, workflows
-from department_service.auth import Credentials, authenticate, credentials_state, load_credentials
+from department_service.auth import Credentials, TokenVerifier, credentials_state, load_credentials
 from department_service.errors import (
     BadRequest,
     InputRejected,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
     WorkflowBroken,
 )
 from department_service.logs import utc_now
@@ -30,6 +31,8 @@ from department_service.store import Execution, SqliteStore, Store
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_BODY = 64 * 1024
+RUN_WORKFLOWS, READ_EXECUTIONS, READ_FILES = "workflows:run", "executions:read", "files:read"
+"""The scopes the routes need (GET /workflows is read with the executions)."""
 """The size limit of a request body, except a file for google_drive (`actions.UPLOAD_BODY_LIMIT`)."""
 
 
@@ -86,13 +89,15 @@ class Department:
         *,
         store: Store | None = None,
         credentials: Credentials | None = None,
+        verifier: TokenVerifier | None = None,
         relay: mail.Relay | None = None,
         new_id: Callable[[], str] = lambda: secrets.token_hex(16),
         clock: Callable[[], str] = utc_now,
     ) -> None:
         """Serve `directory` (credentials.json, workflows/, data.db), or with `directory`
         None, a department configured by its environment: fixed `credentials`, a `store`
-        and no workflows of its own (they run on the workflow platform). `relay` is where
+        and no workflows of its own (they run on the workflow platform). `verifier` checks
+        callers' access tokens (without one, every authenticated route answers 401). `relay` is where
         the email workflow sends; without it, its messages are kept unsent."""
         if directory is None and (store is None or credentials is None):
             raise ValueError("a department without a directory needs its store and its credentials")
@@ -101,6 +106,7 @@ class Department:
         #: The department's own `data.db` unless another store (PostgreSQL) is given.
         self.store: Store = store or SqliteStore(_within(directory, "data.db"))
         self._credentials = credentials
+        self._verifier = verifier
         self._relay = relay
         self.draining = False  # set at shutdown: /healthz then answers NOT_SERVING
         self._new_id = new_id
@@ -136,8 +142,11 @@ class Department:
             return {"POST": lambda request: self._run(request, name)}
         raise NotFound("no such path")
 
-    def _authenticate(self, request: Request) -> None:
-        authenticate(request.authorization, self._credentials or load_credentials(self._credentials_file))
+    def _authenticate(self, request: Request, scope: str) -> None:
+        if self._verifier is None:
+            raise Unauthorized("this service has no token issuer configured (OAUTH_ISSUER)")
+        credentials = self._credentials or load_credentials(self._credentials_file)
+        self._verifier.verify(request.authorization, credentials, scope)
 
     @property
     def _credentials_file(self) -> Path:
@@ -168,25 +177,25 @@ class Department:
         return Response(503 if reason else 200, body)
 
     def _list_workflows(self, request: Request) -> Response:
-        self._authenticate(request)
+        self._authenticate(request, READ_EXECUTIONS)
         listed = [workflow.describe() for workflow in self._workflows().values()]
         return Response(200, {"department_id": self.department_id, "workflows": listed})
 
     def _executions(self, request: Request) -> Response:
-        self._authenticate(request)
+        self._authenticate(request, READ_EXECUTIONS)
         params = _params(request.query)
         workflow = params.get("workflow", [None])[-1] or None
         executions = self.store.recent(workflow, _limit(params))
         return Response(200, {"department_id": self.department_id, "executions": executions})
 
     def _files(self, request: Request) -> Response:
-        self._authenticate(request)
+        self._authenticate(request, READ_FILES)
         params = _params(request.query)
         files = self.store.files(params.get("folder", [None])[-1] or None, _limit(params))
         return Response(200, {"department_id": self.department_id, "files": files})
 
     def _file(self, request: Request, file_id: str) -> Response:
-        self._authenticate(request)
+        self._authenticate(request, READ_FILES)
         stored = self.store.file(file_id)
         if stored is None:
             raise NotFound(f"no file {file_id!r}")
@@ -200,7 +209,7 @@ class Department:
 
     def _run(self, request: Request, name: str) -> Response:
         received_at = self._clock()
-        self._authenticate(request)
+        self._authenticate(request, RUN_WORKFLOWS)
         workflow = (
             None
             if self.directory is None

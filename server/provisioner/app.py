@@ -39,6 +39,9 @@ from provisioner.edge.tls import ReloadingCredentials
 from provisioner.engine.orchestrator import Orchestrator
 from provisioner.engine.runner import cancel_and_wait
 from provisioner.events.hub import EventHub
+from provisioner.oauth import http as oauth_http
+from provisioner.oauth.keys import SigningKeys, jwks_path, publish
+from provisioner.oauth.server import AuthorizationServer, TokenPolicy
 from provisioner.settings import Address, Settings, load_settings, production_problems
 from provisioner.steps.base import Step
 from provisioner.steps.container import LocalProcessContainer
@@ -58,6 +61,8 @@ class Runtime:
     store: SqlJobStore
     hub: EventHub
     orchestrator: Orchestrator
+    #: The department clients' authorization server (None when the steps issue no clients).
+    authorization: AuthorizationServer | None = None
 
 
 def _replica_id(settings: Settings) -> str:
@@ -148,8 +153,15 @@ async def runtime(
             background.append(
                 asyncio.create_task(_send_webhooks(store.outbox, settings, replica), name="webhooks")
             )
+        authorization = None
+        if kit.vault is not None:
+            keys = SigningKeys(store.secrets, kit.vault.keys, rotation=settings.oauth_key_rotation)
+            jwks_file = jwks_path(settings.state_dir)
+            background.append(asyncio.create_task(publish(keys, jwks_file), name="oauth-keys"))
+            policy = TokenPolicy(settings.issuer, int(settings.oauth_token_ttl), settings.oauth_token_rate)
+            authorization = AuthorizationServer(kit.vault, keys, policy)
         try:
-            yield Runtime(settings, store, hub, orchestrator)
+            yield Runtime(settings, store, hub, orchestrator, authorization)
         finally:
             hub.close()
             await orchestrator.stop()
@@ -161,6 +173,16 @@ async def runtime(
         await kit.close()
         await store.close()
         lock.close()
+
+
+def _private_socket(settings: Settings, name: str) -> Path:
+    """A Unix socket in the state dir, for Envoy alone to connect to."""
+    path = settings.state_dir.absolute() / name
+    if len(str(path).encode()) > _MAX_SOCKET_PATH:
+        raise ConfigurationError(
+            f"PROVISIONER_STATE_DIR is too long for Envoy's Unix socket ({path}); use a shorter path"
+        )
+    return path
 
 
 def _say_what_keeps_running(settings: Settings, departments: list[str]) -> None:
@@ -310,12 +332,7 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
             )
             tls = settings.tls
             # With TLS Envoy reaches the server on a private Unix socket; without, on the port.
-            private_socket = settings.state_dir.absolute() / "grpc.sock" if tls and with_envoy else None
-            if private_socket is not None and len(str(private_socket).encode()) > _MAX_SOCKET_PATH:
-                raise ConfigurationError(
-                    f"PROVISIONER_STATE_DIR is too long for Envoy's Unix socket ({private_socket}); "
-                    "use a shorter path"
-                )
+            private_socket = _private_socket(settings, "grpc.sock") if tls and with_envoy else None
             try:
                 port = await edge.start(
                     str(settings.grpc_addr),
@@ -329,13 +346,21 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
             lag.start()
             envoy: EnvoyProcess | None = None
             envoy_keeper: asyncio.Task[None] | None = None
+            oauth = contextlib.AsyncExitStack()
             try:
                 if with_envoy:
+                    oauth_socket = None
+                    if rt.authorization is not None:
+                        # The token endpoint and the key set, on a private socket behind Envoy.
+                        oauth_socket = await oauth.enter_async_context(
+                            oauth_http.serving(rt.authorization, _private_socket(settings, "oauth.sock"))
+                        )
                     envoy = EnvoyProcess(
                         settings.state_dir / "envoy",
                         http_addr=settings.http_addr,
                         admin_addr=settings.envoy_admin_addr,
                         grpc_addr=private_socket or Address(settings.grpc_addr.host, port),
+                        oauth_addr=oauth_socket,
                         cors_origins=settings.cors_origins,
                         certificate=(tls.cert_file, tls.key_file) if tls else None,
                     )
@@ -368,6 +393,7 @@ async def serve(settings: Settings, *, with_envoy: bool = True) -> None:
                     await cancel_and_wait(envoy_keeper)
                 if envoy is not None:
                     await envoy.stop()
+                await oauth.aclose()
                 await lag.stop()
     log.info("stopped")
 

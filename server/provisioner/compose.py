@@ -17,6 +17,7 @@ from pathlib import Path
 from provisioner.core.errors import ConfigurationError, StepError
 from provisioner.core.states import StepName
 from provisioner.engine.orchestrator import CredentialIssuer
+from provisioner.oauth.keys import jwks_path
 from provisioner.settings import Settings
 from provisioner.steps.base import Step
 from provisioner.steps.container import LocalProcessContainer
@@ -181,15 +182,18 @@ _LOCAL_STEPS = (SqliteTenantDatabase, LocalProcessContainer, EmbeddedWorkflows)
 def _service_environment(
     settings: Settings, database_url: Callable[[str], Awaitable[str]] | None
 ) -> Callable[[str], Awaitable[dict[str, str]]]:
-    """A local service's extra environment: its `DATABASE_URL` when departments are on
-    PostgreSQL, and the SMTP relay its email workflow sends through."""
-    relay = {"SMTP_URL": settings.smtp_url} if settings.smtp_url else {}
+    """A local service's extra environment: who issues its callers' tokens and where their
+    keys are, its `DATABASE_URL` when departments are on PostgreSQL, and the SMTP relay its
+    email workflow sends through."""
+    fixed = {"OAUTH_ISSUER": settings.issuer, "OAUTH_JWKS_FILE": str(jwks_path(settings.state_dir))}
+    if settings.smtp_url:
+        fixed["SMTP_URL"] = settings.smtp_url
     if settings.smtp_ca_file is not None:
-        relay["SMTP_CA_FILE"] = str(settings.smtp_ca_file.absolute())
+        fixed["SMTP_CA_FILE"] = str(settings.smtp_ca_file.absolute())
 
     async def environment(department_id: str) -> dict[str, str]:
         database = {} if database_url is None else {"DATABASE_URL": await database_url(department_id)}
-        return {**database, **relay}
+        return {**database, **fixed}
 
     return environment
 
@@ -210,7 +214,8 @@ def _railway(
             "DEPARTMENT_ID": department_id,
             "DATABASE_URL": await url_of(department_id),
             "CLIENT_ID": client.client_id,
-            "CLIENT_SECRET_SHA256": client.secret_sha256,
+            "OAUTH_ISSUER": settings.issuer,
+            "OAUTH_JWKS_URL": f"{settings.issuer}/.well-known/jwks.json",
         }
 
     return RailwayContainer(

@@ -24,7 +24,7 @@ from provisioner.edge.ratelimit import Rate, parse_rate
 from provisioner.edge.tls import TlsFiles
 from provisioner.engine.config import EngineConfig
 from provisioner.steps.container_railway.api import DEFAULT_ENDPOINT, AuthKind
-from provisioner.steps.envoy_config import SYSTEM_CA_FILE
+from provisioner.steps.envoy_config import SYSTEM_CA_FILE, http_url
 from provisioner.steps.faults import Fault, parse_fault_plan
 from provisioner.steps.vault import Keyring
 
@@ -114,6 +114,13 @@ class Settings:
     #: department's service in its environment when the service starts.
     smtp_url: str = field(default="", repr=False)
     smtp_ca_file: Path | None = None
+    #: OAuth 2.0 for departments: the issuer URL callers reach (default: the REST
+    #: listener's URL), access tokens' lifetime, how often the signing key changes, and
+    #: how many tokens one client may have.
+    oauth_issuer: str = ""
+    oauth_token_ttl: float = 300.0
+    oauth_key_rotation: float = 86400.0
+    oauth_token_rate: Rate = Rate(60, 60.0)
     #: `production` (the default) refuses to start without real secrets; `development`
     #: allows the conveniences of a trial on one machine (see `production_problems`).
     mode: str = "production"
@@ -122,6 +129,11 @@ class Settings:
     def railway(self) -> bool:
         """Department services run on Railway (PROVISIONER_RAILWAY_TOKEN is set)."""
         return bool(self.railway_token)
+
+    @property
+    def issuer(self) -> str:
+        """Where department clients get tokens: PROVISIONER_OAUTH_ISSUER, else the REST listener."""
+        return self.oauth_issuer or http_url(self.http_addr, tls=self.tls is not None)
 
     @property
     def effective_database_url(self) -> str:
@@ -235,6 +247,12 @@ def _webhook_secret(text: str) -> str:
 
 def _smtp_url(text: str) -> str:
     mail.parse_url(text, "department")  # ValueError says what is wrong, without the password
+    return text
+
+
+def _issuer_url(text: str) -> str:
+    if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", text) or text.endswith("/"):
+        raise ValueError("expected an http:// or https:// URL with no query, fragment or trailing slash")
     return text
 
 
@@ -413,12 +431,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "webhook_retry_base": read("WEBHOOK_RETRY_BASE", _positive_seconds, defaults.webhook_retry_base),
         "smtp_url": read("SMTP_URL", _smtp_url, ""),
         "smtp_ca_file": read("SMTP_CA_FILE", _readable_file, None),
+        "oauth_issuer": read("OAUTH_ISSUER", _issuer_url, ""),
+        "oauth_token_ttl": read("OAUTH_TOKEN_TTL", _positive_seconds, defaults.oauth_token_ttl),
+        "oauth_key_rotation": read("OAUTH_KEY_ROTATION", _positive_seconds, defaults.oauth_key_rotation),
+        "oauth_token_rate": read("OAUTH_TOKEN_RATE", parse_rate, defaults.oauth_token_rate),
     }
     values["tls"] = _tls_files(env, problems)
     if values["jwt_secret"] and len(str(values["jwt_secret"])) < 32:
         problems.append("PROVISIONER_JWT_SECRET: use at least 32 characters (HS256 needs 256 bits)")
     if bool(values["webhook_url"]) != bool(values["webhook_secret"]):
         problems.append("PROVISIONER_WEBHOOK_URL and PROVISIONER_WEBHOOK_SECRET: set both or neither")
+    if float(values["oauth_token_ttl"]) >= float(values["oauth_key_rotation"]):  # type: ignore[arg-type]
+        problems.append("PROVISIONER_OAUTH_TOKEN_TTL: must be shorter than PROVISIONER_OAUTH_KEY_ROTATION")
     if values["heartbeat_seconds"] == 0:
         problems.append("PROVISIONER_WATCH_HEARTBEAT: must be more than 0 seconds")
     problems += _adapter_problems(env, values)

@@ -2,12 +2,13 @@
 process over a department directory written here, reached over real HTTP.
 
 `DepartmentDir` writes the inputs the control plane owns (database, credentials, workflow
-files); `RunningService` starts the process, waits for its service.json and stops it.
+files, the published signing keys); `RunningService` starts the process, waits for its
+service.json and stops it. `mint` makes access tokens as the platform's token endpoint
+does, signed with this module's key (or another, to be refused).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -20,12 +21,50 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 from department_service import schema
 
 DEPARTMENT = "hr"
-CLIENT_ID = "hr-client-7f3a"
-SECRET = "s3cr3t-Zq9wX2vB7nLk4pT1"  # the logs must never show it
+CLIENT_ID = "hr.0a1b2c3d4e5f6789"
+ISSUER = "http://platform.test"
+KEY = ec.generate_private_key(ec.SECP256R1())
+KID = "test-key-1"
+SCOPES = "workflows:run executions:read files:read"
+
+
+def mint(
+    *,
+    scope: str = SCOPES,
+    client_id: str = CLIENT_ID,
+    department_id: str = DEPARTMENT,
+    key: ec.EllipticCurvePrivateKey = KEY,
+    kid: str = KID,
+    typ: str = "at+jwt",
+    **claims: Any,
+) -> str:
+    """An access token as the platform issues it (RFC 9068), with any claim overridden."""
+    now = int(time.time())
+    body = {
+        "iss": ISSUER,
+        "sub": client_id,
+        "client_id": client_id,
+        "aud": f"{ISSUER}/departments/{department_id}/",
+        "scope": scope,
+        "iat": now,
+        "exp": now + 300,
+        "jti": f"t{time.monotonic_ns()}",
+        **claims,
+    }
+    return jwt.encode(body, key, algorithm="ES256", headers={"kid": kid, "typ": typ})
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 WORKFLOWS: dict[str, dict[str, Any]] = {
     "email": {"type": "email", "to": "hr-team@example.com", "subject": "New hire: {name} ({employee_id})"},
     "google_drive": {"type": "google_drive", "folder": "Onboarding"},
@@ -41,6 +80,17 @@ class DepartmentDir:
         self.department_id = department_id
         self.db_path = root / "data.db"
         (root / "workflows").mkdir(parents=True, exist_ok=True)
+        if not self.jwks_file.exists():
+            self.publish_keys(KEY)
+
+    @property
+    def jwks_file(self) -> Path:
+        return self.root.parent / "jwks.json"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What the control plane gives a local service: its issuer and its keys."""
+        return {"OAUTH_ISSUER": ISSUER, "OAUTH_JWKS_FILE": str(self.jwks_file)}
 
     def prepare(self) -> DepartmentDir:
         schema.create(self.db_path)
@@ -49,14 +99,16 @@ class DepartmentDir:
             self.deploy(name, action)
         return self
 
-    def write_credentials(
-        self, *, client_id: str = CLIENT_ID, secret: str = SECRET, revoked: bool = False
-    ) -> None:
-        digest = hashlib.sha256(secret.encode()).hexdigest()
-        self._atomic_write(
-            self.root / "credentials.json",
-            {"client_id": client_id, "secret_sha256": digest, "revoked": revoked},
-        )
+    def write_credentials(self, *, client_id: str = CLIENT_ID, revoked: bool = False) -> None:
+        self._atomic_write(self.root / "credentials.json", {"client_id": client_id, "revoked": revoked})
+
+    def publish_keys(self, *keys: ec.EllipticCurvePrivateKey) -> None:
+        """The key set the control plane publishes: `KEY` is `KID`, others get ids of their own."""
+        published = [
+            {**ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": KID if key is KEY else f"k{i}"}
+            for i, key in enumerate(keys)
+        ]
+        self._atomic_write(self.jwks_file, {"keys": published})
 
     def deploy(self, name: str, action: dict[str, Any]) -> None:
         definition = {
@@ -97,12 +149,12 @@ class RunningService:
              "--dir", str(directory.root)],
             stdout=subprocess.DEVNULL,
             stderr=self._log,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **directory.environment, **(env or {})},
         )  # fmt: skip
         self.info = self._wait_for_service_file()
         self.base_url = f"http://{self.info['host']}:{self.info['port']}"
         self.client = httpx.Client(
-            base_url=self.base_url, trust_env=False, timeout=10, auth=(CLIENT_ID, SECRET)
+            base_url=self.base_url, trust_env=False, timeout=10, headers=bearer(mint())
         )
         self.anonymous = httpx.Client(base_url=self.base_url, trust_env=False, timeout=10)
 

@@ -2,82 +2,128 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import jwt
 import pytest
+from jwt.algorithms import ECAlgorithm
 
 from department_service.actions import plan, render
-from department_service.auth import Credentials, authenticate, parse_credentials
-from department_service.errors import BadRequest, InputRejected, Unauthorized
+from department_service.auth import Credentials, JwksUrl, TokenVerifier, parse_credentials
+from department_service.errors import BadRequest, Forbidden, InputRejected, Unauthorized
 from department_service.routes import parse_object
 from department_service.workflows import DatabaseAction, DriveAction, EmailAction, parse_workflow
+from tests.department_service.harness import CLIENT_ID, DEPARTMENT, ISSUER, KEY, KID, mint
 
-CREDENTIALS = Credentials("client-1", hashlib.sha256(b"secret-1").hexdigest(), revoked=False)
+CREDENTIALS = Credentials(CLIENT_ID)
 
 
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+class _Keys:
+    """A key source over a dict, counting lookups."""
+
+    def __init__(self, **keys: jwt.PyJWK) -> None:
+        self.keys = keys
+
+    def key(self, kid: str) -> jwt.PyJWK | None:
+        return self.keys.get(kid)
+
+
+def _verifier() -> TokenVerifier:
+    public = jwt.PyJWK(ECAlgorithm.to_jwk(KEY.public_key(), as_dict=True), algorithm="ES256")
+    return TokenVerifier(ISSUER, DEPARTMENT, _Keys(**{KID: public}))
 
 
 class TestAuthenticate:
-    def test_the_right_client_passes(self) -> None:
-        assert authenticate(basic("client-1", "secret-1"), CREDENTIALS) == "client-1"
-        assert authenticate("basic  " + basic("client-1", "secret-1")[6:], CREDENTIALS) == "client-1"
-
-    def test_id_and_secret_are_form_urlencoded_as_rfc_6749_says(self) -> None:
-        credentials = Credentials("a b/c", hashlib.sha256("p@ss:wörd".encode()).hexdigest(), revoked=False)
-        assert authenticate(basic("a+b%2Fc", "p%40ss%3Aw%C3%B6rd"), credentials) == "a b/c"
+    def test_a_token_of_the_current_client_with_the_scope_passes(self) -> None:
+        caller = _verifier().verify(f"Bearer {mint()}", CREDENTIALS, "workflows:run")
+        assert caller.client_id == CLIENT_ID
+        assert caller.scopes == {"workflows:run", "executions:read", "files:read"}
+        assert _verifier().verify(f"bearer  {mint()}", CREDENTIALS, "files:read").client_id == CLIENT_ID
 
     @pytest.mark.parametrize(
         ("header", "reason"),
         [
             (None, "no Authorization header"),
             ("", "no Authorization header"),
-            ("Bearer abc", "Authorization is not Basic"),
-            ("Basic", "Authorization is not Basic"),
-            ("Basic %%%", "Authorization is not valid base64 UTF-8"),
-            ("Basic " + base64.b64encode(b"\xff:\xfe").decode(), "Authorization is not valid base64 UTF-8"),
-            (
-                "Basic " + base64.b64encode(b"client-1").decode(),
-                "Authorization has no client_id:client_secret pair",
-            ),
-            (basic("client-1", "secret-2"), "wrong client id or secret"),
-            (basic("client-2", "secret-1"), "wrong client id or secret"),
-            (basic("client-1", hashlib.sha256(b"secret-1").hexdigest()), "wrong client id or secret"),
+            ("Basic abc", "Authorization is not Bearer"),
+            ("Bearer ", "the Bearer token is empty or too long"),
+            ("Bearer " + "a" * 5000, "the Bearer token is empty or too long"),
+            ("Bearer abc", "the token is not a JWT"),
+            ("Bearer " + mint(typ="JWT"), "the token is not an access token"),
+            ("Bearer " + mint(kid="other"), "the token's key 'other' is not one of the platform's"),
+            ("Bearer " + mint(aud="http://platform.test/departments/finance/"), "Audience doesn't match"),
+            ("Bearer " + mint(iss="http://evil.test"), "Invalid issuer"),
+            ("Bearer " + mint(exp=1, iat=0), "Signature has expired"),
+            ("Bearer " + mint(client_id="hr.ffff"), "not the department's current client"),
+            ("Bearer " + mint(jti=None), 'Token is missing the "jti" claim'),
         ],
     )
     def test_anything_else_is_unauthorized(self, header: str | None, reason: str) -> None:
         with pytest.raises(Unauthorized) as caught:
-            authenticate(header, CREDENTIALS)
-        assert caught.value.reason == reason
+            _verifier().verify(header, CREDENTIALS, "workflows:run")
+        assert reason in caught.value.reason
         assert caught.value.status == 401
-        assert caught.value.headers == {"WWW-Authenticate": 'Basic realm="department"'}
+        assert caught.value.headers["WWW-Authenticate"].startswith('Bearer realm="department"')
 
-    def test_revoked_credentials_let_nobody_in(self) -> None:
-        revoked = Credentials(CREDENTIALS.client_id, CREDENTIALS.secret_sha256, revoked=True)
-        with pytest.raises(Unauthorized) as caught:
-            authenticate(basic("client-1", "secret-1"), revoked)
-        assert caught.value.reason == "client credentials are revoked"
+    def test_a_revoked_client_lets_nobody_in(self) -> None:
+        with pytest.raises(Unauthorized, match="access token is required") as caught:
+            _verifier().verify(f"Bearer {mint()}", Credentials(CLIENT_ID, revoked=True), "workflows:run")
+        assert "current client" in caught.value.reason
+
+    def test_a_missing_scope_is_forbidden(self) -> None:
+        with pytest.raises(Forbidden) as caught:
+            _verifier().verify(f"Bearer {mint(scope='files:read')}", CREDENTIALS, "workflows:run")
+        assert caught.value.status == 403
+        assert 'scope="workflows:run"' in caught.value.headers["WWW-Authenticate"]
 
     @pytest.mark.parametrize(
         ("text", "problem"),
         [
             ("not json", "not JSON"),
             ("[]", "not a JSON object"),
-            ('{"secret_sha256": "' + "a" * 64 + '"}', "client_id must be a non-empty string"),
-            ('{"client_id": "c", "secret_sha256": "abc"}', "secret_sha256 must be 64 hex digits"),
-            ('{"client_id": "c", "secret_sha256": "' + "a" * 64 + '", "revoked": "no"}', "revoked must be"),
+            ("{}", "client_id must be a client id"),
+            ('{"client_id": "no-dot"}', "client_id must be a client id"),
+            ('{"client_id": "hr.abc", "revoked": "no"}', "revoked must be"),
         ],
     )
     def test_unusable_credentials_files_say_why(self, text: str, problem: str) -> None:
         with pytest.raises(ValueError, match=problem):
             parse_credentials(text)
 
-    def test_the_digest_is_compared_case_insensitively(self) -> None:
-        text = json.dumps({"client_id": "c", "secret_sha256": CREDENTIALS.secret_sha256.upper()})
-        assert parse_credentials(text) == Credentials("c", CREDENTIALS.secret_sha256, revoked=False)
+    def test_the_key_set_url_is_fetched_again_for_a_new_key_at_most_every_30_s(self) -> None:
+        served = {"keys": []}
+        fetched: list[float] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                fetched.append(now[0])
+                body = json.dumps(served).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        now = [1000.0]
+        server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            keys = JwksUrl(f"http://127.0.0.1:{server.server_port}/jwks", clock=lambda: now[0])
+            assert keys.key(KID) is None
+            served["keys"] = [{**ECAlgorithm.to_jwk(KEY.public_key(), as_dict=True), "kid": KID}]
+            assert keys.key(KID) is None and keys.key("random") is None  # within 30 s: not fetched
+            now[0] += 31
+            assert keys.key(KID) is not None
+            assert keys.key(KID) is not None  # known: no fetch
+            assert fetched == [1000.0, 1031.0]
+        finally:
+            server.shutdown()
+            server.server_close()
 
 
 class TestRender:

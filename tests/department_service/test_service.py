@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -15,9 +16,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.department_service.harness import CLIENT_ID, SECRET, DepartmentDir, RunningService
+from tests.department_service.harness import (
+    CLIENT_ID,
+    ISSUER,
+    KEY,
+    KID,
+    DepartmentDir,
+    RunningService,
+    bearer,
+    mint,
+)
 from tests.smtp import MailServer
 
 JSON = "application/json"
@@ -142,50 +154,98 @@ def test_placeholders_cannot_reach_into_objects(service: RunningService) -> None
     assert "is not allowed" in response.json()["error"]["message"]
 
 
-def _basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+OTHER_KEY = ec.generate_private_key(ec.SECP256R1())
+NOW = int(time.time())
+
+BAD_TOKENS = {
+    "no token": None,
+    "Basic credentials": "Basic " + base64.b64encode(f"{CLIENT_ID}:secret".encode()).decode(),
+    "not a JWT": "Bearer not-a-jwt",
+    "signed by another key": "Bearer " + mint(key=OTHER_KEY),
+    "another key claiming ours": "Bearer " + mint(key=OTHER_KEY, kid=KID),
+    "unknown kid": "Bearer " + mint(kid="nobody"),
+    "expired": "Bearer " + mint(iat=NOW - 900, exp=NOW - 600),
+    "another department's": "Bearer " + mint(department_id="finance"),
+    "another issuer's": "Bearer " + mint(iss="http://elsewhere.test"),
+    "another client's": "Bearer " + mint(client_id="hr.ffffffffffffffff"),
+    "an ID token, not an access token": "Bearer " + mint(typ="JWT"),
+    "without jti": "Bearer " + mint(jti=None),
+    "alg none": "Bearer "
+    + jwt.encode(
+        {"iss": ISSUER, "client_id": CLIENT_ID}, None, algorithm="none", headers={"kid": KID, "typ": "at+jwt"}
+    ),
+    "HS256 with the public key": "Bearer "
+    + jwt.encode(
+        {"iss": ISSUER, "client_id": CLIENT_ID},
+        b"x" * 32,
+        algorithm="HS256",
+        headers={"kid": KID, "typ": "at+jwt"},
+    ),
+}
 
 
-BAD_AUTHORIZATION = [
-    None,
-    _basic(CLIENT_ID, "wrong-secret"),
-    _basic("someone-else", SECRET),
-    _basic(CLIENT_ID, ""),
-    f"Bearer {SECRET}",
-    "Basic !!!not-base64!!!",
-    "Basic " + base64.b64encode(b"no-colon").decode(),
-]
-
-
-def test_bad_or_missing_credentials_are_401(service: RunningService) -> None:
-    for authorization in BAD_AUTHORIZATION:
-        headers = {"authorization": authorization} if authorization else {}
-        for method, path in [("POST", "/workflows/email"), ("GET", "/executions"), ("GET", "/workflows")]:
-            response = service.anonymous.request(
-                method, path, headers=headers, json={"name": "x", "employee_id": 1}
-            )
-            assert response.status_code == 401, (authorization, method, path)
-            assert response.headers["www-authenticate"] == 'Basic realm="department"'
-            assert _error_code(response) == "unauthorized"
+@pytest.mark.parametrize("what", BAD_TOKENS)
+def test_bad_or_missing_tokens_are_401(service: RunningService, what: str) -> None:
+    authorization = BAD_TOKENS[what]
+    headers = {"authorization": authorization} if authorization else {}
+    for method, path in [
+        ("POST", "/workflows/email"),
+        ("GET", "/executions"),
+        ("GET", "/workflows"),
+        ("GET", "/files"),
+    ]:
+        response = service.anonymous.request(
+            method, path, headers=headers, json={"name": "x", "employee_id": 1}
+        )
+        assert response.status_code == 401, (what, method, path, response.text)
+        challenge = 'Bearer realm="department"' + ("" if authorization is None else ', error="invalid_token"')
+        assert response.headers["www-authenticate"] == challenge
+        assert _error_code(response) == "unauthorized"
     # Authentication comes first: an unauthenticated caller cannot tell which workflows exist.
-    assert service.anonymous.post("/workflows/never-deployed").status_code == 401
+    assert service.anonymous.post("/workflows/never-deployed", headers=headers).status_code == 401
     assert service.directory.rows("SELECT count(*) FROM workflow_executions") == [(0,)]
 
 
-def test_revocation_and_rotation_take_effect_at_once(service: RunningService) -> None:
+def test_each_route_needs_its_scope(service: RunningService) -> None:
+    reader = bearer(mint(scope="executions:read"))
+    assert service.anonymous.get("/executions", headers=reader).status_code == 200
+    assert service.anonymous.get("/workflows", headers=reader).status_code == 200
+    refused = service.anonymous.post("/workflows/database", headers=reader, json={})
+    assert refused.status_code == 403
+    assert refused.headers["www-authenticate"] == (
+        'Bearer realm="department", error="insufficient_scope", scope="workflows:run"'
+    )
+    assert _error_code(refused) == "insufficient_scope"
+    assert service.anonymous.get("/files", headers=reader).status_code == 403
+    assert service.anonymous.get("/files", headers=bearer(mint(scope="files:read"))).status_code == 200
+
+
+def test_revocation_and_a_new_client_take_effect_at_once(service: RunningService) -> None:
     assert service.post("database", {"n": 1}).status_code == 200
 
     service.directory.write_credentials(revoked=True)
     assert service.post("database", {"n": 2}).status_code == 401
     assert service.anonymous.get("/healthz").json()["credentials"] == "revoked"
 
-    service.directory.write_credentials(secret="rotated-secret")
-    assert service.post("database", {"n": 3}).status_code == 401
-    assert service.post("database", {"n": 4}, auth=(CLIENT_ID, "rotated-secret")).status_code == 200
+    service.directory.write_credentials(client_id="hr.1111111111111111")
+    assert service.post("database", {"n": 3}).status_code == 401  # the old client's token
+    new_client = bearer(mint(client_id="hr.1111111111111111"))
+    assert service.client.post("/workflows/database", json={"n": 4}, headers=new_client).status_code == 200
 
     (service.directory.root / "credentials.json").unlink()
-    assert service.post("database", {"n": 5}, auth=(CLIENT_ID, "rotated-secret")).status_code == 401
+    assert service.client.post("/workflows/database", json={"n": 5}, headers=new_client).status_code == 401
     assert service.anonymous.get("/healthz").json()["credentials"] == "missing"
+
+
+def test_a_rotated_key_is_picked_up_without_a_restart(service: RunningService) -> None:
+    rotated = ec.generate_private_key(ec.SECP256R1())
+    token = bearer(mint(key=rotated, kid="k1"))
+    assert service.client.post("/workflows/database", json={}, headers=token).status_code == 401
+
+    service.directory.publish_keys(KEY, rotated)
+
+    assert service.client.post("/workflows/database", json={}, headers=token).status_code == 200
+    assert service.post("database", {}).status_code == 200  # the previous key still verifies
 
 
 def test_a_removed_workflow_is_404(service: RunningService) -> None:
@@ -311,14 +371,14 @@ def test_sigint_also_exits_0(service: RunningService) -> None:
 
 
 def test_logs_one_line_per_request_and_no_secrets(service: RunningService) -> None:
+    token = mint()
     ok = service.post("email", {"name": "Ada", "employee_id": 1})
-    service.post("email", {"name": "Ada"}, auth=(CLIENT_ID, "wrong-" + SECRET))
+    service.post("email", {"name": "Ada"}, headers=bearer(mint(key=OTHER_KEY, kid=KID)))
     service.anonymous.get("/healthz")
     assert service.stop() == 0
 
     text = service.logs()
-    for secret in [SECRET, base64.b64encode(f"{CLIENT_ID}:{SECRET}".encode()).decode(), "wrong-"]:
-        assert secret not in text
+    assert token.rpartition(".")[0] not in text
     assert "authorization" not in text.lower()
     requests = [line for line in service.log_lines() if "status" in line]
     assert [(r["method"], r["path"], r["status"]) for r in requests] == [
@@ -327,7 +387,7 @@ def test_logs_one_line_per_request_and_no_secrets(service: RunningService) -> No
         ("GET", "/healthz", 200),
     ]
     assert requests[0]["execution_id"] == ok.json()["execution_id"]
-    assert requests[1]["auth"] == "wrong client id or secret"
+    assert requests[1]["auth"].startswith("the token is not valid here: Signature verification failed")
     assert all(isinstance(r["latency_ms"], float) for r in requests)
 
 
@@ -369,6 +429,7 @@ def test_a_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
             [sys.executable, "-m", "department_service", "--department-id", "hr", "--dir", str(tmp_path),
              "--port", port],
             capture_output=True, text=True, timeout=10, check=False,
+            env={**os.environ, **DepartmentDir(tmp_path / "hr").environment},
         )  # fmt: skip
 
     assert done.returncode == 1

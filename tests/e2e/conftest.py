@@ -22,6 +22,7 @@ import httpx
 import jwt
 import psycopg
 import pytest
+from authlib.integrations.requests_client import OAuth2Session
 
 from tests.ports import free_port
 
@@ -105,6 +106,21 @@ class ControlPlane:
         return subprocess.run(
             [str(BIN / "provisionctl"), *args], env=env, capture_output=True, text=True, timeout=timeout
         )
+
+
+def access_token(plane: ControlPlane, client_id: str, secret: str, **params: str) -> str:
+    """An access token for a department's client, got as any OAuth 2.0 client gets one:
+    Authlib's client credentials grant at the platform's token endpoint, through Envoy."""
+    with OAuth2Session(client_id, secret) as oauth:
+        oauth.trust_env = False
+        answer = oauth.fetch_token(
+            f"{plane.rest_url}/oauth2/token", grant_type="client_credentials", timeout=10, **params
+        )
+    return str(answer["access_token"])
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def provisioned(api: httpx.Client, body: dict[str, object], patience: float = 60) -> dict[str, object]:

@@ -20,12 +20,15 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from authlib.integrations.base_client import OAuthError
 
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
 from tests.e2e.conftest import (
     BIN,
     ControlPlane,
+    access_token,
+    bearer,
     control_plane,
     department_services,
     started_plane,
@@ -141,13 +144,15 @@ def test_a_provisioned_department_serves_runs_its_workflows_and_vanishes_when_de
     health = through_envoy(real, dept, "healthz")
     assert health.status_code == 200
     assert health.json()["status"] == "SERVING"
+    # An off-the-shelf OAuth 2.0 client gets an access token for the department's client.
+    token = access_token(real, client_id, secret)
     for workflow, payload in (
         ("email", {"name": "quarterly report"}),
         ("google_drive", {"name": "budget.xlsx"}),
         ("database", {"name": "row", "amount": 3}),
     ):
         ran = through_envoy(
-            real, dept, f"workflows/{workflow}", method="POST", json=payload, auth=(client_id, secret)
+            real, dept, f"workflows/{workflow}", method="POST", json=payload, headers=bearer(token)
         )
         assert ran.status_code == 200, ran.text
     # The email workflow mailed the administrator through the SMTP relay (and only that run:
@@ -155,10 +160,12 @@ def test_a_provisioned_department_serves_runs_its_workflows_and_vanishes_when_de
     [mail] = [m for m in relay.received if dept in m.message["Subject"]]
     assert mail.message["Subject"] == f"New event for {dept}: quarterly report"
     assert mail.recipients == ["rnd@example.com"]
+    with pytest.raises(OAuthError, match="invalid_client"):
+        access_token(real, client_id, "guess")
     wrong = through_envoy(
-        real, dept, "workflows/email", method="POST", json={"name": "x"}, auth=(client_id, "guess")
+        real, dept, "workflows/email", method="POST", json={"name": "x"}, auth=(client_id, secret)
     )
-    assert wrong.status_code == 401
+    assert wrong.status_code == 401  # client credentials are for the token endpoint only
     recorded = executions(real, dept)
     # The validation step's own smoke test, then ours, each in the department's database.
     assert ("database", "succeeded") in recorded
@@ -178,9 +185,11 @@ def test_a_provisioned_department_serves_runs_its_workflows_and_vanishes_when_de
     assert teardown.state == pb.JOB_STATE_COMPLETED, teardown.error
     assert traces(real, dept) == {}
     revoked = through_envoy(
-        real, dept, "workflows/email", method="POST", json={"name": "x"}, auth=(client_id, secret)
+        real, dept, "workflows/email", method="POST", json={"name": "x"}, headers=bearer(token)
     )
     assert revoked.status_code == 404
+    with pytest.raises(OAuthError, match="invalid_client"):
+        access_token(real, client_id, secret)  # the client is revoked: no new tokens
 
 
 def test_a_service_that_dies_is_restarted_and_a_restarted_control_plane_adopts_the_rest(
@@ -248,11 +257,10 @@ def test_keys_rotate_while_the_server_runs_and_every_secret_still_works(real: Co
             pb.GetDepartmentHealthRequest(department_id=dept), metadata=METADATA, timeout=10
         )
     assert report.healthy, report
-    auth = (created.issued_client.client_id, created.issued_client.client_secret)
-    assert (
-        through_envoy(real, dept, "workflows/database", method="POST", json={"n": 1}, auth=auth).status_code
-        == 200
-    )
+    # The token endpoint still opens the client and its signing keys, all resealed.
+    token = access_token(real, created.issued_client.client_id, created.issued_client.client_secret)
+    ran = through_envoy(real, dept, "workflows/database", method="POST", json={"n": 1}, headers=bearer(token))
+    assert ran.status_code == 200
     _, later = provision(real, f"after-{uuid.uuid4().hex[:6]}")
     assert later.state == pb.JOB_STATE_COMPLETED
 

@@ -12,7 +12,6 @@ nothing anywhere once deprovisioned.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -25,7 +24,7 @@ import pytest
 from provisioner.steps.envoy_config import SYSTEM_CA_FILE
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
-from tests.e2e.conftest import ControlPlane, started_plane
+from tests.e2e.conftest import ControlPlane, access_token, bearer, started_plane
 from tests.e2e.platform import LocalPlatform
 from tests.e2e.test_departments import METADATA, deprovision, provision, through_envoy, traces
 from tests.e2e.test_tenant_database import in_postgres
@@ -38,9 +37,9 @@ TOKEN, PROJECT, ENVIRONMENT = "railway-test-token-0123456789", "project-1", "env
 
 
 def text_of(path: Path) -> str:
-    """A file's bytes as text; nothing for a directory, or a temporary file renamed meanwhile."""
+    """A file's bytes as text; nothing for a directory, a socket, or a temporary file renamed meanwhile."""
     try:
-        return path.read_bytes().decode("latin-1")
+        return path.read_bytes().decode("latin-1") if not path.is_socket() else ""
     except (IsADirectoryError, FileNotFoundError):
         return ""
 
@@ -102,9 +101,15 @@ def test_a_department_on_the_production_adapters_answers_over_tls_and_leaves_not
     service = railway.service_named(f"dept-{dept}")
     assert service is not None and platform.running() == [f"dept-{dept}"]
     variables = service.variables[ENVIRONMENT]
-    assert sorted(variables) == ["CLIENT_ID", "CLIENT_SECRET_SHA256", "DATABASE_URL", "DEPARTMENT_ID"]
+    assert sorted(variables) == [
+        "CLIENT_ID",
+        "DATABASE_URL",
+        "DEPARTMENT_ID",
+        "OAUTH_ISSUER",
+        "OAUTH_JWKS_URL",
+    ]
     assert variables["DEPARTMENT_ID"] == dept and variables["CLIENT_ID"] == client_id
-    assert variables["CLIENT_SECRET_SHA256"] == hashlib.sha256(secret.encode()).hexdigest()
+    assert variables["OAUTH_JWKS_URL"] == f"{plane.rest_url}/.well-known/jwks.json"
     assert variables["DATABASE_URL"].startswith(f"postgresql://dept_{dept.replace('-', '_')}:")
     assert secret not in str(railway.calls) and secret not in plane.log.read_text()
     # Nor are the platforms' own credentials anywhere the control plane writes.
@@ -116,8 +121,10 @@ def test_a_department_on_the_production_adapters_answers_over_tls_and_leaves_not
     health = through_envoy(plane, dept, "healthz")
     assert health.status_code == 200 and health.json()["database"] == "ok", health.text
     assert platform.fronts[f"dept-{dept}"].handshakes > 0
-    assert through_envoy(plane, dept, "executions", auth=(client_id, secret)).status_code == 200
-    assert through_envoy(plane, dept, "executions", auth=(client_id, "guess")).status_code == 401
+    # It checks its callers' tokens against the key set it fetches from the platform.
+    token = access_token(plane, client_id, secret)
+    assert through_envoy(plane, dept, "executions", headers=bearer(token)).status_code == 200
+    assert through_envoy(plane, dept, "executions", headers=bearer(token[:-2])).status_code == 401
 
     # Its workflows are active on n8n, tagged with the department.
     workflows = n8n.of(dept)
@@ -193,8 +200,8 @@ def test_workflows_on_n8n_beside_the_embedded_steps(tmp_path: Path) -> None:
         # The validation step ran one workflow on n8n.
         assert [path for path, _ in n8n.executions] == [f"{dept}/database"]
         # The service serves its data, and no workflow of its own.
-        auth = (created.issued_client.client_id, created.issued_client.client_secret)
-        assert through_envoy(plane, dept, "workflows", auth=auth).json()["workflows"] == []
+        token = access_token(plane, created.issued_client.client_id, created.issued_client.client_secret)
+        assert through_envoy(plane, dept, "workflows", headers=bearer(token)).json()["workflows"] == []
         assert (plane.state_dir / "departments" / dept / "data.db").exists()
 
         teardown = deprovision(plane, dept)

@@ -94,11 +94,13 @@ class EnvoyProcess:
         http_addr: Address,
         admin_addr: Address,
         grpc_addr: Address | Path,
+        oauth_addr: Path | None = None,
         cors_origins: Sequence[str] = (),
         certificate: tuple[Path, Path] | None = None,
     ) -> None:
-        """`grpc_addr`: the server's address or private Unix socket; `certificate`: the
-        listener's certificate and key files (TLS only), followed as they are replaced."""
+        """`grpc_addr`: the server's address or private Unix socket; `oauth_addr`: the
+        authorization server's socket; `certificate`: the listener's certificate and key
+        files (TLS only), followed as they are replaced."""
         self.directory = directory.absolute()
         self.dynamic_dir = self.directory / "dynamic"
         self.log_path = self.directory / "envoy.log"
@@ -106,6 +108,7 @@ class EnvoyProcess:
         self._http_addr = http_addr
         self._admin_addr = admin_addr
         self._grpc_addr = grpc_addr
+        self._oauth_addr = oauth_addr
         self._cors_origins = tuple(cors_origins)
         self._certificate = certificate
         self._process: asyncio.subprocess.Process | None = None
@@ -134,6 +137,7 @@ class EnvoyProcess:
             http_addr=self._http_addr,
             admin_addr=self._admin_addr,
             grpc_addr=self._grpc_addr,
+            oauth_addr=self._oauth_addr,
             descriptor_path=descriptor,
             dynamic_dir=self.dynamic_dir,
             cors_origins=self._cors_origins,

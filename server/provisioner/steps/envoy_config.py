@@ -32,6 +32,7 @@ from provisioner.steps.files import write_atomically
 SERVICE = "provisioning.v1.ProvisioningService"
 ROUTE_CONFIG_NAME = "provisioning_routes"
 GRPC_CLUSTER = "provisioning_grpc"
+OAUTH_CLUSTER = "provisioning_oauth"
 ROUTES_FILE = "routes.json"
 CLUSTERS_FILE = "clusters.json"
 #: Edge limits (see `render_envoy_config`).
@@ -98,6 +99,7 @@ def render_envoy_config(
     grpc_addr: Address | Path,
     descriptor_path: Path,
     dynamic_dir: Path,
+    oauth_addr: Path | None = None,
     cors_origins: Sequence[str] = (),
     tls_secret: Path | None = None,
 ) -> dict[str, Any]:
@@ -223,7 +225,12 @@ def render_envoy_config(
             # warm before the listener opens, and Envoy refuses CDS updates naming a
             # static cluster, so it can only be one or the other. It also lets the
             # gateway step rewrite the files knowing nothing but the departments.
-            "clusters": [_http2_cluster(GRPC_CLUSTER, grpc_addr)],
+            # The authorization server's too (`oauth_addr`, its Unix socket), when it runs;
+            # without it, its routes answer 503.
+            "clusters": [
+                _http2_cluster(GRPC_CLUSTER, grpc_addr),
+                *([_cluster(OAUTH_CLUSTER, oauth_addr)] if oauth_addr else []),
+            ],
         },
         "dynamic_resources": {"cds_config": _file_source(dynamic_dir, CLUSTERS_FILE)},
         "overload_manager": _overload_manager(),
@@ -364,7 +371,23 @@ def render_route_config(
         name: {"@type": _TYPE + "envoy.config.route.v3.FilterConfig", "disabled": True}
         for name in (_TRANSCODER, _BUFFER)
     }
-    routes = [api_route]
+    # The authorization server: its token endpoint and its metadata, served as they are.
+    oauth_routes = [
+        {
+            "name": f"oauth_{index}",
+            "match": match,
+            "route": {"cluster": OAUTH_CLUSTER, "timeout": "15s"},
+            "typed_per_filter_config": {_TRANSCODER: no_transcoder[_TRANSCODER]},
+        }
+        for index, match in enumerate(
+            [
+                {"path": "/oauth2/token"},
+                {"path": "/.well-known/jwks.json"},
+                {"path": "/.well-known/oauth-authorization-server"},
+            ]
+        )
+    ]
+    routes = [api_route, *oauth_routes]
     for department_id, address in sorted(_checked(departments).items()):
         prefix = f"/departments/{department_id}/"
         routes += [
@@ -452,6 +475,7 @@ def write_envoy_config(
     grpc_addr: Address | Path,
     descriptor_path: Path,
     dynamic_dir: Path,
+    oauth_addr: Path | None = None,
     cors_origins: Sequence[str] = (),
     tls_secret: Path | None = None,
 ) -> Path:
@@ -467,6 +491,7 @@ def write_envoy_config(
         http_addr=http_addr,
         admin_addr=admin_addr,
         grpc_addr=grpc_addr,
+        oauth_addr=oauth_addr and oauth_addr.absolute(),
         descriptor_path=descriptor_path.absolute(),
         dynamic_dir=dynamic_dir,
         cors_origins=cors_origins,

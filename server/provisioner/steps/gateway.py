@@ -94,6 +94,11 @@ class EnvoyGateway:
         self._lock = asyncio.Lock()
         self._written: Mapping[str, Upstream] | None = None
 
+    @property
+    def token_url(self) -> str:
+        """The platform's token endpoint, through this replica's Envoy."""
+        return f"{self._base}/oauth2/token"
+
     def url(self, department_id: str, path: str = "") -> str:
         """Where the department answers through Envoy."""
         return f"{self._base}/departments/{department_id}/{path.lstrip('/')}"

@@ -1,12 +1,15 @@
 """The OAuth step: the department's client id and secret become its active credentials.
 
 The secret was made when the Provision call was accepted (`VaultIssuer`), returned once
-to that caller, and sealed in the vault (the job store). This step activates it and gives the department
-service what it needs to check callers: the client id and the secret's SHA-256, never
-the secret, in `credentials.json` beside a local service. (A service on a container
-platform gets them as variables from the container step instead; then `publish` is off
-and whether the service accepts its client is checked live, by the validation step.)
-Compensation revokes: both the vault's records and the service's copy go.
+to that caller, and sealed in the vault (the job store). This step activates it: from
+then on the platform's token endpoint (`provisioner.oauth`) gives the client access
+tokens for the department. The department service learns which client is its own from
+`credentials.json` beside a local service (the client id only; the service never sees
+the secret). A service on a container platform gets it as a variable from the container
+step instead; then `publish` is off and whether the service accepts its client is
+checked live, by the validation step. Compensation revokes: the service's copy goes
+first (its callers' tokens stop working at once), then the vault's records (no new
+tokens).
 """
 
 from __future__ import annotations
@@ -50,11 +53,7 @@ class OAuthCredentials:
     async def _activate(self, ctx: StepContext) -> dict[str, str]:
         credential = await self._vault.activate(ctx.department_id, ctx.job_id)
         if self._publish:
-            published = {
-                "client_id": credential.client_id,
-                "secret_sha256": credential.secret_sha256,
-                "revoked": False,
-            }
+            published = {"client_id": credential.client_id, "revoked": False}
             path = self._dirs.ensure(ctx.department_id) / CREDENTIALS_FILE
             await asyncio.to_thread(write_json, path, published)
         return {"client_id": credential.client_id}
@@ -79,7 +78,7 @@ class OAuthCredentials:
         published = read_json(self._dirs.path(ctx.department_id) / CREDENTIALS_FILE) or {}
         if secret_digest(secret) != credential.secret_sha256 or client_id != credential.client_id:
             return Condition(self.name, False, "CORRUPT", "the sealed secret does not match its hash")
-        stale = published.get("secret_sha256") != credential.secret_sha256 or published.get("revoked")
+        stale = published.get("client_id") != credential.client_id or published.get("revoked")
         if self._publish and stale:
             return Condition(
                 self.name, False, "NOT_PUBLISHED", "the department service has other credentials"

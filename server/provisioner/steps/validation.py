@@ -1,17 +1,18 @@
 """The validation step: the department is checked the way its users will reach it.
 
 `DeploymentValidation` (workflows served by the department service): through Envoy's
-route, `/healthz` answers SERVING; a workflow webhook called with the department's client
-credentials runs as a dry run (so the email workflow sends nothing), and its execution row
-is then read back from the department's own database; the same call with a wrong secret
-is refused. The check leaves one execution
+route, `/healthz` answers SERVING; with an access token the department's client gets
+from the token endpoint (through Envoy too), a workflow webhook runs as a dry run (so the
+email workflow sends nothing), and its execution row is then read back from the
+department's own database; the same call with a forged token is refused, and so is a
+wrong secret at the token endpoint. The check leaves one execution
 (the smoke test) in the department's history.
 
 `PlatformValidation` (workflows on n8n, whose webhooks take no client credentials):
 through Envoy's route, `/healthz` answers SERVING, which the service says only when it
 reaches its database as its own role; the department's own `/executions` answers its
-client and refuses a wrong secret; the workflows step sees every workflow active; and
-one workflow's webhook runs on n8n (which keeps the execution).
+client's access token and refuses a forged one; the workflows step sees every workflow
+active; and one workflow's webhook runs on n8n (which keeps the execution).
 
 Both check a department live the same way, for GetDepartmentHealth: `/healthz` through
 the gateway answers SERVING, and the department accepts its own client.
@@ -62,8 +63,9 @@ async def _live_condition(gateway: EnvoyGateway, vault: CredentialVault, departm
     try:
         client_id, secret = await vault.reveal(department_id)
         async with http_client(trust=gateway.trust) as client:
+            token = await access_token(client, gateway, client_id, secret)
             own = gateway.url(department_id, "executions?limit=1")
-            answered = await client.get(own, auth=(client_id, secret))
+            answered = await client.get(own, headers=_bearer(token))
     except (StepError, httpx.HTTPError) as exc:
         return Condition(name, False, "UNREACHABLE", str(exc) or type(exc).__name__)
     if answered.status_code != 200:
@@ -77,8 +79,35 @@ def _smoke_test(ctx: StepContext) -> dict[str, str]:
     return {"name": "provisioning-check", "source": "provisioner", "job_id": ctx.job_id}
 
 
+async def access_token(client: httpx.AsyncClient, gateway: EnvoyGateway, client_id: str, secret: str) -> str:
+    """An access token for the department's client, from the token endpoint through Envoy."""
+    answer = await client.post(gateway.token_url, data=_GRANT, auth=(client_id, secret))
+    if answer.status_code != 200:
+        raise StepError(
+            f"the token endpoint refused the department's client: {answer.status_code} {answer.text[:200]}"
+        )
+    token = answer.json().get("access_token")
+    if not isinstance(token, str):
+        raise StepError("the token endpoint answered without an access_token")
+    return token
+
+
+_GRANT = {"grant_type": "client_credentials"}
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _forged(token: str) -> str:
+    """The token with its signature changed: the department must refuse it."""
+    head, _, signature = token.rpartition(".")
+    return f"{head}.{'A' if signature[:1] != 'A' else 'B'}{signature[1:]}"
+
+
 async def _admits_only_its_client(
     client: httpx.AsyncClient,
+    gateway: EnvoyGateway,
     method: str,
     url: str,
     what: str,
@@ -86,14 +115,19 @@ async def _admits_only_its_client(
     secret: str,
     **request: Any,
 ) -> httpx.Response:
-    """Call `url` as the department's client, then with a wrong secret: the first must be
-    answered 200 and the second refused with 401 (StepError otherwise). Returns the first."""
-    ran = await client.request(method, url, auth=(client_id, secret), **request)
-    refused = await client.request(method, url, auth=(client_id, "not-the-secret"), **request)
+    """Call `url` with an access token of the department's client, then with a forged one:
+    the first must be answered 200 and the second refused with 401, and the token endpoint
+    must refuse a wrong secret (StepError otherwise). Returns the first answer."""
+    token = await access_token(client, gateway, client_id, secret)
+    ran = await client.request(method, url, headers=_bearer(token), **request)
+    forged = await client.request(method, url, headers=_bearer(_forged(token)), **request)
+    guessed = await client.post(gateway.token_url, data=_GRANT, auth=(client_id, "not-the-secret"))
     if ran.status_code != 200:
         raise StepError(f"{what} answered {ran.status_code} to the department's own client")
-    if refused.status_code != 401:
-        raise StepError(f"{what} answered {refused.status_code} to a wrong secret, not 401")
+    if forged.status_code != 401:
+        raise StepError(f"{what} answered {forged.status_code} to a forged token, not 401")
+    if guessed.status_code != 401:
+        raise StepError(f"the token endpoint answered {guessed.status_code} to a wrong secret, not 401")
     return ran
 
 
@@ -115,7 +149,14 @@ class DeploymentValidation:
         async with http_client(trust=self._gateway.trust) as client:
             try:
                 ran = await _admits_only_its_client(
-                    client, "POST", url, f"the {workflow} webhook", client_id, secret, json=_smoke_test(ctx)
+                    client,
+                    self._gateway,
+                    "POST",
+                    url,
+                    f"the {workflow} webhook",
+                    client_id,
+                    secret,
+                    json=_smoke_test(ctx),
                 )
             except httpx.HTTPError as exc:
                 raise TransientStepError(f"cannot call the {workflow} webhook: {type(exc).__name__}") from exc
@@ -149,7 +190,9 @@ class PlatformValidation:
         workflow = sorted(ctx.spec.workflows)[0]
         async with http_client(trust=self._gateway.trust) as client:
             try:
-                await _admits_only_its_client(client, "GET", own, "/executions", client_id, secret)
+                await _admits_only_its_client(
+                    client, self._gateway, "GET", own, "/executions", client_id, secret
+                )
                 workflows = await self._workflows.check(ctx)
                 if not workflows.healthy:
                     raise TransientStepError(f"the workflows are not ready: {workflows.message}")
@@ -164,7 +207,7 @@ class PlatformValidation:
                 f"the {workflow} webhook on the workflow platform answered {ran.status_code}"
             )
         return {
-            "client": "accepted; a wrong secret refused",
+            "client": "its token accepted; a forged token and a wrong secret refused",
             "workflows": workflows.message,
             "workflow": workflow,
         }

@@ -101,6 +101,20 @@ WEBHOOKS_FAILED = Gauge(
     "provisioner_webhooks_failed", "Webhook messages given up on, in the whole job store."
 )
 
+OAUTH_TOKENS = Counter(
+    "provisioner_oauth_tokens",
+    "Token requests at /oauth2/token: issued, or refused with their RFC 6749 error code.",
+    ["outcome"],
+)
+OAUTH_OUTCOMES = (
+    "issued",
+    "invalid_request",
+    "invalid_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "temporarily_unavailable",
+)
+
 _OUTCOMES = {State.COMPLETED: "completed", State.FAILED: "failed"}
 
 
@@ -120,6 +134,8 @@ def _initialize() -> None:
     for event_type in EVENT_TYPES:
         for delivery in ("delivered", "retrying", "failed"):
             WEBHOOKS.labels(event_type, delivery)
+    for outcome in OAUTH_OUTCOMES:
+        OAUTH_TOKENS.labels(outcome)
 
 
 _initialize()
