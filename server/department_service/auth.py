@@ -10,7 +10,8 @@ once, not at their expiry. Each route then needs its scope (`workflows:run`,
 
 The keys come from a file the control plane keeps up to date (`OAUTH_JWKS_FILE`, on the
 same machine) or from its URL (`OAUTH_JWKS_URL`), fetched again when a token names a key
-not yet known, at most every `REFETCH_INTERVAL` seconds. `parse_credentials`,
+not yet known, at most every `REFETCH_INTERVAL` seconds; while they cannot be had, calls
+get 503 (`keys_unavailable`), not 401: the caller did nothing wrong. `parse_credentials`,
 `bearer_token` and `TokenVerifier.verify` do no I/O of their own; the key sources and
 `load_credentials` do.
 """
@@ -30,7 +31,7 @@ from typing import Protocol
 
 import jwt
 
-from department_service.errors import Forbidden, Unauthorized
+from department_service.errors import Forbidden, KeysUnavailable, Unauthorized
 
 ALGORITHMS = ["ES256"]
 LEEWAY = 30  # seconds of clock difference tolerated on exp and iat
@@ -170,9 +171,9 @@ class JwksFile:
             with self.path.open("rb") as handle:
                 text = handle.read(MAX_JWKS_BYTES + 1)
         except OSError as exc:
-            raise Unauthorized(f"the published key set cannot be read: {exc}") from exc
+            raise KeysUnavailable(f"the published key set cannot be read: {exc.strerror or exc}") from exc
         if len(text) > MAX_JWKS_BYTES:
-            raise Unauthorized("the published key set is too large")
+            raise KeysUnavailable("the published key set is too large")
         return self._keys.parsed(text).get(kid)
 
 
@@ -216,9 +217,9 @@ class JwksUrl:
             with urllib.request.urlopen(request, timeout=self._timeout, context=self._context) as answer:  # noqa: S310
                 text: bytes = answer.read(MAX_JWKS_BYTES + 1)
         except OSError as exc:
-            raise Unauthorized(f"the published key set cannot be fetched: {exc}") from exc
+            raise KeysUnavailable(f"the published key set cannot be fetched: {exc}") from exc
         if len(text) > MAX_JWKS_BYTES:
-            raise Unauthorized("the published key set is too large")
+            raise KeysUnavailable("the published key set is too large")
         return text
 
 

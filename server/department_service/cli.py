@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         problem = department.store.check()
         if problem:
             emit(event="database_not_ready", department_id=args.department_id, problem=problem)
+        if not os.environ.get("OAUTH_ISSUER"):
+            emit(event="no_token_issuer", department_id=args.department_id, problem="only /healthz answers")
         received = signal.sigwait(_STOP_SIGNALS)
         emit(event="stopping", department_id=args.department_id, signal=signal.Signals(received).name)
     finally:
@@ -163,13 +165,16 @@ def _department(department_id: str, directory: Path | None, env: Mapping[str, st
     )
 
 
-def _verifier(department_id: str, env: Mapping[str, str]) -> TokenVerifier:
-    """The access-token check the environment describes; ValueError says what is missing."""
+def _verifier(department_id: str, env: Mapping[str, str]) -> TokenVerifier | None:
+    """The access-token check the environment describes (None without `OAUTH_ISSUER`: then
+    only /healthz answers); ValueError says what is wrong."""
     issuer, jwks_file, jwks_url = (
         env.get("OAUTH_ISSUER", ""),
         env.get("OAUTH_JWKS_FILE"),
         env.get("OAUTH_JWKS_URL"),
     )
+    if not issuer:
+        return None
     if not issuer.startswith(("https://", "http://")):
         raise ValueError("OAUTH_ISSUER must be the authorization server's http:// or https:// URL")
     if bool(jwks_file) == bool(jwks_url):

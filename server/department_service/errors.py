@@ -55,6 +55,17 @@ class Forbidden(ServiceError):
         self.reason = f"scope {scope} missing"
 
 
+class KeysUnavailable(ServiceError):
+    """The platform's signing keys cannot be had right now (or no issuer is configured):
+    the service's problem, not the caller's, so 503 and not 401."""
+
+    status = 503
+    code = "keys_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class NotFound(ServiceError):
     """No such path, or no such deployed workflow."""
 

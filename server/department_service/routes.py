@@ -19,10 +19,10 @@ from department_service.auth import Credentials, TokenVerifier, credentials_stat
 from department_service.errors import (
     BadRequest,
     InputRejected,
+    KeysUnavailable,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    Unauthorized,
     WorkflowBroken,
 )
 from department_service.logs import utc_now
@@ -97,7 +97,7 @@ class Department:
         """Serve `directory` (credentials.json, workflows/, data.db), or with `directory`
         None, a department configured by its environment: fixed `credentials`, a `store`
         and no workflows of its own (they run on the workflow platform). `verifier` checks
-        callers' access tokens (without one, every authenticated route answers 401). `relay` is where
+        callers' access tokens (without one, every other route than /healthz answers 503). `relay` is where
         the email workflow sends; without it, its messages are kept unsent."""
         if directory is None and (store is None or credentials is None):
             raise ValueError("a department without a directory needs its store and its credentials")
@@ -144,7 +144,7 @@ class Department:
 
     def _authenticate(self, request: Request, scope: str) -> None:
         if self._verifier is None:
-            raise Unauthorized("this service has no token issuer configured (OAUTH_ISSUER)")
+            raise KeysUnavailable("this service has no token issuer configured (OAUTH_ISSUER)")
         credentials = self._credentials or load_credentials(self._credentials_file)
         self._verifier.verify(request.authorization, credentials, scope)
 

@@ -153,9 +153,8 @@ class RunningService:
         )  # fmt: skip
         self.info = self._wait_for_service_file()
         self.base_url = f"http://{self.info['host']}:{self.info['port']}"
-        self.client = httpx.Client(
-            base_url=self.base_url, trust_env=False, timeout=10, headers=bearer(mint())
-        )
+        token = mint(department_id=directory.department_id)
+        self.client = httpx.Client(base_url=self.base_url, trust_env=False, timeout=10, headers=bearer(token))
         self.anonymous = httpx.Client(base_url=self.base_url, trust_env=False, timeout=10)
 
     def _wait_for_service_file(self, timeout: float = 5.0) -> dict[str, Any]:

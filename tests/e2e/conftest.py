@@ -82,9 +82,11 @@ class ControlPlane:
             return [tuple(row) for row in db.execute(sql).fetchall()]
 
     def secrets(self) -> list[tuple[str, str]]:
-        """The sealed secrets in the job store, as (department, name): the vault's real world."""
+        """The departments' sealed secrets in the job store, as (department, name): the
+        vault's real world. (The platform's own token-signing keys are kept there too,
+        under `_oauth`, which is no department: they are left out.)"""
         rows = self.query("SELECT department_id, name FROM department_secrets ORDER BY 1, 2")
-        return [(str(d), str(n)) for d, n in rows]
+        return [(str(d), str(n)) for d, n in rows if d != "_oauth"]
 
     def routes(self) -> set[str]:
         """The departments the job store says the gateway routes."""

@@ -281,11 +281,13 @@ def test_envoy_and_department_services_carry_none_of_our_secrets(embedded: tuple
     envoy = int(next(plane.state_dir.rglob("envoy.pid")).read_text())
     service = department_services(plane.state_dir)["seen"]
     assert plane.env["PROVISIONER_JWT_SECRET"] == SECRET  # what the server was given
-    for pid in (envoy, service):
+    inherited = {"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"}
+    # A service is told, on purpose, who issues its callers' tokens and where their keys are.
+    for pid, given in ((envoy, set()), (service, {"OAUTH_ISSUER", "OAUTH_JWKS_FILE"})):
         environment = environment_of(pid)
         assert not [k for k in environment if k.startswith("PROVISIONER_")], environment.keys()
         assert SECRET not in "".join(environment.values())
-        assert set(environment) <= {"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"}, environment.keys()
+        assert set(environment) <= inherited | given, environment.keys()
 
 
 def test_viewers_see_no_paths_pids_or_ports_and_state_files_are_private(

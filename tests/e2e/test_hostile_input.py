@@ -28,7 +28,14 @@ from hypothesis import strategies as st
 
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
-from tests.e2e.conftest import ControlPlane, control_plane, stop_department_services, token
+from tests.e2e.conftest import (
+    ControlPlane,
+    access_token,
+    bearer,
+    control_plane,
+    stop_department_services,
+    token,
+)
 from tests.e2e.report import record
 
 pytestmark = pytest.mark.slow
@@ -192,8 +199,9 @@ def test_malicious_ids_and_names_are_refused_and_odd_names_stay_data(hostile: Ho
         shown = h.stub.GetDepartment(pb.GetDepartmentRequest(department_id=dept), metadata=ADMIN)
         assert shown.department_name == name
         # Through the Drive workflow the name reaches the department's own database, verbatim.
-        url, auth = f"{h.plane.rest_url}/departments/{dept}/workflows/google_drive", tuple(client.values())
-        assert httpx.post(url, json={"name": "x"}, auth=auth, trust_env=False).status_code == 200  # type: ignore[arg-type]
+        url = f"{h.plane.rest_url}/departments/{dept}/workflows/google_drive"
+        headers = bearer(access_token(h.plane, client["clientId"], client["clientSecret"]))
+        assert httpx.post(url, json={"name": "x"}, headers=headers, trust_env=False).status_code == 200
         with sqlite3.connect(f"file:{h.plane.state_dir}/departments/{dept}/data.db?mode=ro", uri=True) as db:
             assert db.execute("SELECT folder FROM files").fetchall() == [(f"{name} ({dept})",)]
     assert_the_real_world(h)

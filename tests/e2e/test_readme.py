@@ -72,6 +72,8 @@ def test_the_readmes_first_journey_works_as_written(tmp_path: Path) -> None:
             made
         )
         assert '"status"' in journey.stdout and "SERVING" in journey.stdout  # the service's /healthz
+        # The workflow ran with the access token the client got at the token endpoint.
+        assert '"workflow":"database","status":"succeeded"' in journey.stdout, journey.stdout
         assert "department hr is healthy" in journey.stdout
         history = [
             m.groups() for line in lines if (m := re.match(r"[0-9a-f-]{36}\s+hr\s+(\w+)\s+(\w+)", line))

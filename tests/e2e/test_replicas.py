@@ -30,6 +30,7 @@ import pytest
 
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_client import ApiError, DepartmentSpec, ProvisioningClient, RetryPolicy
+from tests.e2e.balancer import Balancer
 from tests.e2e.conftest import (
     ControlPlane,
     control_plane,
@@ -136,6 +137,9 @@ def cluster_of(
             "PROVISIONER_N8N_API_KEY": KEY,
             "PROVISIONER_UPSTREAM_CA_FILE": str(platform.ca_file),
         }
+        # One address in front of every replica's REST listener, as production has: the
+        # departments' token issuer, whose keys services fetch whichever replica is down.
+        balancer = stack.enter_context(Balancer().running())
         replicas = []
         for index in range(count):
             (root / f"r{index}").mkdir()
@@ -146,9 +150,11 @@ def cluster_of(
                 PROVISIONER_LEASE_SECONDS=str(LEASE),
                 PROVISIONER_CLAIM_INTERVAL="0.2",
                 PROVISIONER_RETRY_BASE_SECONDS="0.1",
+                PROVISIONER_OAUTH_ISSUER=balancer.url,
                 **(adapters if production else {}),
                 **extra,
             )
+            balancer.add(plane.rest_url)
             stack.callback(lambda p=plane: p.process is not None and p.stop(signal.SIGKILL))
             plane.start()
             replicas.append(plane)

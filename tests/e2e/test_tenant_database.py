@@ -17,7 +17,7 @@ import pytest
 
 from provisioner_api.provisioning.v1 import provisioning_pb2 as pb
 from provisioner_api.provisioning.v1 import provisioning_pb2_grpc as pb_grpc
-from tests.e2e.conftest import department_services, started_plane
+from tests.e2e.conftest import access_token, bearer, department_services, started_plane
 from tests.e2e.test_departments import METADATA, deprovision, provision, through_envoy, traces
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -63,10 +63,12 @@ async def test_a_department_on_postgres_keeps_its_data_in_its_schema_and_leaves_
         dept = f"fin-{uuid.uuid4().hex[:6]}"
         created, job = provision(plane, dept)
         assert job.state == pb.JOB_STATE_COMPLETED, job.error
-        auth = (created.issued_client.client_id, created.issued_client.client_secret)
+        token = access_token(plane, created.issued_client.client_id, created.issued_client.client_secret)
         assert not (plane.state_dir / "departments" / dept / "data.db").exists()
 
-        ran = through_envoy(plane, dept, "workflows/database", method="POST", json={"n": 1}, auth=auth)
+        ran = through_envoy(
+            plane, dept, "workflows/database", method="POST", json={"n": 1}, headers=bearer(token)
+        )
         assert ran.status_code == 200, ran.text
         held = await in_postgres(admin_url, dept)
         # The validation step's smoke test, then ours: rows of this department only.

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
+import functools
+import http.server
 import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,13 +28,14 @@ import pytest
 from provisioner.core.spec import DepartmentSpec
 from provisioner.steps.base import StepContext
 from provisioner.steps.tenant_postgres import PostgresTenantDatabase
-from tests.department_service.harness import DepartmentDir, RunningService
+from tests.department_service.harness import ISSUER, DepartmentDir, RunningService, bearer, mint
 from tests.e2e.conftest import free_port
 from tests.smtp import MailServer, mail_server
 
 __all__ = ["mail_server"]
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+CLIENT = "hr.client"
 
 
 def ctx(department_id: str) -> StepContext:
@@ -168,7 +171,8 @@ async def test_a_department_sees_only_its_own_executions(
     running += [hr, ops]
     executed = hr.post("database", {"salary": 1}).json()["execution_id"]
 
-    assert ops.client.get("/executions").json()["executions"] == []
+    listed = ops.client.get("/executions")
+    assert listed.json()["executions"] == [], listed.text
     assert [e["id"] for e in hr.client.get("/executions").json()["executions"]] == [executed]
     assert await step.execution_status("ops", str(executed)) is None
 
@@ -227,17 +231,23 @@ async def test_configured_by_its_environment_it_serves_its_data_to_its_client_on
 
 def serve_from_environment(database_url: str, tmp_path: Path) -> None:
     port = free_port()
-    secret = secrets.token_urlsafe(32)
+    keys = DepartmentDir(tmp_path / "hr").jwks_file  # served over HTTP, as the platform does
+    jwks = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(keys.parent))
+    )
+    threading.Thread(target=jwks.serve_forever, daemon=True).start()
     process = run_from_environment(
         {
             "DEPARTMENT_ID": "hr",
             "PORT": str(port),
             "DATABASE_URL": database_url,
-            "CLIENT_ID": "hr.client",
-            "CLIENT_SECRET_SHA256": hashlib.sha256(secret.encode()).hexdigest(),
+            "CLIENT_ID": CLIENT,
+            "OAUTH_ISSUER": ISSUER,
+            "OAUTH_JWKS_URL": f"http://127.0.0.1:{jwks.server_port}/{keys.name}",
         },
         tmp_path / "service.log",
     )
+    token = mint(client_id=CLIENT)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=5) as client:
             health = wait_for_health(client, process)
@@ -248,14 +258,16 @@ def serve_from_environment(database_url: str, tmp_path: Path) -> None:
                 "credentials": "ok",
                 "workflows": {},
             }
-            assert client.get("/executions", auth=("hr.client", secret)).json()["executions"] == []
-            assert client.get("/executions", auth=("hr.client", "guess")).status_code == 401
+            assert client.get("/executions", headers=bearer(token)).json()["executions"] == []
+            assert client.get("/executions", headers=bearer(mint())).status_code == 401  # another client's
             # Its workflows run on the workflow platform, not here.
-            assert client.post("/workflows/database", json={}, auth=("hr.client", secret)).status_code == 404
+            assert client.post("/workflows/database", json={}, headers=bearer(token)).status_code == 404
     finally:
         process.terminate()
+        jwks.shutdown()
+        jwks.server_close()
         assert process.wait(10) == 0
-    assert secret not in (tmp_path / "service.log").read_text()
+    assert token.rpartition(".")[0] not in (tmp_path / "service.log").read_text()
     assert not list(tmp_path.glob("**/service.json"))
 
 
@@ -265,9 +277,14 @@ def serve_from_environment(database_url: str, tmp_path: Path) -> None:
         ({"DEPARTMENT_ID": "hr"}, "without --dir, DATABASE_URL must name the department's PostgreSQL"),
         ({"DEPARTMENT_ID": "hr", "DATABASE_URL": "postgresql://dept_hr@db/x"}, "CLIENT_ID must be set"),
         (
-            {"DEPARTMENT_ID": "hr", "DATABASE_URL": "postgresql://dept_hr@db/x", "CLIENT_ID": "c",
-             "CLIENT_SECRET_SHA256": "the-secret-itself"},
-            "CLIENT_SECRET_SHA256 must be the 64 hex digits",
+            {"DEPARTMENT_ID": "hr", "DATABASE_URL": "postgresql://dept_hr@db/x", "CLIENT_ID": "hr.c",
+             "OAUTH_ISSUER": "ftp://the-secret-itself"},
+            "OAUTH_ISSUER must be the authorization server's",
+        ),
+        (
+            {"DEPARTMENT_ID": "hr", "DATABASE_URL": "postgresql://dept_hr@db/x", "CLIENT_ID": "hr.c",
+             "OAUTH_ISSUER": "https://platform.test"},
+            "set one of OAUTH_JWKS_FILE and OAUTH_JWKS_URL",
         ),
         ({}, "--department-id (or DEPARTMENT_ID) is required"),
         ({"DEPARTMENT_ID": "hr", "PORT": "http"}, "PORT='http' is not a port number"),

@@ -140,7 +140,6 @@ def write_jwks(path: Path, jwks: dict[str, object]) -> bool:
     with contextlib.suppress(FileNotFoundError):
         if path.read_text(encoding="utf-8") == text:
             return False
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, text)
     return True
 

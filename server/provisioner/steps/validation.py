@@ -82,6 +82,8 @@ def _smoke_test(ctx: StepContext) -> dict[str, str]:
 async def access_token(client: httpx.AsyncClient, gateway: EnvoyGateway, client_id: str, secret: str) -> str:
     """An access token for the department's client, from the token endpoint through Envoy."""
     answer = await client.post(gateway.token_url, data=_GRANT, auth=(client_id, secret))
+    if answer.status_code >= 500:
+        raise TransientStepError(f"the token endpoint answered {answer.status_code}")
     if answer.status_code != 200:
         raise StepError(
             f"the token endpoint refused the department's client: {answer.status_code} {answer.text[:200]}"
@@ -122,6 +124,8 @@ async def _admits_only_its_client(
     ran = await client.request(method, url, headers=_bearer(token), **request)
     forged = await client.request(method, url, headers=_bearer(_forged(token)), **request)
     guessed = await client.post(gateway.token_url, data=_GRANT, auth=(client_id, "not-the-secret"))
+    if ran.status_code >= 500:  # the service's trouble (its keys, its database): try again
+        raise TransientStepError(f"{what} answered {ran.status_code}: {ran.text[:200]}")
     if ran.status_code != 200:
         raise StepError(f"{what} answered {ran.status_code} to the department's own client")
     if forged.status_code != 401:
