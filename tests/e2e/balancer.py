@@ -43,7 +43,11 @@ class Balancer:
                 upstream = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
             except (OSError, TimeoutError):
                 continue
-            await asyncio.gather(_pipe(reader, upstream[1]), _pipe(upstream[0], writer))
+            try:
+                await asyncio.gather(_pipe(reader, upstream[1]), _pipe(upstream[0], writer))
+            finally:
+                upstream[1].close()
+                writer.close()
             return
         writer.close()
 
@@ -54,9 +58,19 @@ class Balancer:
         try:
             yield self
         finally:
-            self._loop.call_soon_threadsafe(server.close)
+            asyncio.run_coroutine_threadsafe(self._close(server), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+            self._loop.close()
+
+    async def _close(self, server: asyncio.Server) -> None:
+        """Stop listening, end every connection, and wait for their tasks."""
+        server.close()
+        await server.wait_closed()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
