@@ -38,7 +38,8 @@ LEEWAY = 30  # seconds of clock difference tolerated on exp and iat
 REFETCH_INTERVAL = 30.0
 MAX_TOKEN = 4096
 MAX_JWKS_BYTES = 64 * 1024
-_CLIENT_ID = re.compile(r"[a-z][a-z0-9-]{0,30}[a-z0-9]\.[A-Za-z0-9_-]{1,64}")
+# The built-in server's ids are `<department>.<hex>`; an external one's are its own choice.
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def parse_credentials(text: str) -> Credentials:
         raise ValueError("credentials.json is not a JSON object")
     client_id, revoked = data.get("client_id"), data.get("revoked", False)
     if not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
-        raise ValueError("credentials.json: client_id must be a client id like hr.0123abcd")
+        raise ValueError("credentials.json: client_id must be 1-128 letters, digits and . _ ~ -")
     if not isinstance(revoked, bool):
         raise ValueError("credentials.json: revoked must be true or false")
     return Credentials(client_id, revoked)
@@ -226,9 +227,12 @@ class JwksUrl:
 class TokenVerifier:
     """Checks access tokens for one department."""
 
-    def __init__(self, issuer: str, department_id: str, keys: KeySource) -> None:
+    def __init__(
+        self, issuer: str, department_id: str, keys: KeySource, *, audience: str | None = None
+    ) -> None:
+        """`audience`: the department's own, by default its URL under the issuer's."""
         self.issuer = issuer.rstrip("/")
-        self.audience = audience_of(issuer, department_id)
+        self.audience = audience or audience_of(issuer, department_id)
         self._keys = keys
 
     def verify(self, header: str | None, credentials: Credentials, scope: str) -> Caller:

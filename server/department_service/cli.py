@@ -12,10 +12,11 @@ Two ways to run it:
   itself). It serves no workflows of its own: they run on the workflow platform.
 
 Either way callers present access tokens from the platform's authorization server:
-`OAUTH_ISSUER` names it, and its keys come from `OAUTH_JWKS_FILE` (the control plane's
-copy on this machine) or `OAUTH_JWKS_URL` (with `OAUTH_CA_FILE` for a private CA); see
-`auth`. `SMTP_URL` (and `SMTP_CA_FILE`) name the relay the email workflow sends through
-(see `mail`); without it, messages are recorded unsent.
+`OAUTH_ISSUER` names it, `OAUTH_AUDIENCE` is the department's own audience, and the keys
+come from `OAUTH_JWKS_FILE` (the control plane's copy on this machine) or `OAUTH_JWKS_URL`
+(with `OAUTH_CA_FILE` for a private CA); see `auth`. `SMTP_URL` (and `SMTP_CA_FILE`) name
+the relay the email workflow sends through (see `mail`); without it, messages are recorded
+unsent.
 
 The database URL is read from the environment, never the command line, because it
 carries the role's password and a command line is visible to every user.
@@ -182,7 +183,7 @@ def _verifier(department_id: str, env: Mapping[str, str]) -> TokenVerifier | Non
     keys = (
         JwksFile(Path(jwks_file)) if jwks_file else JwksUrl(str(jwks_url), ca_file=env.get("OAUTH_CA_FILE"))
     )
-    return TokenVerifier(issuer, department_id, keys)
+    return TokenVerifier(issuer, department_id, keys, audience=env.get("OAUTH_AUDIENCE") or None)
 
 
 def _upgrade(database: Path) -> None:

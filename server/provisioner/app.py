@@ -154,7 +154,7 @@ async def runtime(
                 asyncio.create_task(_send_webhooks(store.outbox, settings, replica), name="webhooks")
             )
         authorization = None
-        if kit.vault is not None:
+        if kit.vault is not None and kit.builtin_oauth:
             keys = SigningKeys(store.secrets, kit.vault.keys, rotation=settings.oauth_key_rotation)
             jwks_file = jwks_path(settings.state_dir)
             background.append(asyncio.create_task(publish(keys, jwks_file), name="oauth-keys"))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.core.errors import ConfigurationError, StepError
+from provisioner.core.oauth import audience_of
 from provisioner.core.states import StepName
 from provisioner.engine.orchestrator import CredentialIssuer
 from provisioner.oauth.keys import jwks_path
@@ -29,9 +30,15 @@ from provisioner.steps.gateway import EnvoyGateway, RouteStore
 from provisioner.steps.local import LocalMarkerStep
 from provisioner.steps.noop import NoopStep
 from provisioner.steps.oauth import OAuthCredentials, VaultIssuer
+from provisioner.steps.oauth_registration import ClientRegistrar, RegisteringIssuer
 from provisioner.steps.tenant_postgres import PostgresTenantDatabase
 from provisioner.steps.validate import ValidateSpec
-from provisioner.steps.validation import DeploymentValidation, PlatformValidation
+from provisioner.steps.validation import (
+    DeploymentValidation,
+    PlatformValidation,
+    TokenEndpoint,
+    builtin_tokens,
+)
 from provisioner.steps.vault import CredentialVault, KeySource, SecretStore
 from provisioner.steps.workflows import EmbeddedWorkflows
 from provisioner.steps.workflows_n8n import N8nWorkflows
@@ -55,6 +62,9 @@ class StepKit:
     state_roots: tuple[Path, ...] = ()
     #: Adapters holding connections, closed after the engine has stopped.
     closers: tuple[Callable[[], Awaitable[None]], ...] = ()
+    #: Departments' clients get tokens from the control plane's own authorization server
+    #: (not from an external one they are registered at).
+    builtin_oauth: bool = True
 
     async def close(self) -> None:
         for close in self.closers:
@@ -123,13 +133,19 @@ def embedded_steps(settings: Settings, shared: Shared) -> StepKit:
     dirs = DepartmentDirs(state / "departments")
     vault = vault_of(settings, shared.secrets)
     database, database_url = _tenant_database(settings, dirs, vault)
+    registrar = (
+        ClientRegistrar(settings.oauth_provider, settings.oauth_registration_token)
+        if settings.oauth_provider
+        else None
+    )
+    token_issuer = _token_issuer(settings, registrar)
     local: LocalProcessContainer | None = None
     container: LocalProcessContainer | RailwayContainer
     if settings.railway:
-        container = _railway(settings, vault, database_url)
+        container = _railway(settings, vault, database_url, token_issuer)
     else:
         container = local = LocalProcessContainer(
-            dirs, environment=_service_environment(settings, database_url)
+            dirs, environment=_service_environment(settings, database_url, token_issuer)
         )
     gateway = EnvoyGateway(
         dirs,
@@ -144,20 +160,30 @@ def embedded_steps(settings: Settings, shared: Shared) -> StepKit:
         ca_file=settings.upstream_ca_file,
         listener_cert_file=settings.tls.cert_file if settings.tls else None,
     )
+    tokens = builtin_tokens(gateway, settings.issuer)
+    issuer: VaultIssuer | RegisteringIssuer = VaultIssuer(vault)
+    if registrar is not None:
+        tokens = TokenEndpoint(_token_endpoint(registrar), settings.issuer)
+        issuer = RegisteringIssuer(vault, registrar)
     workflows: EmbeddedWorkflows | N8nWorkflows
     validation: DeploymentValidation | PlatformValidation
     if settings.n8n_url:
         workflows = N8nWorkflows(settings.n8n_url, settings.n8n_api_key)
-        validation = PlatformValidation(gateway, vault, workflows)
+        validation = PlatformValidation(gateway, vault, workflows, tokens)
     else:
         workflows = EmbeddedWorkflows(dirs)
-        validation = DeploymentValidation(database, gateway, vault)
+        validation = DeploymentValidation(database, gateway, vault, tokens)
 
     steps: dict[StepName, Step] = {
         StepName.VALIDATE: ValidateSpec(regions=settings.regions),
         StepName.DATABASE: database,
         # On Railway the container step publishes the client as the service's variables.
-        StepName.OAUTH: OAuthCredentials(dirs, vault, publish=not settings.railway),
+        StepName.OAUTH: OAuthCredentials(
+            dirs,
+            vault,
+            publish=not settings.railway,
+            deregister=issuer.revoke if isinstance(issuer, RegisteringIssuer) else None,
+        ),
         StepName.CONTAINER: container,
         StepName.WORKFLOWS: workflows,
         StepName.GATEWAY: gateway,
@@ -173,33 +199,63 @@ def embedded_steps(settings: Settings, shared: Shared) -> StepKit:
     # workflows on n8n) nothing of a department is on this machine: any replica runs its
     # jobs. Otherwise it is pinned to the replica that made it (see docs/replicas.md).
     pinned = local is not None
-    return StepKit(steps, VaultIssuer(vault), vault, pinned, local, gateway, roots, closers)
+    return StepKit(steps, issuer, vault, pinned, local, gateway, roots, closers, registrar is None)
 
 
 _LOCAL_STEPS = (SqliteTenantDatabase, LocalProcessContainer, EmbeddedWorkflows)
 
 
+TokenIssuer = Callable[[str], Awaitable[dict[str, str]]]
+
+
+def _token_issuer(settings: Settings, registrar: ClientRegistrar | None) -> TokenIssuer:
+    """What a department's service is told about its callers' tokens: who issues them,
+    where the keys are, and its own audience."""
+
+    async def told(department_id: str) -> dict[str, str]:
+        audience = {"OAUTH_AUDIENCE": audience_of(settings.issuer, department_id)}
+        if registrar is not None:
+            provider = await registrar.metadata()
+            return {"OAUTH_ISSUER": provider.issuer, "OAUTH_JWKS_URL": provider.jwks_uri, **audience}
+        keys = (
+            {"OAUTH_JWKS_URL": f"{settings.issuer}/.well-known/jwks.json"}
+            if settings.railway
+            else {"OAUTH_JWKS_FILE": str(jwks_path(settings.state_dir))}
+        )
+        return {"OAUTH_ISSUER": settings.issuer, **keys, **audience}
+
+    return told
+
+
+def _token_endpoint(registrar: ClientRegistrar) -> Callable[[], Awaitable[str]]:
+    async def url() -> str:
+        return (await registrar.metadata()).token_endpoint
+
+    return url
+
+
 def _service_environment(
-    settings: Settings, database_url: Callable[[str], Awaitable[str]] | None
+    settings: Settings, database_url: Callable[[str], Awaitable[str]] | None, token_issuer: TokenIssuer
 ) -> Callable[[str], Awaitable[dict[str, str]]]:
-    """A local service's extra environment: who issues its callers' tokens and where their
-    keys are, its `DATABASE_URL` when departments are on PostgreSQL, and the SMTP relay its
-    email workflow sends through."""
-    fixed = {"OAUTH_ISSUER": settings.issuer, "OAUTH_JWKS_FILE": str(jwks_path(settings.state_dir))}
-    if settings.smtp_url:
-        fixed["SMTP_URL"] = settings.smtp_url
+    """A local service's extra environment: who issues its callers' tokens, its
+    `DATABASE_URL` when departments are on PostgreSQL, and the SMTP relay its email
+    workflow sends through."""
+    relay = {"SMTP_URL": settings.smtp_url} if settings.smtp_url else {}
     if settings.smtp_ca_file is not None:
-        fixed["SMTP_CA_FILE"] = str(settings.smtp_ca_file.absolute())
+        relay["SMTP_CA_FILE"] = str(settings.smtp_ca_file.absolute())
 
     async def environment(department_id: str) -> dict[str, str]:
         database = {} if database_url is None else {"DATABASE_URL": await database_url(department_id)}
-        return {**database, **fixed}
+        return {**database, **await token_issuer(department_id), **relay}
 
     return environment
 
 
 def _railway(
-    settings: Settings, vault: CredentialVault, database_url: Callable[[str], Awaitable[str]] | None
+    settings: Settings,
+    vault: CredentialVault,
+    database_url: Callable[[str], Awaitable[str]] | None,
+    token_issuer: TokenIssuer,
 ) -> RailwayContainer:
     """Department services on Railway, told who they are, where their data is and who may call."""
     if database_url is None:  # settings refuse this; the type checker wants it said
@@ -214,8 +270,7 @@ def _railway(
             "DEPARTMENT_ID": department_id,
             "DATABASE_URL": await url_of(department_id),
             "CLIENT_ID": client.client_id,
-            "OAUTH_ISSUER": settings.issuer,
-            "OAUTH_JWKS_URL": f"{settings.issuer}/.well-known/jwks.json",
+            **await token_issuer(department_id),
         }
 
     return RailwayContainer(

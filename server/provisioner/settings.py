@@ -121,6 +121,10 @@ class Settings:
     oauth_token_ttl: float = 300.0
     oauth_key_rotation: float = 86400.0
     oauth_token_rate: Rate = Rate(60, 60.0)
+    #: An external authorization server's issuer URL: departments' clients are registered
+    #: there (RFC 7591) with this initial access token, instead of the built-in server.
+    oauth_provider: str = ""
+    oauth_registration_token: str = field(default="", repr=False)
     #: `production` (the default) refuses to start without real secrets; `development`
     #: allows the conveniences of a trial on one machine (see `production_problems`).
     mode: str = "production"
@@ -435,6 +439,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "oauth_token_ttl": read("OAUTH_TOKEN_TTL", _positive_seconds, defaults.oauth_token_ttl),
         "oauth_key_rotation": read("OAUTH_KEY_ROTATION", _positive_seconds, defaults.oauth_key_rotation),
         "oauth_token_rate": read("OAUTH_TOKEN_RATE", parse_rate, defaults.oauth_token_rate),
+        "oauth_provider": read("OAUTH_PROVIDER", _issuer_url, ""),
+        "oauth_registration_token": read("OAUTH_REGISTRATION_TOKEN", str, ""),
     }
     values["tls"] = _tls_files(env, problems)
     if values["jwt_secret"] and len(str(values["jwt_secret"])) < 32:
@@ -443,6 +449,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         problems.append("PROVISIONER_WEBHOOK_URL and PROVISIONER_WEBHOOK_SECRET: set both or neither")
     if float(values["oauth_token_ttl"]) >= float(values["oauth_key_rotation"]):  # type: ignore[arg-type]
         problems.append("PROVISIONER_OAUTH_TOKEN_TTL: must be shorter than PROVISIONER_OAUTH_KEY_ROTATION")
+    if bool(values["oauth_provider"]) != bool(values["oauth_registration_token"]):
+        problems.append(
+            "PROVISIONER_OAUTH_PROVIDER and PROVISIONER_OAUTH_REGISTRATION_TOKEN: set both or neither"
+        )
     if values["heartbeat_seconds"] == 0:
         problems.append("PROVISIONER_WATCH_HEARTBEAT: must be more than 0 seconds")
     problems += _adapter_problems(env, values)

@@ -84,8 +84,8 @@ class TestAuthenticate:
         [
             ("not json", "not JSON"),
             ("[]", "not a JSON object"),
-            ("{}", "client_id must be a client id"),
-            ('{"client_id": "no-dot"}', "client_id must be a client id"),
+            ("{}", "client_id must be 1-128"),
+            ('{"client_id": "has space"}', "client_id must be 1-128"),
             ('{"client_id": "hr.abc", "revoked": "no"}', "revoked must be"),
         ],
     )

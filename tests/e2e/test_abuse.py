@@ -283,7 +283,7 @@ def test_envoy_and_department_services_carry_none_of_our_secrets(embedded: tuple
     assert plane.env["PROVISIONER_JWT_SECRET"] == SECRET  # what the server was given
     inherited = {"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"}
     # A service is told, on purpose, who issues its callers' tokens and where their keys are.
-    for pid, given in ((envoy, set()), (service, {"OAUTH_ISSUER", "OAUTH_JWKS_FILE"})):
+    for pid, given in ((envoy, set()), (service, {"OAUTH_ISSUER", "OAUTH_JWKS_FILE", "OAUTH_AUDIENCE"})):
         environment = environment_of(pid)
         assert not [k for k in environment if k.startswith("PROVISIONER_")], environment.keys()
         assert SECRET not in "".join(environment.values())

@@ -236,3 +236,41 @@ def test_development_mode_has_a_limit_for_trying_things_and_production_the_contr
     assert load_settings({}).rate_provision == Rate(10, 3600.0)
     chosen = load_settings({"PROVISIONER_MODE": "development", "PROVISIONER_RATE_LIMIT_PROVISION": "5/h"})
     assert chosen.rate_provision == Rate(5, 3600.0)
+
+
+def test_oauth_and_smtp_settings_are_read_and_their_secrets_never_printed() -> None:
+    settings = load_settings(
+        {
+            "PROVISIONER_SMTP_URL": "smtp://mailer:hunter2@mail.example.com:587?from=ops@example.com",
+            "PROVISIONER_OAUTH_ISSUER": "https://platform.example",
+            "PROVISIONER_OAUTH_TOKEN_TTL": "120",
+            "PROVISIONER_OAUTH_TOKEN_RATE": "10/m",
+            "PROVISIONER_OAUTH_PROVIDER": "https://login.example",
+            "PROVISIONER_OAUTH_REGISTRATION_TOKEN": "initial-access-token",
+        }
+    )
+    assert settings.issuer == "https://platform.example"
+    assert (settings.oauth_token_ttl, str(settings.oauth_token_rate)) == (120, "10/60s")
+    assert settings.oauth_provider == "https://login.example"
+    assert "hunter2" not in repr(settings) and "initial-access-token" not in repr(settings)
+    assert load_settings({"PROVISIONER_HTTP_ADDR": "127.0.0.1:9000"}).issuer == "http://127.0.0.1:9000"
+
+
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"PROVISIONER_SMTP_URL": "http://mail.example.com"}, "PROVISIONER_SMTP_URL: SMTP URL must start"),
+        (
+            {"PROVISIONER_SMTP_URL": "smtp://u:hunter2@mail.example.com:99999"},
+            "PROVISIONER_SMTP_URL: SMTP URL is not",
+        ),
+        ({"PROVISIONER_OAUTH_ISSUER": "https://platform.example/"}, "PROVISIONER_OAUTH_ISSUER: expected"),
+        ({"PROVISIONER_OAUTH_TOKEN_TTL": "86400"}, "PROVISIONER_OAUTH_TOKEN_TTL: must be shorter"),
+        ({"PROVISIONER_OAUTH_PROVIDER": "https://login.example"}, "set both or neither"),
+    ],
+)
+def test_bad_oauth_and_smtp_settings_are_named(env: dict[str, str], complaint: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(env)
+    assert complaint in str(caught.value)
+    assert "hunter2" not in str(caught.value)

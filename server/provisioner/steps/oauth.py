@@ -15,6 +15,7 @@ tokens).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from provisioner.core.job import IssuedClient
 from provisioner.core.states import StepName
@@ -42,10 +43,20 @@ class VaultIssuer:
 class OAuthCredentials:
     name = StepName.OAUTH
 
-    def __init__(self, dirs: DepartmentDirs, vault: CredentialVault, *, publish: bool = True) -> None:
+    def __init__(
+        self,
+        dirs: DepartmentDirs,
+        vault: CredentialVault,
+        *,
+        publish: bool = True,
+        deregister: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        """`deregister` deletes the department's client at an external authorization
+        server (`oauth_registration`) before the vault forgets it."""
         self._dirs = dirs
         self._vault = vault
         self._publish = publish
+        self._deregister = deregister
 
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         return await settle(self._activate(ctx))
@@ -64,6 +75,8 @@ class OAuthCredentials:
     async def _revoke(self, ctx: StepContext) -> None:
         # The service's copy first: from this moment no caller gets in.
         remove(self._dirs.path(ctx.department_id) / CREDENTIALS_FILE)
+        if self._deregister is not None:
+            await self._deregister(ctx.department_id)
         await self._vault.revoke(ctx.department_id)
         self._dirs.tidy(ctx.department_id)
 

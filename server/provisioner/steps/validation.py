@@ -20,11 +20,14 @@ the gateway answers SERVING, and the department accepts its own client.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
 
 from provisioner.core.errors import StepError, TransientStepError
+from provisioner.core.oauth import SCOPES, audience_of
 from provisioner.core.states import StepName
 from provisioner.steps.base import Condition, Step, StepContext
 from provisioner.steps.departments import http_client
@@ -50,7 +53,36 @@ async def _require_serving(gateway: EnvoyGateway, department_id: str) -> None:
         raise TransientStepError(f"/healthz through the gateway answered {health.status_code}")
 
 
-async def _live_condition(gateway: EnvoyGateway, vault: CredentialVault, department_id: str) -> Condition:
+@dataclass(frozen=True, slots=True)
+class TokenEndpoint:
+    """Where a department's client gets access tokens (the built-in server through Envoy,
+    or an external one), and the base of the departments' audiences."""
+
+    url: Callable[[], Awaitable[str]]
+    audience_base: str
+
+    def request(self, department_id: str) -> dict[str, str]:
+        """The token request's form: the grant, every scope, and the department as the
+        resource (RFC 8707); an external server grants only the scopes asked for."""
+        return {
+            "grant_type": "client_credentials",
+            "scope": " ".join(SCOPES),
+            "resource": audience_of(self.audience_base, department_id),
+        }
+
+
+def builtin_tokens(gateway: EnvoyGateway, audience_base: str) -> TokenEndpoint:
+    """The control plane's own token endpoint, through this replica's Envoy."""
+
+    async def url() -> str:
+        return gateway.token_url
+
+    return TokenEndpoint(url, audience_base)
+
+
+async def _live_condition(
+    gateway: EnvoyGateway, vault: CredentialVault, tokens: TokenEndpoint, department_id: str
+) -> Condition:
     """The department as its users reach it: SERVING through the gateway, to its own client."""
     name = StepName.VALIDATION
     try:
@@ -63,7 +95,7 @@ async def _live_condition(gateway: EnvoyGateway, vault: CredentialVault, departm
     try:
         client_id, secret = await vault.reveal(department_id)
         async with http_client(trust=gateway.trust) as client:
-            token = await access_token(client, gateway, client_id, secret)
+            token = await access_token(client, tokens, department_id, client_id, secret)
             own = gateway.url(department_id, "executions?limit=1")
             answered = await client.get(own, headers=_bearer(token))
     except (StepError, httpx.HTTPError) as exc:
@@ -79,9 +111,13 @@ def _smoke_test(ctx: StepContext) -> dict[str, str]:
     return {"name": "provisioning-check", "source": "provisioner", "job_id": ctx.job_id}
 
 
-async def access_token(client: httpx.AsyncClient, gateway: EnvoyGateway, client_id: str, secret: str) -> str:
-    """An access token for the department's client, from the token endpoint through Envoy."""
-    answer = await client.post(gateway.token_url, data=_GRANT, auth=(client_id, secret))
+async def access_token(
+    client: httpx.AsyncClient, tokens: TokenEndpoint, department_id: str, client_id: str, secret: str
+) -> str:
+    """An access token for the department's client, from its token endpoint."""
+    answer = await client.post(
+        await tokens.url(), data=tokens.request(department_id), auth=(client_id, secret)
+    )
     if answer.status_code >= 500:
         raise TransientStepError(f"the token endpoint answered {answer.status_code}")
     if answer.status_code != 200:
@@ -92,9 +128,6 @@ async def access_token(client: httpx.AsyncClient, gateway: EnvoyGateway, client_
     if not isinstance(token, str):
         raise StepError("the token endpoint answered without an access_token")
     return token
-
-
-_GRANT = {"grant_type": "client_credentials"}
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -109,7 +142,8 @@ def _forged(token: str) -> str:
 
 async def _admits_only_its_client(
     client: httpx.AsyncClient,
-    gateway: EnvoyGateway,
+    tokens: TokenEndpoint,
+    department_id: str,
     method: str,
     url: str,
     what: str,
@@ -120,10 +154,12 @@ async def _admits_only_its_client(
     """Call `url` with an access token of the department's client, then with a forged one:
     the first must be answered 200 and the second refused with 401, and the token endpoint
     must refuse a wrong secret (StepError otherwise). Returns the first answer."""
-    token = await access_token(client, gateway, client_id, secret)
+    token = await access_token(client, tokens, department_id, client_id, secret)
     ran = await client.request(method, url, headers=_bearer(token), **request)
     forged = await client.request(method, url, headers=_bearer(_forged(token)), **request)
-    guessed = await client.post(gateway.token_url, data=_GRANT, auth=(client_id, "not-the-secret"))
+    guessed = await client.post(
+        await tokens.url(), data=tokens.request(department_id), auth=(client_id, "not-the-secret")
+    )
     if ran.status_code >= 500:  # the service's trouble (its keys, its database): try again
         raise TransientStepError(f"{what} answered {ran.status_code}: {ran.text[:200]}")
     if ran.status_code != 200:
@@ -138,10 +174,13 @@ async def _admits_only_its_client(
 class DeploymentValidation:
     name = StepName.VALIDATION
 
-    def __init__(self, ledger: ExecutionLedger, gateway: EnvoyGateway, vault: CredentialVault) -> None:
+    def __init__(
+        self, ledger: ExecutionLedger, gateway: EnvoyGateway, vault: CredentialVault, tokens: TokenEndpoint
+    ) -> None:
         self._ledger = ledger
         self._gateway = gateway
         self._vault = vault
+        self._tokens = tokens
 
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         department = ctx.department_id
@@ -154,7 +193,8 @@ class DeploymentValidation:
             try:
                 ran = await _admits_only_its_client(
                     client,
-                    self._gateway,
+                    self._tokens,
+                    department,
                     "POST",
                     url,
                     f"the {workflow} webhook",
@@ -175,15 +215,22 @@ class DeploymentValidation:
         return
 
     async def check(self, ctx: StepContext) -> Condition:
-        return await _live_condition(self._gateway, self._vault, ctx.department_id)
+        return await _live_condition(self._gateway, self._vault, self._tokens, ctx.department_id)
 
 
 class PlatformValidation:
     name = StepName.VALIDATION
 
-    def __init__(self, gateway: EnvoyGateway, vault: CredentialVault, workflows: WorkflowPlatform) -> None:
+    def __init__(
+        self,
+        gateway: EnvoyGateway,
+        vault: CredentialVault,
+        workflows: WorkflowPlatform,
+        tokens: TokenEndpoint,
+    ) -> None:
         self._gateway = gateway
         self._vault = vault
+        self._tokens = tokens
         self._workflows = workflows
 
     async def apply(self, ctx: StepContext) -> dict[str, str]:
@@ -195,7 +242,7 @@ class PlatformValidation:
         async with http_client(trust=self._gateway.trust) as client:
             try:
                 await _admits_only_its_client(
-                    client, self._gateway, "GET", own, "/executions", client_id, secret
+                    client, self._tokens, department, "GET", own, "/executions", client_id, secret
                 )
                 workflows = await self._workflows.check(ctx)
                 if not workflows.healthy:
@@ -220,4 +267,4 @@ class PlatformValidation:
         return  # it made nothing
 
     async def check(self, ctx: StepContext) -> Condition:
-        return await _live_condition(self._gateway, self._vault, ctx.department_id)
+        return await _live_condition(self._gateway, self._vault, self._tokens, ctx.department_id)

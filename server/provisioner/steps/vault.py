@@ -237,16 +237,18 @@ class CredentialVault:
             )
         return recorded
 
-    async def issue(self, department_id: str, job_id: str) -> tuple[str, str]:
-        """A new client id and secret for the job; returns them (the only plaintext copy).
+    async def issue(
+        self, department_id: str, job_id: str, *, client: tuple[str, str] | None = None
+    ) -> tuple[str, str]:
+        """A new client id and secret for the job (or `client`, made by an external
+        authorization server); returns them (the only plaintext copy).
 
         Other jobs' unused credentials stay: a request that loses the race to create the
         department's job must not void the winner's. They go when a credential is
         activated, when the department is revoked, or when their job fails (`discard`).
         """
         _check(department_id)
-        client_id = f"{department_id}.{secrets.token_hex(8)}"
-        secret = secrets.token_urlsafe(32)
+        client_id, secret = client or (f"{department_id}.{secrets.token_hex(8)}", secrets.token_urlsafe(32))
         sealed = self.keys.keyring().seal(secret.encode(), _context(department_id, OAUTH))
         await self.store.add_secret(
             SealedSecret(
@@ -297,8 +299,20 @@ class CredentialVault:
             record = await self.store.add_secret(SealedSecret(department_id, name, name, sealed))
         return self.keys.keyring().open(record.sealed, context).decode()
 
-    async def forget(self, department_id: str, name: str) -> None:
-        await self.store.delete_secrets(_check(department_id), purpose=name, name=name)
+    async def forget(self, department_id: str, name: str, *, purpose: str | None = None) -> None:
+        await self.store.delete_secrets(_check(department_id), purpose=purpose or name, name=name)
+
+    async def keep(self, department_id: str, name: str, purpose: str, value: str) -> None:
+        """Seal and store `value` (the first one stored under `name` stays)."""
+        sealed = self.keys.keyring().seal(value.encode(), _context(_check(department_id), purpose))
+        await self.store.add_secret(SealedSecret(department_id, name, purpose, sealed))
+
+    async def kept(self, department_id: str, name: str, purpose: str) -> str | None:
+        """What `keep` stored under `name`, or None."""
+        record = await self.store.get_secret(_check(department_id), name)
+        if record is None:
+            return None
+        return self.keys.keyring().open(record.sealed, _context(department_id, purpose)).decode()
 
     async def reseal_all(self) -> int:
         """Seal every stored value again with the primary key; returns how many moved."""
