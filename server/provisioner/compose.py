@@ -163,7 +163,7 @@ def embedded_steps(settings: Settings, shared: Shared) -> StepKit:
     tokens = builtin_tokens(gateway, settings.issuer)
     issuer: VaultIssuer | RegisteringIssuer = VaultIssuer(vault)
     if registrar is not None:
-        tokens = TokenEndpoint(_token_endpoint(registrar), settings.issuer)
+        tokens = TokenEndpoint(registrar.token_endpoint, settings.issuer)
         issuer = RegisteringIssuer(vault, registrar)
     workflows: EmbeddedWorkflows | N8nWorkflows
     validation: DeploymentValidation | PlatformValidation
@@ -199,7 +199,9 @@ def embedded_steps(settings: Settings, shared: Shared) -> StepKit:
     # workflows on n8n) nothing of a department is on this machine: any replica runs its
     # jobs. Otherwise it is pinned to the replica that made it (see docs/replicas.md).
     pinned = local is not None
-    return StepKit(steps, issuer, vault, pinned, local, gateway, roots, closers, registrar is None)
+    return StepKit(
+        steps, issuer, vault, pinned, local, gateway, roots, closers, builtin_oauth=registrar is None
+    )
 
 
 _LOCAL_STEPS = (SqliteTenantDatabase, LocalProcessContainer, EmbeddedWorkflows)
@@ -225,13 +227,6 @@ def _token_issuer(settings: Settings, registrar: ClientRegistrar | None) -> Toke
         return {"OAUTH_ISSUER": settings.issuer, **keys, **audience}
 
     return told
-
-
-def _token_endpoint(registrar: ClientRegistrar) -> Callable[[], Awaitable[str]]:
-    async def url() -> str:
-        return (await registrar.metadata()).token_endpoint
-
-    return url
 
 
 def _service_environment(

@@ -148,6 +148,11 @@ async def test_refusals_follow_rfc_6749(platform: Platform) -> None:
         (await platform.token("finance.0000", secret), 401, "invalid_client"),
         (await platform.token(client_id, secret, grant_type="password"), 400, "unsupported_grant_type"),
         (await platform.token(client_id, secret, scope="admin"), 400, "invalid_scope"),
+        (
+            await platform.token(client_id, secret, resource=f"{ISSUER}/departments/ops/"),
+            400,
+            "invalid_target",
+        ),
         (await platform.http.post("/oauth2/token", auth=(client_id, secret)), 400, "invalid_request"),
         (
             await platform.http.post("/oauth2/token", json=GRANT, auth=(client_id, secret)),

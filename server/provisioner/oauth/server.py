@@ -27,6 +27,7 @@ from provisioner.core.oauth import (
     ClientAuthentication,
     OAuthError,
     access_token_claims,
+    audience_of,
     authenticate_request,
     department_of,
     granted_scope,
@@ -119,6 +120,10 @@ class AuthorizationServer:
         if grant_type != GRANT_TYPE:
             raise OAuthError("unsupported_grant_type", f"only {GRANT_TYPE} is supported")
         scope = granted_scope(form.get("scope"))
+        resource = form.get("resource")
+        if resource is not None and resource != audience_of(self.policy.issuer, department_id):
+            # RFC 8707 §2: a client's token is for its own department only.
+            raise OAuthError("invalid_target", "the resource is not this client's department")
         wait = self._issued.admit(client.client_id, now)
         if wait is not None:
             raise OAuthError(

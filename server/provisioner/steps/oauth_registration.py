@@ -72,6 +72,9 @@ class ClientRegistrar:
             self._metadata = _metadata(document, self.issuer)
         return self._metadata
 
+    async def token_endpoint(self) -> str:
+        return (await self.metadata()).token_endpoint
+
     async def register(self, department_id: str) -> Registration:
         """A new confidential client for the department (RFC 7591 §3.1)."""
         endpoint = (await self.metadata()).registration_endpoint

@@ -112,6 +112,7 @@ OAUTH_OUTCOMES = (
     "invalid_client",
     "unsupported_grant_type",
     "invalid_scope",
+    "invalid_target",
     "temporarily_unavailable",
 )
 
