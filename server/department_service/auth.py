@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
-import jwt
+from typing import TYPE_CHECKING, Protocol
 
 from department_service.errors import Forbidden, KeysUnavailable, Unauthorized
+
+if TYPE_CHECKING:
+    import jwt
 
 ALGORITHMS = ["ES256"]
 LEEWAY = 30  # seconds of clock difference tolerated on exp and iat
@@ -127,6 +126,14 @@ def bearer_token(header: str | None) -> str:
     return token
 
 
+def warm_up() -> None:
+    """Import what checking a token needs (PyJWT, cryptography): deferred so that the
+    service starts listening sooner, and done on a thread right after (see `cli`)."""
+    import urllib.request  # noqa: F401
+
+    from jwt.algorithms import ECAlgorithm  # noqa: F401
+
+
 class KeySource(Protocol):
     def key(self, kid: str) -> jwt.PyJWK | None:
         """The published key `kid`, or None if there is none by that id."""
@@ -141,6 +148,8 @@ class _Keys:
         self._lock = threading.Lock()
 
     def parsed(self, text: bytes) -> dict[str, jwt.PyJWK]:
+        import jwt
+
         with self._lock:
             if text != self._text:
                 try:
@@ -192,6 +201,8 @@ class JwksUrl:
     ) -> None:
         if not url.startswith(("https://", "http://")):
             raise ValueError("OAUTH_JWKS_URL must be an http:// or https:// URL")
+        import ssl
+
         self.url = url
         self._context = ssl.create_default_context(cafile=ca_file) if url.startswith("https://") else None
         self._timeout = timeout
@@ -213,6 +224,8 @@ class JwksUrl:
         return self._keys.parsed(self._text).get(kid)
 
     def _fetch(self) -> bytes:
+        import urllib.request
+
         request = urllib.request.Request(self.url, headers={"Accept": "application/json"})  # noqa: S310
         try:
             with urllib.request.urlopen(request, timeout=self._timeout, context=self._context) as answer:  # noqa: S310
@@ -237,6 +250,8 @@ class TokenVerifier:
 
     def verify(self, header: str | None, credentials: Credentials, scope: str) -> Caller:
         """The caller, if the header carries a valid token of the current client with `scope`."""
+        import jwt
+
         token = bearer_token(header)
         try:
             unverified = jwt.get_unverified_header(token)

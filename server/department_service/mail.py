@@ -14,14 +14,12 @@ over a connection without TLS, except to a loopback relay.
 from __future__ import annotations
 
 import ipaddress
-import smtplib
-import ssl
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
-from email.utils import formatdate
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
 
 DEFAULT_TIMEOUT = 10.0
 MAX_REPLY = 500  # characters of a server's reply kept in the database and the answer
@@ -96,10 +94,20 @@ def parse_url(url: str, department_id: str, *, ca_file: str | None = None) -> Re
     )
 
 
+def warm_up() -> None:
+    """Import what sending needs (smtplib, ssl, email): deferred like `auth.warm_up`."""
+    import email.policy  # noqa: F401
+    import smtplib  # noqa: F401
+
+
 def compose(
     relay: Relay, message_id: str, department_id: str, to: str, subject: str, body: str
 ) -> EmailMessage:
     """The message as sent: its Message-ID is the outbox row's, so a receiver can spot a repeat."""
+    from email.message import EmailMessage
+    from email.policy import SMTP as SMTP_POLICY
+    from email.utils import formatdate
+
     message = EmailMessage(policy=SMTP_POLICY)
     message["From"] = relay.sender
     message["To"] = to
@@ -112,6 +120,9 @@ def compose(
 
 def send(relay: Relay, message: EmailMessage) -> Delivery:
     """Deliver `message` to the relay: STARTTLS when offered, AUTH when a user is given."""
+    import smtplib
+    import ssl
+
     recipients = [str(message["To"])]
     try:
         context = ssl.create_default_context(cafile=relay.ca_file)

@@ -20,6 +20,7 @@ the gateway answers SERVING, and the department accepts its own client.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -154,11 +155,16 @@ async def _admits_only_its_client(
     """Call `url` with an access token of the department's client, then with a forged one:
     the first must be answered 200 and the second refused with 401, and the token endpoint
     must refuse a wrong secret (StepError otherwise). Returns the first answer."""
-    token = await access_token(client, tokens, department_id, client_id, secret)
-    ran = await client.request(method, url, headers=_bearer(token), **request)
-    forged = await client.request(method, url, headers=_bearer(_forged(token)), **request)
-    guessed = await client.post(
-        await tokens.url(), data=tokens.request(department_id), auth=(client_id, "not-the-secret")
+    # Independent calls go together: a provisioning waits for this step.
+    token, guessed = await asyncio.gather(
+        access_token(client, tokens, department_id, client_id, secret),
+        client.post(
+            await tokens.url(), data=tokens.request(department_id), auth=(client_id, "not-the-secret")
+        ),
+    )
+    ran, forged = await asyncio.gather(
+        client.request(method, url, headers=_bearer(token), **request),
+        client.request(method, url, headers=_bearer(_forged(token)), **request),
     )
     if ran.status_code >= 500:  # the service's trouble (its keys, its database): try again
         raise TransientStepError(f"{what} answered {ran.status_code}: {ran.text[:200]}")
