@@ -17,7 +17,7 @@ from aiohttp import web
 from provisioner.edge.ratelimit import Rate
 from provisioner.oauth.http import application
 from provisioner.oauth.keys import SigningKeys, jwks_path, write_jwks
-from provisioner.oauth.server import FAILURE_RATE, AuthorizationServer, TokenPolicy
+from provisioner.oauth.server import ADDRESS_FAILURE_RATE, FAILURE_RATE, AuthorizationServer, TokenPolicy
 from provisioner.steps.vault import CredentialVault, KeySource, SecretStore
 from tests.integration.test_vault import backend, stores
 
@@ -181,28 +181,39 @@ async def test_a_revoked_client_is_refused_at_once(platform: Platform) -> None:
     assert (refused.status_code, refused.json()["error"]) == (401, "invalid_client")
 
 
-async def test_guessing_from_one_address_does_not_lock_out_the_client(
+async def test_guessing_from_one_address_holds_up_only_that_address_for_that_client(
     platform: Platform, clock: Clock
 ) -> None:
     client_id, secret = await platform.client("hr")
+    other = await platform.client("finance")
     guesser = {"X-Forwarded-For": "203.0.113.9"}
-    for _ in range(FAILURE_RATE.count):
-        answer = await platform.http.post(
-            "/oauth2/token", data=GRANT, auth=(client_id, "guess"), headers=guesser
-        )
-        assert answer.status_code == 401
 
-    blocked = await platform.http.post("/oauth2/token", data=GRANT, auth=(client_id, secret), headers=guesser)
+    async def from_address(client: tuple[str, str], address: dict[str, str]) -> httpx.Response:
+        return await platform.http.post("/oauth2/token", data=GRANT, auth=client, headers=address)
+
+    for _ in range(FAILURE_RATE.count):
+        assert (await from_address((client_id, "guess"), guesser)).status_code == 401
+
+    blocked = await from_address((client_id, secret), guesser)
     assert (blocked.status_code, blocked.json()["error"]) == (429, "temporarily_unavailable")
     assert 1 <= int(blocked.headers["retry-after"]) <= 60
-    elsewhere = {"X-Forwarded-For": "198.51.100.7"}
-    answer = await platform.http.post(
-        "/oauth2/token", data=GRANT, auth=(client_id, secret), headers=elsewhere
-    )
-    assert answer.status_code == 200
+    # The client from elsewhere, and another client from the same address, are not held up.
+    assert (await from_address((client_id, secret), {"X-Forwarded-For": "198.51.100.7"})).status_code == 200
+    assert (await from_address(other, guesser)).status_code == 200
     clock.now += 61
-    answer = await platform.http.post("/oauth2/token", data=GRANT, auth=(client_id, secret), headers=guesser)
-    assert answer.status_code == 200
+    assert (await from_address((client_id, secret), guesser)).status_code == 200
+
+
+async def test_an_address_failing_for_many_clients_is_held_up_for_all(platform: Platform) -> None:
+    client = await platform.client("hr")
+    sprayer = {"X-Forwarded-For": "203.0.113.10"}
+    for index in range(ADDRESS_FAILURE_RATE.count):
+        answer = await platform.http.post(
+            "/oauth2/token", data=GRANT, auth=(f"hr.{index:04d}", "guess"), headers=sprayer
+        )
+        assert answer.status_code == 401
+    held = await platform.http.post("/oauth2/token", data=GRANT, auth=client, headers=sprayer)
+    assert held.status_code == 429
 
 
 async def test_each_client_has_its_own_token_rate(platforms: Callable[..., object]) -> None:

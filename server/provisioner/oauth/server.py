@@ -5,9 +5,13 @@ endpoint reads the department's active client from the job store on every reques
 revoked client (a deprovisioned or rolled-back department) gets `invalid_client` at once,
 on every replica. Tokens are RFC 9068 JWTs signed with the period's key (`SigningKeys`).
 
-Limits, per replica and in memory: a client gets at most `client_rate` tokens, and an
-address at most `failure_rate` failed client authentications, so one caller guessing
-cannot crowd out the clients that know their secret.
+Limits, per replica and in memory: a client gets at most `client_rate` tokens. Failed
+client authentications are counted per address and client id (`FAILURE_RATE`) and per
+address (`ADDRESS_FAILURE_RATE`): past either, that address is refused before its
+secrets are checked, for that client or for all. A caller guessing one client's secret
+stops only itself, and only for that client: the client calling from elsewhere, and
+other clients calling from the same address (the control plane's own checks, a NAT),
+are not held up until that address fails far more often.
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ from provisioner.telemetry import metrics
 
 log = logging.getLogger("provisioner.oauth")
 
-#: Failed client authentications allowed per address (per replica).
+#: Failed client authentications allowed per address and client id, and per address (per replica).
 FAILURE_RATE = Rate(20, 60.0)
+ADDRESS_FAILURE_RATE = Rate(300, 60.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,7 @@ class AuthorizationServer:
         self._clock = clock
         self._issued = SlidingWindow(policy.client_rate)
         self._failures = SlidingWindow(FAILURE_RATE)
+        self._address_failures = SlidingWindow(ADDRESS_FAILURE_RATE)
 
     def metadata(self) -> dict[str, object]:
         return metadata(self.policy.issuer)
@@ -93,7 +99,9 @@ class AuthorizationServer:
         self, authorization: str | None, content_type: str | None, body: bytes, peer: str, now: float
     ) -> dict[str, object]:
         form = parse_form(content_type, body)
-        wait = self._failures.wait(peer, now)
+        client = authenticate_request(authorization, form)
+        guess = f"{peer} {client.client_id[:128]}"
+        wait = self._address_failures.wait(peer, now) or self._failures.wait(guess, now)
         if wait is not None:
             raise OAuthError(
                 "temporarily_unavailable",
@@ -101,10 +109,10 @@ class AuthorizationServer:
                 status=429,
                 retry_after=wait,
             )
-        client = authenticate_request(authorization, form)
         department_id = await self._authenticated(client)
         if department_id is None:
-            self._failures.admit(peer, now)
+            self._failures.admit(guess, now)
+            self._address_failures.admit(peer, now)
             log.info(
                 "oauth: client authentication failed", extra={"fields": {"client_id": client.client_id[:128]}}
             )

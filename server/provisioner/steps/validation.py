@@ -172,6 +172,8 @@ async def _admits_only_its_client(
         raise StepError(f"{what} answered {ran.status_code} to the department's own client")
     if forged.status_code != 401:
         raise StepError(f"{what} answered {forged.status_code} to a forged token, not 401")
+    if guessed.status_code == 429 or guessed.status_code >= 500:  # held up: it proves nothing yet
+        raise TransientStepError(f"the token endpoint answered {guessed.status_code} to a wrong secret")
     if guessed.status_code != 401:
         raise StepError(f"the token endpoint answered {guessed.status_code} to a wrong secret, not 401")
     return ran
