@@ -31,9 +31,9 @@ from department_service.store import Execution, SqliteStore, Store
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_BODY = 64 * 1024
+"""The size limit of a request body, except a file for google_drive (`actions.UPLOAD_BODY_LIMIT`)."""
 RUN_WORKFLOWS, READ_EXECUTIONS, READ_FILES = "workflows:run", "executions:read", "files:read"
 """The scopes the routes need (GET /workflows is read with the executions)."""
-"""The size limit of a request body, except a file for google_drive (`actions.UPLOAD_BODY_LIMIT`)."""
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,8 @@ class Department:
         """Serve `directory` (credentials.json, workflows/, data.db), or with `directory`
         None, a department configured by its environment: fixed `credentials`, a `store`
         and no workflows of its own (they run on the workflow platform). `verifier` checks
-        callers' access tokens (without one, every other route than /healthz answers 503). `relay` is where
-        the email workflow sends; without it, its messages are kept unsent."""
+        callers' access tokens (without one, every route but /healthz answers 503).
+        `relay` is where the email workflow sends; without it, messages are kept unsent."""
         if directory is None and (store is None or credentials is None):
             raise ValueError("a department without a directory needs its store and its credentials")
         self.department_id = department_id
