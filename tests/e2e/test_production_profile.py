@@ -105,11 +105,13 @@ def test_a_department_on_the_production_adapters_answers_over_tls_and_leaves_not
         "CLIENT_ID",
         "DATABASE_URL",
         "DEPARTMENT_ID",
+        "OAUTH_AUDIENCE",
         "OAUTH_ISSUER",
         "OAUTH_JWKS_URL",
     ]
     assert variables["DEPARTMENT_ID"] == dept and variables["CLIENT_ID"] == client_id
     assert variables["OAUTH_JWKS_URL"] == f"{plane.rest_url}/.well-known/jwks.json"
+    assert variables["OAUTH_AUDIENCE"] == f"{plane.rest_url}/departments/{dept}/"
     assert variables["DATABASE_URL"].startswith(f"postgresql://dept_{dept.replace('-', '_')}:")
     assert secret not in str(railway.calls) and secret not in plane.log.read_text()
     # Nor are the platforms' own credentials anywhere the control plane writes.
