@@ -88,6 +88,7 @@ async def test_the_issuer_keeps_the_registration_sealed_and_revocation_deletes_t
     issuer = RegisteringIssuer(vault, adapter)
 
     client = await issuer.issue("hr", "job-1")
+    lost = await issuer.issue("hr", "job-2")  # a request that lost the race for the department
     await vault.activate("hr", "job-1")
     assert (await token(adapter, client.client_id, client.client_secret, "hr")).status_code == 200
     stored = " ".join(record.sealed for record in await store.all_secrets())
@@ -96,8 +97,9 @@ async def test_the_issuer_keeps_the_registration_sealed_and_revocation_deletes_t
     await issuer.revoke("hr")
     await vault.revoke("hr")
 
-    refused = await token(adapter, client.client_id, client.client_secret, "hr")
-    assert refused.json()["error"] == "invalid_client"
+    for gone in (client, lost):
+        refused = await token(adapter, gone.client_id, gone.client_secret, "hr")
+        assert refused.json()["error"] == "invalid_client"
     assert await store.all_secrets() == []
 
 

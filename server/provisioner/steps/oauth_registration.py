@@ -191,10 +191,10 @@ class RegisteringIssuer:
             await self._vault.forget(department_id, _name(job_id), purpose=REGISTRATION)
 
     async def revoke(self, department_id: str) -> None:
-        """Delete the department's active client at the authorization server."""
-        active = await self._vault.active(department_id)
-        if active is not None:
-            await self.deregister(department_id, active.job_id)
+        """Delete every client registered for the department: the active one, and any a
+        request that lost the race to create the department's job left unused."""
+        for name in await self._vault.kept_names(department_id, REGISTRATION):
+            await self.deregister(department_id, name.removeprefix("registration:"))
 
 
 def _name(job_id: str) -> str:

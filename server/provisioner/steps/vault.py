@@ -307,6 +307,15 @@ class CredentialVault:
         sealed = self.keys.keyring().seal(value.encode(), _context(_check(department_id), purpose))
         await self.store.add_secret(SealedSecret(department_id, name, purpose, sealed))
 
+    async def kept_names(self, department_id: str, purpose: str) -> list[str]:
+        """The names of what `keep` stored for the department with `purpose`."""
+        _check(department_id)
+        return sorted(
+            r.name
+            for r in await self.store.all_secrets()
+            if r.department_id == department_id and r.purpose == purpose
+        )
+
     async def kept(self, department_id: str, name: str, purpose: str) -> str | None:
         """What `keep` stored under `name`, or None."""
         record = await self.store.get_secret(_check(department_id), name)
