@@ -145,13 +145,19 @@ def write_jwks(path: Path, jwks: dict[str, object]) -> bool:
 
 
 async def publish(keys: SigningKeys, path: Path, *, interval: float = 60.0) -> None:
-    """Keep `path` holding the published keys, and the store free of old ones, until cancelled."""
+    """Keep `path` holding the published keys, and the store free of old ones, until cancelled.
+
+    Pruning reads every stored secret, so it runs once per period (a key only ages out
+    when the period turns), not at every look."""
+    pruned: int | None = None
     while True:
         now = time.time()
         try:
             if await asyncio.to_thread(write_jwks, path, await keys.jwks(now)):
                 log.info("oauth: published signing keys", extra={"fields": {"path": str(path)}})
-            await keys.prune(now)
+            if keys.period(now) != pruned:
+                await keys.prune(now)
+                pruned = keys.period(now)
         except Exception:
             log.exception("oauth: cannot publish the signing keys")
         await asyncio.sleep(min(interval, keys.rotation / 4))
