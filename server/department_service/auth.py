@@ -224,14 +224,22 @@ class JwksUrl:
         return self._keys.parsed(self._text).get(kid)
 
     def _fetch(self) -> bytes:
+        import urllib.error
         import urllib.request
 
         request = urllib.request.Request(self.url, headers={"Accept": "application/json"})  # noqa: S310
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout, context=self._context) as answer:  # noqa: S310
-                text: bytes = answer.read(MAX_JWKS_BYTES + 1)
-        except OSError as exc:
-            raise KeysUnavailable(f"the published key set cannot be fetched: {exc}") from exc
+        # Twice at most: the issuer is a load-balanced URL, and a connection that a
+        # stopping replica drops is worth one more try (a GET, safe to repeat).
+        for attempt in (1, 2):
+            try:
+                with urllib.request.urlopen(request, timeout=self._timeout, context=self._context) as answer:  # noqa: S310
+                    text: bytes = answer.read(MAX_JWKS_BYTES + 1)
+                break
+            except urllib.error.HTTPError as exc:
+                raise KeysUnavailable(f"the published key set cannot be fetched: {exc}") from exc
+            except OSError as exc:
+                if attempt == 2:
+                    raise KeysUnavailable(f"the published key set cannot be fetched: {exc}") from exc
         if len(text) > MAX_JWKS_BYTES:
             raise KeysUnavailable("the published key set is too large")
         return text

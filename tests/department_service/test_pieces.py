@@ -125,6 +125,35 @@ class TestAuthenticate:
             server.shutdown()
             server.server_close()
 
+    def test_a_dropped_connection_to_the_key_set_is_tried_once_more(self) -> None:
+        body = json.dumps(
+            {"keys": [{**ECAlgorithm.to_jwk(KEY.public_key(), as_dict=True), "kid": KID}]}
+        ).encode()
+        answered: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                answered.append("dropped" if not answered else "served")
+                if answered[-1] == "dropped":  # as a replica dying behind the balancer does
+                    self.close_connection = True
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            assert JwksUrl(f"http://127.0.0.1:{server.server_port}/jwks").key(KID) is not None
+            assert answered == ["dropped", "served"]
+        finally:
+            server.shutdown()
+            server.server_close()
+
 
 class TestRender:
     def test_fills_top_level_strings_and_numbers(self) -> None:
