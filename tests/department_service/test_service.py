@@ -341,6 +341,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(service: RunningSer
     blocker = sqlite3.connect(service.directory.db_path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # the webhook's write now waits for this lock
     result: dict[str, httpx.Response] = {}
+    service.wait_for_threads(2, at_most=True)  # the warm-up thread is done: a third is the request's
     request = threading.Thread(target=lambda: result.setdefault("r", service.post("database", {"late": 1})))
     request.start()
     service.wait_for_threads(3)  # main, the accept loop and this request's thread: it is in flight
