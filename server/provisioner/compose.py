@@ -168,7 +168,7 @@ def embedded_steps(settings: Settings, shared: Shared) -> StepKit:
     workflows: EmbeddedWorkflows | N8nWorkflows
     validation: DeploymentValidation | PlatformValidation
     if settings.n8n_url:
-        workflows = N8nWorkflows(settings.n8n_url, settings.n8n_api_key)
+        workflows = N8nWorkflows(settings.n8n_url, settings.n8n_api_key, smtp_url=settings.smtp_url)
         validation = PlatformValidation(gateway, vault, workflows, tokens)
     else:
         workflows = EmbeddedWorkflows(dirs)

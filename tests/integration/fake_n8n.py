@@ -1,6 +1,7 @@
 """An in-memory n8n: the slice of its public API the workflows adapter uses, with the rules
 of the real one that matter here (read-only fields refused, one active workflow per
-webhook path, no deleting an active workflow).
+webhook path, no deleting an active workflow, credential ids unique and data checked
+against the type's fields, never read back).
 
 `FakeN8n.handler` answers `httpx.Request`s, for `httpx.MockTransport` in unit tests;
 `serving` puts the same fake behind a real HTTP server, for a control plane in another
@@ -20,6 +21,11 @@ from typing import Any
 import httpx
 
 KEY = "n8n_api_test-key-0123456789"
+#: The fields of the credential types the adapter makes (n8n refuses any other field).
+CREDENTIAL_FIELDS = {
+    "smtp": {"user", "password", "host", "port", "secure", "disableStartTls", "hostName"},
+    "googleDriveOAuth2Api": {"serverUrl", "clientId", "clientSecret", "oauthTokenData"},
+}
 
 
 class FakeN8n:
@@ -28,6 +34,7 @@ class FakeN8n:
     def __init__(self, page_size: int = 2) -> None:
         self.workflows: dict[str, dict[str, Any]] = {}
         self.tags: dict[str, str] = {}  # id -> name
+        self.credentials: dict[str, dict[str, Any]] = {}  # id -> {name, type, data}
         self.calls: list[str] = []
         self.page_size = page_size
         self.inactive_reads = 0  # reads that still show a just-activated workflow inactive
@@ -88,6 +95,10 @@ class FakeN8n:
                 if body["name"] in self.tags.values():
                     return httpx.Response(409, json={"message": "Tag already exists"})
                 return httpx.Response(201, json={"id": self.tag(body["name"]), "name": body["name"]})
+            case ("POST", ["credentials"]):
+                return self._new_credential(body)
+            case ("GET" | "PATCH" | "DELETE", ["credentials", credential_id]):
+                return self._credential(request.method, credential_id, body)
             case ("DELETE", ["tags", tag_id]):
                 if self.tags.pop(tag_id, None) is None:
                     return httpx.Response(404, json={"message": "Not Found"})
@@ -95,6 +106,34 @@ class FakeN8n:
                     workflow["tags"] = [t for t in workflow["tags"] if t["id"] != tag_id]
                 return httpx.Response(200, json={"id": tag_id})
         return self._one(request.method, path.strip("/").split("/"), body)
+
+    def _new_credential(self, body: dict[str, Any]) -> httpx.Response:
+        fields = CREDENTIAL_FIELDS.get(body.get("type", ""))
+        if fields is None or not isinstance(body.get("data"), dict) or set(body["data"]) - fields:
+            return httpx.Response(400, json={"message": "request.body.data does not match the type"})
+        credential_id = body.get("id") or next(self._ids)
+        if credential_id in self.credentials:
+            return httpx.Response(409, json={"message": "A credential with this ID already exists"})
+        self.credentials[credential_id] = {k: body[k] for k in ("name", "type", "data")}
+        return httpx.Response(200, json=self._credential_view(credential_id))
+
+    def _credential(self, method: str, credential_id: str, body: Any) -> httpx.Response:
+        found = self.credentials.get(credential_id)
+        if found is None:
+            return httpx.Response(404, json={"message": "Credential not found"})
+        if method == "PATCH":
+            if set(body.get("data", {})) - CREDENTIAL_FIELDS[found["type"]]:
+                return httpx.Response(400, json={"message": "request.body.data does not match the type"})
+            found.update(body)
+        view = self._credential_view(credential_id)
+        if method == "DELETE":
+            del self.credentials[credential_id]
+        return httpx.Response(200, json=view)
+
+    def _credential_view(self, credential_id: str) -> dict[str, Any]:
+        """What n8n answers about a credential: never its data."""
+        found = self.credentials[credential_id]
+        return {"id": credential_id, "name": found["name"], "type": found["type"]}
 
     def _webhook(self, request: httpx.Request) -> httpx.Response:
         """An active workflow's webhook: recorded as an execution, answered with its name.
@@ -189,7 +228,7 @@ def serving(fake: FakeN8n) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(response.content)
 
-        do_GET = do_POST = do_PUT = do_DELETE = _answer
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -14,8 +14,9 @@ holds is read back through its public API here, never through the adapter.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -25,10 +26,17 @@ from provisioner.core.errors import StepError, TransientStepError
 from provisioner.core.spec import DepartmentSpec
 from provisioner.steps.base import StepContext
 from provisioner.steps.workflows_n8n import N8nWorkflows, department_tag, to_n8n, workflow_name
+from provisioner.steps.workflows_n8n.convert import credential
 from tests.n8n import N8n
+from tests.smtp import MailServer
 
-# The first session may install n8n (minutes) inside its first test's timeout.
-pytestmark = [pytest.mark.n8n, pytest.mark.timeout(900)]
+# The first session may install n8n (minutes) inside its first test's timeout. The relay
+# wants a login without TLS: n8n could not trust a test CA (its SMTP credential has none).
+pytestmark = [
+    pytest.mark.n8n,
+    pytest.mark.timeout(900),
+    pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning"),
+]
 
 ALL = ("email", "google_drive", "database")
 
@@ -43,8 +51,15 @@ async def api(n8n: N8n) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def step(n8n: N8n) -> AsyncIterator[N8nWorkflows]:
-    adapter = N8nWorkflows(n8n.url, n8n.api_key)
+def mail() -> Iterator[MailServer]:
+    """A real SMTP relay that wants a login (over loopback, so without TLS)."""
+    with MailServer(login=("mailer", "s3cret")) as server:
+        yield server
+
+
+@pytest.fixture
+async def step(n8n: N8n, mail: MailServer) -> AsyncIterator[N8nWorkflows]:
+    adapter = N8nWorkflows(n8n.url, n8n.api_key, smtp_url=f"{mail.url}?from=desk@example.com")
     yield adapter
     await adapter.close()
 
@@ -93,7 +108,11 @@ async def executions(api: httpx.AsyncClient, workflow_id: str, at_least: int = 1
 
 
 async def test_apply_deploys_tagged_active_workflows_whose_webhooks_run(
-    step: N8nWorkflows, api: httpx.AsyncClient, department: Callable[..., StepContext], n8n: N8n
+    step: N8nWorkflows,
+    api: httpx.AsyncClient,
+    department: Callable[..., StepContext],
+    n8n: N8n,
+    mail: MailServer,
 ) -> None:
     # A name n8n would evaluate if it were pasted into a parameter as it is.
     ctx = department(department_name="={{ 6 * 7 }} Sales", admin_email="boss@example.com")
@@ -112,18 +131,30 @@ async def test_apply_deploys_tagged_active_workflows_whose_webhooks_run(
         "webhooks": ",".join(f"/webhook/{department_id}/{k}" for k in sorted(ALL)),
     }
 
+    for kind, credential_type in (("email", "smtp"), ("google_drive", "googleDriveOAuth2Api")):
+        wanted = credential(department_id, kind)
+        assert wanted is not None
+        found = (await api.get(f"/credentials/{wanted.id}")).raise_for_status().json()
+        assert (found["name"], found["type"]) == (wanted.name, credential_type)
+
     request = {"name": "q3-report.pdf", "amount": 42}
     async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
         answers = {
             kind: await client.post(f"{n8n.url}/webhook/{department_id}/{kind}", json=request) for kind in ALL
         }
-    assert {kind: reply.status_code for kind, reply in answers.items()} == dict.fromkeys(ALL, 200)
-    email, drive, record = (answers[k].json() for k in ALL)
-    assert email["to"] == "boss@example.com"
-    assert email["subject"] == f"New event for {department_id}: q3-report.pdf"
-    assert email["body"] == request
-    assert drive["folder"] == f"={{{{ 6 * 7 }}}} Sales ({department_id})"  # text, not evaluated
-    assert (drive["name"], drive["content"]) == ("q3-report.pdf", request)
+    assert {kind: reply.status_code for kind, reply in answers.items()} == {
+        "email": 200,
+        "google_drive": 500,  # its credential is a placeholder until an operator fills it in
+        "database": 200,
+    }
+    # The email went through the relay, logged in with the department's SMTP credential.
+    sent = answers["email"].json()
+    assert sent["accepted"] == ["boss@example.com"] and sent["response"].startswith("250 ")
+    (received,) = mail.wait_for(1)
+    assert (received.sender, received.recipients) == ("desk@example.com", ["boss@example.com"])
+    assert received.message["Subject"] == f"New event for {department_id}: q3-report.pdf"
+    assert json.loads(received.message.get_content()) == request
+    record = answers["database"].json()
     assert (record["department_id"], record["workflow"], record["record"]) == (
         department_id,
         "database",
@@ -131,9 +162,17 @@ async def test_apply_deploys_tagged_active_workflows_whose_webhooks_run(
     )
     assert record["received_at"].endswith("Z")
 
-    for workflow in workflows:
-        (execution,) = await executions(api, workflow["id"])
-        assert (execution["mode"], execution["status"]) == ("webhook", "success")
+    by_kind = {w["name"].removeprefix(f"dept-{department_id}-"): w for w in workflows}
+    statuses = {kind: (await executions(api, by_kind[kind]["id"]))[0]["status"] for kind in ALL}
+    assert statuses == {"email": "success", "google_drive": "error", "database": "success"}
+    (failed,) = await executions(api, by_kind["google_drive"]["id"])
+    detail = (await api.get(f"/executions/{failed['id']}", params={"includeData": "true"})).json()
+    error = detail["data"]["resultData"]["error"]
+    # It stopped at the credential, before any request to Google.
+    assert (error["node"]["name"], error["message"]) == (
+        "Create file in Google Drive",
+        "Unable to sign without access token",
+    )
 
 
 async def test_apply_twice_adopts_and_changes_nothing(
@@ -178,7 +217,7 @@ async def test_a_spec_with_fewer_workflows_removes_the_others(
         gone = await client.post(f"{n8n.url}/webhook/{ctx.department_id}/database", json={})
         updated = await client.post(f"{n8n.url}/webhook/{ctx.department_id}/email", json={"name": "x"})
     assert gone.status_code == 404
-    assert updated.json()["to"] == "new@example.com"  # the update is live, not only saved
+    assert updated.json()["accepted"] == ["new@example.com"]  # the update is live, not only saved
 
 
 async def test_compensate_removes_every_workflow_and_the_tag(
@@ -190,6 +229,9 @@ async def test_compensate_removes_every_workflow_and_the_tag(
     assert await of_department(api, ctx.department_id) == []
     tags = (await api.get("/tags", params={"limit": "250"})).raise_for_status().json()["data"]
     assert department_tag(ctx.department_id) not in {t["name"] for t in tags}
+    for kind in ("email", "google_drive"):
+        wanted = credential(ctx.department_id, kind)
+        assert wanted is not None and (await api.get(f"/credentials/{wanted.id}")).status_code == 404
     await step.compensate(ctx)  # nothing left to remove: still succeeds
 
 

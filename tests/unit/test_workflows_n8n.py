@@ -2,7 +2,7 @@
 the error mapping, and the step's logic against an in-memory n8n behind
 `httpx.MockTransport` (tests/integration/fake_n8n.py) that keeps the rules of the real
 one that matter here (read-only fields refused, one active workflow per webhook path, no
-deleting an active workflow).
+deleting an active workflow, unique credential ids).
 The real n8n is in tests/integration/test_workflows_n8n.py.
 """
 
@@ -17,13 +17,21 @@ from typing import Any
 import httpx
 import pytest
 
+from department_service.mail import parse_url
 from provisioner.core.errors import ConfigurationError, StepError, TransientStepError
 from provisioner.core.spec import WORKFLOW_KINDS
 from provisioner.steps.base import StepContext
 from provisioner.steps.workflows_n8n import N8nWorkflows, department_tag, to_n8n, webhook_path, workflow_name
 from provisioner.steps.workflows_n8n import adapter as adapter_module
 from provisioner.steps.workflows_n8n.client import N8nApi, N8nConflict, error_for
-from provisioner.steps.workflows_n8n.convert import constant, js_string, template_expression
+from provisioner.steps.workflows_n8n.convert import (
+    ACTION_NODES,
+    constant,
+    credential,
+    js_string,
+    smtp_data,
+    template_expression,
+)
 from tests.integration.fake_n8n import KEY, FakeN8n
 
 from .factories import spec
@@ -61,8 +69,12 @@ def test_every_kind_becomes_a_webhook_workflow_at_the_department_path(kind: str)
     assert trigger["parameters"]["httpMethod"] == "POST"
     assert trigger["parameters"]["path"] == webhook_path("hr", kind) == f"hr/{kind}"
     assert trigger["parameters"]["responseMode"] == "lastNode"
-    assert action["type"] == "n8n-nodes-base.set"
-    assert "credentials" not in action
+    assert (action["name"], action["type"], action["typeVersion"]) == ACTION_NODES[kind]
+    needed = credential("hr", kind)
+    if needed is None:
+        assert "credentials" not in action
+    else:
+        assert action["credentials"] == needed.reference
     assert workflow["connections"] == {
         trigger["name"]: {"main": [[{"node": action["name"], "type": "main", "index": 0}]]}
     }
@@ -79,29 +91,59 @@ def test_the_conversion_is_deterministic_and_per_department() -> None:
     assert department_tag("hr") == "department:hr"
 
 
-def fields(workflow: dict[str, Any]) -> dict[str, str]:
-    return {f["name"]: f["value"] for f in workflow["nodes"][1]["parameters"]["assignments"]["assignments"]}
+def parameters(workflow: dict[str, Any]) -> dict[str, Any]:
+    return dict(workflow["nodes"][1]["parameters"])
 
 
-def test_each_kind_shapes_its_result_from_the_spec_and_the_request() -> None:
-    email = fields(to_n8n("email", spec("hr", admin_email="boss@example.com")))
-    assert email["to"] == "boss@example.com"
+def test_each_kind_does_its_work_from_the_spec_and_the_request() -> None:
+    email = parameters(to_n8n("email", spec("hr", admin_email="boss@example.com")))
+    assert (email["fromEmail"], email["toEmail"]) == ("hr@localhost", "boss@example.com")
     assert email["subject"] == '={{ "New event for hr: " + String($json.body["name"] ?? "") }}'
-    drive = fields(to_n8n("google_drive", spec("hr", department_name="Human Resources")))
-    assert drive["folder"] == "Human Resources (hr)"
-    assert drive["name"].startswith("={{")
-    record = fields(to_n8n("database", spec("hr")))
+    assert email["text"] == "={{ JSON.stringify($json.body, null, 2) }}"
+    assert (email["emailFormat"], email["options"]) == ("text", {"appendAttribution": False})
+    assert (
+        parameters(to_n8n("email", spec("hr"), sender="desk@example.com"))["fromEmail"] == "desk@example.com"
+    )
+    drive_workflow = to_n8n("google_drive", spec("hr", department_name="Human Resources"))
+    drive = parameters(drive_workflow)
+    assert (drive["resource"], drive["operation"]) == ("file", "createFromText")
+    assert drive["name"] == '={{ String($json.body["name"] ?? "") }}'
+    assert "Human Resources (hr)" in drive_workflow["nodes"][1]["notes"]  # the folder to pick
+    record = {
+        f["name"]: f["value"]
+        for f in parameters(to_n8n("database", spec("hr")))["assignments"]["assignments"]
+    }
     assert record["record"] == "={{ $json.body }}"
     assert record["department_id"] == "hr"
 
 
+def test_credentials_are_per_department_with_ids_n8n_accepts() -> None:
+    ours, theirs = credential("hr", "email"), credential("sales", "email")
+    assert ours is not None and theirs is not None
+    assert (ours.name, ours.type) == ("dept-hr-smtp", "smtp")
+    assert ours.id != theirs.id and re.fullmatch(r"[a-f0-9]{16}", ours.id)
+    assert credential("hr", "email") == ours
+    drive = credential("hr", "google_drive")
+    assert drive is not None and (drive.name, drive.type) == ("dept-hr-google-drive", "googleDriveOAuth2Api")
+    assert credential("hr", "database") is None
+    relay = parse_url("smtps://mailer:p%40ss@mail.example.com?from=desk@example.com", "hr")
+    assert smtp_data(relay) == {
+        "host": "mail.example.com",
+        "port": 465,
+        "secure": True,
+        "disableStartTls": False,
+        "user": "mailer",
+        "password": "p@ss",
+    }
+
+
 def test_a_value_that_looks_like_an_expression_stays_text() -> None:
-    drive = fields(to_n8n("google_drive", spec("hr", department_name="={{ $env.SECRET }} x")))
-    folder = drive["folder"]
-    assert folder.startswith("={{ ") and folder.endswith(" }}")
-    inner = folder.removeprefix("={{ ").removesuffix(" }}")
+    sender = "={{ $env.SECRET }}@example.com"
+    wrapped = parameters(to_n8n("email", spec("hr"), sender=sender))["fromEmail"]
+    assert wrapped.startswith("={{ ") and wrapped.endswith(" }}")
+    inner = wrapped.removeprefix("={{ ").removesuffix(" }}")
     assert "{" not in inner and "}" not in inner  # nothing can close the expression early
-    assert json.loads(inner) == "={{ $env.SECRET }} x (hr)"
+    assert json.loads(inner) == sender
     assert constant("plain {{ text }}") == "plain {{ text }}"  # not an expression to n8n
     assert json.loads(js_string('a "b" \\ \u2028 {}')) == 'a "b" \\ \u2028 {}'
 
@@ -228,6 +270,11 @@ async def test_apply_deploys_each_kind_tagged_and_active(step: N8nWorkflows, n8n
         "webhooks": "/webhook/hr/database,/webhook/hr/email,/webhook/hr/google_drive",
     }
     assert (await step.check(ctx("hr"))).reason == "ACTIVE"
+    # No PROVISIONER_SMTP_URL: both credentials are empty, for an operator to fill in.
+    assert sorted((c["name"], c["type"], c["data"]) for c in n8n.credentials.values()) == [
+        ("dept-hr-google-drive", "googleDriveOAuth2Api", {}),
+        ("dept-hr-smtp", "smtp", {}),
+    ]
 
 
 async def test_a_second_apply_changes_nothing(step: N8nWorkflows, n8n: FakeN8n) -> None:
@@ -246,8 +293,9 @@ async def test_a_changed_spec_updates_in_place_and_removes_what_it_no_longer_ask
     changed = await step.apply(ctx("hr", workflows=("email",), admin_email="new@example.com"))
     assert changed["n8n_ids"] == email_id
     (email,) = n8n.of("hr")
-    assert email["active"] and fields(email)["to"] == "new@example.com"
+    assert email["active"] and parameters(email)["toEmail"] == "new@example.com"
     assert (await step.check(ctx("hr", workflows=("email",)))).healthy
+    assert [c["name"] for c in n8n.credentials.values()] == ["dept-hr-smtp"]
 
 
 async def test_apply_adopts_an_untagged_workflow_left_by_a_crash(step: N8nWorkflows, n8n: FakeN8n) -> None:
@@ -320,8 +368,58 @@ async def test_compensate_deactivates_then_deletes_everything_and_the_tag(
         assert calls.index(f"POST /workflows/{workflow_id}/deactivate") < calls.index(
             f"DELETE /workflows/{workflow_id}"
         )
+    assert n8n.credentials == {}
     await step.compensate(ctx("hr"))  # nothing left: still fine
     assert (await step.check(ctx("hr"))).reason == "MISSING"
+
+
+async def test_the_smtp_credential_is_written_from_the_relay_setting_on_every_apply(n8n: FakeN8n) -> None:
+    url = "smtp://mailer:s3cret@mail.example.com:2525?from=desk@example.com"
+    adapter = N8nWorkflows(URL, KEY, smtp_url=url, transport=httpx.MockTransport(n8n.handler))
+    try:
+        await adapter.apply(ctx("hr", workflows=("email",)))
+        (smtp,) = n8n.credentials.values()
+        assert smtp["data"] == {
+            "host": "mail.example.com",
+            "port": 2525,
+            "secure": False,
+            "disableStartTls": False,
+            "user": "mailer",
+            "password": "s3cret",
+        }
+        (email,) = n8n.of("hr")
+        assert parameters(email)["fromEmail"] == "desk@example.com"
+        smtp["data"] = {}  # an operator's edit: the setting wins on the next apply
+        n8n.calls.clear()
+        await adapter.apply(ctx("hr", workflows=("email",)))
+        assert n8n.writes() == [f"PATCH /credentials/{credential('hr', 'email').id}"]  # type: ignore[union-attr]
+        assert smtp["data"]["password"] == "s3cret"
+    finally:
+        await adapter.close()
+
+
+async def test_a_lost_credential_is_reported_and_made_again(step: N8nWorkflows, n8n: FakeN8n) -> None:
+    await step.apply(ctx("hr"))
+    smtp = credential("hr", "email")
+    assert smtp is not None
+    del n8n.credentials[smtp.id]
+    condition = await step.check(ctx("hr"))
+    assert (condition.healthy, condition.reason, condition.message) == (
+        False,
+        "MISSING",
+        "not in n8n: credential dept-hr-smtp",
+    )
+    await step.apply(ctx("hr"))
+    assert (await step.check(ctx("hr"))).healthy
+
+
+async def test_a_credential_of_another_type_under_the_id_is_fatal(step: N8nWorkflows, n8n: FakeN8n) -> None:
+    smtp = credential("hr", "email")
+    assert smtp is not None
+    n8n.credentials[smtp.id] = {"name": "someone's", "type": "googleDriveOAuth2Api", "data": {}}
+    with pytest.raises(StepError, match="is not the smtp credential dept-hr-smtp") as caught:
+        await step.apply(ctx("hr", workflows=("email",)))
+    assert not isinstance(caught.value, TransientStepError)
 
 
 async def test_check_reports_inactive_missing_unreachable_and_rejected(

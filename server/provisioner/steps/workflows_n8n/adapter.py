@@ -1,5 +1,11 @@
 """`N8nWorkflows`: the `workflows` step on an n8n instance, through its public REST API.
 
+A department's credentials in n8n (`dept-<id>-smtp`, `dept-<id>-google-drive`) have ids
+derived from the department (see `convert.credential`): a re-run, a rollback or a check
+on any replica finds them by id, with nothing kept elsewhere. The SMTP one is written
+from PROVISIONER_SMTP_URL on every apply when that is set; otherwise, like the Google
+Drive one always, it is made empty once and left for an operator to fill in.
+
 A department's workflows are the n8n workflows named `dept-<id>-<kind>` or tagged
 `department:<id>`; both mark them as the provisioner's, so a re-run adopts them (a crash
 between creating a workflow and tagging it leaves one found by its name) and a rollback
@@ -23,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from department_service import mail
 from provisioner.core.errors import StepError, TransientStepError
 from provisioner.core.spec import WORKFLOW_KINDS
 from provisioner.core.states import StepName
@@ -30,7 +37,10 @@ from provisioner.steps.base import Condition, StepContext
 from provisioner.steps.workflows_n8n.client import N8nApi, N8nConflict
 from provisioner.steps.workflows_n8n.convert import (
     SETTINGS,
+    Credential,
+    credential,
     department_tag,
+    smtp_data,
     to_n8n,
     webhook_path,
     workflow_name,
@@ -120,15 +130,16 @@ async def _settling(call: Callable[[], Awaitable[Any]]) -> Any:
 
 class N8nWorkflows:
     """The production `workflows` step: each workflow kind of the spec as an active n8n
-    workflow, answering `POST <n8n>/webhook/<department_id>/<kind>` and needing no
-    credentials (see `convert`).
+    workflow, answering `POST <n8n>/webhook/<department_id>/<kind>`, with the
+    credentials its node needs (see `convert`).
 
     `apply` adopts and updates what exists, creates what is missing, removes what the
     spec no longer asks for and activates the rest; `compensate` deactivates and deletes
-    every workflow of the department and its tag; `check` observes each one, never
-    raising. `timeout` bounds each request; `activation_timeout` bounds the wait for a
-    workflow to read as active after its activation. `transport` replaces the network in
-    tests. Call `close` when done.
+    every workflow of the department, its tag and its credentials; `check` observes each
+    one, never raising. `smtp_url` (PROVISIONER_SMTP_URL, already validated) fills the
+    SMTP credentials. `timeout` bounds each request; `activation_timeout` bounds the wait
+    for a workflow to read as active after its activation. `transport` replaces the
+    network in tests. Call `close` when done.
     """
 
     name = StepName.WORKFLOWS
@@ -138,12 +149,14 @@ class N8nWorkflows:
         base_url: str,
         api_key: str,
         *,
+        smtp_url: str = "",
         timeout: float = 10.0,
         activation_timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._api = N8nApi(base_url, api_key, timeout=timeout, transport=transport)
         self._activation_timeout = activation_timeout
+        self._smtp_url = smtp_url
 
     def __repr__(self) -> str:
         return f"N8nWorkflows({self._api.base_url!r})"
@@ -158,8 +171,10 @@ class N8nWorkflows:
     async def apply(self, ctx: StepContext) -> dict[str, str]:
         department_id = ctx.department_id
         kinds = sorted(set(ctx.spec.workflows))
+        relay = mail.parse_url(self._smtp_url, department_id) if self._smtp_url else None
         # Converted before any call, so a template problem changes nothing in n8n.
-        desired = {kind: to_n8n(kind, ctx.spec) for kind in kinds}
+        sender = relay.sender if relay else None
+        desired = {kind: to_n8n(kind, ctx.spec, sender=sender) for kind in kinds}
         found = await self._find(department_id)
         adopted = {
             kind: _preferred(w for w in found if w.name == workflow_name(department_id, kind))
@@ -170,11 +185,21 @@ class N8nWorkflows:
         for stale in found:
             if stale.id not in keep:
                 await self._remove(stale)
+        for kind in kinds:
+            needed = credential(department_id, kind)
+            if needed is not None:
+                managed = smtp_data(relay) if kind == "email" and relay is not None else None
+                await self._ensure_credential(needed, managed)
         tag = department_tag(department_id)
         tag_id = next((w.tags[tag] for w in found if tag in w.tags), None) or await self._ensure_tag(tag)
         ids: list[str] = []
         for kind in kinds:
             ids.append(await self._deploy(desired[kind], adopted[kind], tag, tag_id))
+        # Only now: until the workflows above were updated, an old one may still use it.
+        for kind in sorted(set(WORKFLOW_KINDS) - set(kinds)):
+            unused = credential(department_id, kind)
+            if unused is not None and await self._read_credential(unused) is not None:
+                await self._remove_credential(unused)
         return {
             "workflows": ",".join(kinds),
             "n8n_ids": ",".join(ids),
@@ -193,18 +218,23 @@ class N8nWorkflows:
             tag_id = next((t["id"] for t in tags if t.get("name") == tag), None)
         if tag_id is not None:
             await self._api.call("DELETE", f"/tags/{tag_id}", doing=f"deleting tag {tag}", tolerate=(404,))
+        for kind in WORKFLOW_KINDS:
+            await self._remove_credential(credential(department_id, kind))
 
     async def check(self, ctx: StepContext) -> Condition:
         department_id = ctx.department_id
+        kinds = sorted(set(ctx.spec.workflows))
+        needed = [c for c in (credential(department_id, kind) for kind in kinds) if c is not None]
         try:
             named = await self._find_named(department_id)
+            held = [await self._read_credential(c) for c in needed]
         except TransientStepError as exc:
             return Condition(self.name, False, "UNREACHABLE", exc.message)
         except StepError as exc:
             return Condition(self.name, False, "REJECTED", exc.message)
-        missing: list[str] = []
+        missing = [f"credential {c.name}" for c, found in zip(needed, held, strict=True) if found is None]
         inactive: list[str] = []
-        for kind in sorted(set(ctx.spec.workflows)):
+        for kind in kinds:
             workflow = _preferred(w for w in named if w.name == workflow_name(department_id, kind))
             if workflow is None:
                 missing.append(kind)
@@ -215,9 +245,38 @@ class N8nWorkflows:
             return Condition(self.name, False, "MISSING", f"not in n8n: {', '.join(missing)}{also}")
         if inactive:
             return Condition(self.name, False, "INACTIVE", f"not active in n8n: {', '.join(inactive)}")
-        return Condition(
-            self.name, True, "ACTIVE", f"active in n8n: {', '.join(sorted(set(ctx.spec.workflows)))}"
+        return Condition(self.name, True, "ACTIVE", f"active in n8n: {', '.join(kinds)}")
+
+    async def _read_credential(self, wanted: Credential) -> dict[str, Any] | None:
+        """n8n's view of the credential (never its data), None if there is none; a
+        credential of another type under its id is fatal."""
+        found = await self._api.call(
+            "GET", f"/credentials/{wanted.id}", doing=f"reading credential {wanted.name}", tolerate=(404,)
         )
+        if found is None:
+            return None
+        if not isinstance(found, dict) or found.get("type") != wanted.type:
+            raise StepError(f"n8n credential {wanted.id} is not the {wanted.type} credential {wanted.name}")
+        return found
+
+    async def _ensure_credential(self, wanted: Credential, data: dict[str, Any] | None) -> None:
+        """Adopt the credential, or make it; `data` (None: left to an operator) is written
+        either way, so a changed relay reaches the department on its next apply."""
+        if await self._read_credential(wanted) is None:
+            body = {"id": wanted.id, "name": wanted.name, "type": wanted.type, "data": data or {}}
+            doing = f"creating credential {wanted.name}"
+            # 409: another attempt made it meanwhile; it is adopted like one found.
+            if await self._api.call("POST", "/credentials", json=body, doing=doing, tolerate=(409,)):
+                log.info("n8n credential %s created (id %s)", wanted.name, wanted.id)
+                return
+        if data is not None:
+            doing = f"updating credential {wanted.name}"
+            await self._api.call("PATCH", f"/credentials/{wanted.id}", json={"data": data}, doing=doing)
+
+    async def _remove_credential(self, wanted: Credential | None) -> None:
+        if wanted is not None:
+            doing = f"deleting credential {wanted.name}"
+            await self._api.call("DELETE", f"/credentials/{wanted.id}", doing=doing, tolerate=(404,))
 
     async def _find_named(self, department_id: str) -> list[RemoteWorkflow]:
         """The department's workflows by name. n8n matches `name` as a substring, so the
