@@ -2,11 +2,13 @@
 
 `MailServer` runs aiosmtpd's Controller on a free loopback port, optionally with STARTTLS
 (a certificate from `tests.pki`) and AUTH. Its handler answers DATA with a reply naming a
-queue id, as a relay does, or refuses recipients when told to.
+queue id, as a relay does, refuses recipients when told to, or holds messages in DATA as a
+slow relay would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
 import time
@@ -37,6 +39,9 @@ class _Handler:
         self.received: list[Received] = []
         self.refuse: str | None = None
         self.lock = threading.Lock()
+        self.flowing = threading.Event()  # cleared: messages wait in DATA until it is set
+        self.flowing.set()
+        self.held = 0
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if self.refuse:
@@ -45,6 +50,10 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if not self.flowing.is_set():
+            with self.lock:
+                self.held += 1
+            await asyncio.to_thread(self.flowing.wait, 10)  # as a slow relay; other sessions go on
         message = message_from_bytes(envelope.content, policy=policy.default)
         assert isinstance(message, EmailMessage)
         with self.lock:
@@ -97,6 +106,20 @@ class MailServer:
 
     def refuse_recipients(self, reply: str) -> None:
         self.handler.refuse = reply
+
+    def hold(self) -> None:
+        """Keep every message from now on waiting in DATA, until `release`."""
+        self.handler.flowing.clear()
+
+    def release(self) -> None:
+        self.handler.flowing.set()
+
+    def wait_until_holding(self, count: int, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.handler.held < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.handler.held} messages are held, not {count}")
+            time.sleep(0.01)
 
     def wait_for(self, count: int, timeout: float = 5.0) -> list[Received]:
         deadline = time.monotonic() + timeout

@@ -119,3 +119,13 @@ class DatabaseUnavailable(ServiceError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"Retry-After": "1"})
+
+
+class MailBusy(ServiceError):
+    """The email workflow is already sending as many messages as it may at once."""
+
+    status = 429
+    code = "mail_busy"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})

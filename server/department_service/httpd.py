@@ -4,15 +4,22 @@ This is the one place where `ServiceError`s become responses and unexpected exce
 become a generic 500 (the traceback goes to the log, never to the client). Every response
 closes its connection: Envoy and the control plane reach the service over loopback, where a
 new connection costs little, and shutdown then never waits on an idle keep-alive.
+
+At most `MAX_IN_FLIGHT` requests hold a thread at once; a connection accepted beyond that
+is answered 503 `overloaded` by the accept loop itself, without a thread or a read of its
+request, so a flood costs a bounded number of threads and every caller still gets an answer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import socketserver
+import threading
 import time
 import traceback
+from collections import deque
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,6 +36,9 @@ from department_service.logs import emit
 from department_service.routes import Department, Request, Response
 
 _DRAIN_LIMIT = 1024 * 1024
+MAX_IN_FLIGHT = 64
+_LINGER_S = 1.0
+_MAX_LINGERING = 256  # refused connections kept half-open at once; beyond, the oldest is closed
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -44,8 +54,12 @@ class DepartmentHTTPServer(ThreadingHTTPServer):
     # lets a request in flight at SIGTERM finish (ThreadingHTTPServer's default is daemon).
     daemon_threads = False
 
-    def __init__(self, address: tuple[str, int], department: Department) -> None:
+    def __init__(
+        self, address: tuple[str, int], department: Department, *, max_in_flight: int = MAX_IN_FLIGHT
+    ) -> None:
         self.department = department
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._lingering: deque[tuple[float, socket.socket]] = deque()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, RequestHandler)
@@ -54,6 +68,57 @@ class DepartmentHTTPServer(ThreadingHTTPServer):
         """Bind without HTTPServer's reverse DNS lookup of the host, which can stall start-up."""
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the request's thread if a slot is free; otherwise refuse it from here."""
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread started to give the slot back
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, connection: socket.socket) -> None:
+        """503 on a connection no thread will serve, written by the accept loop without
+        waiting (a few hundred bytes fit any new socket's buffer). The connection then
+        lingers, half-closed, for `_LINGER_S`: closed at once, the request the caller is
+        still sending would reset it and destroy the answer before it is read."""
+        response = error_response(503, "overloaded", "too many requests in progress; retry shortly")
+        payload = json.dumps(response.body, separators=(",", ":")).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\nRetry-After: 1\r\nCache-Control: no-store\r\n"
+            "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            connection.setblocking(False)
+            connection.send(head.encode("ascii") + payload)
+            connection.shutdown(socket.SHUT_WR)
+        self._lingering.append((time.monotonic(), connection))
+        if len(self._lingering) > _MAX_LINGERING:
+            self._lingering.popleft()[1].close()
+        emit(department_id=self.department.department_id, status=503, error="overloaded")
+
+    def service_actions(self) -> None:
+        """Between accepts (and at least every poll interval): close refused connections
+        whose callers have had their time to read the answer."""
+        super().service_actions()
+        deadline = time.monotonic() - _LINGER_S
+        while self._lingering and self._lingering[0][0] < deadline:
+            self._lingering.popleft()[1].close()
+
+    def server_close(self) -> None:
+        super().server_close()
+        while self._lingering:
+            self._lingering.popleft()[1].close()
 
 
 class RequestHandler(BaseHTTPRequestHandler):

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
-from department_service import actions, mail, workflows
+from department_service import actions, mail, query, workflows
 from department_service.auth import Credentials, TokenVerifier, credentials_state, load_credentials
 from department_service.errors import (
     BadRequest,
     InputRejected,
     KeysUnavailable,
+    MailBusy,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -28,12 +30,12 @@ from department_service.errors import (
 from department_service.logs import utc_now
 from department_service.store import Execution, SqliteStore, Store
 
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
 MAX_BODY = 64 * 1024
 """The size limit of a request body, except a file for google_drive (`actions.UPLOAD_BODY_LIMIT`)."""
 RUN_WORKFLOWS, READ_EXECUTIONS, READ_FILES = "workflows:run", "executions:read", "files:read"
 """The scopes the routes need (GET /workflows is read with the executions)."""
+MAX_SENDS = 4
+"""Messages the email workflow may be handing to the relay at once; more are refused (429)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class Department:
         credentials: Credentials | None = None,
         verifier: TokenVerifier | None = None,
         relay: mail.Relay | None = None,
+        max_sends: int = MAX_SENDS,
         new_id: Callable[[], str] = lambda: secrets.token_hex(16),
         clock: Callable[[], str] = utc_now,
     ) -> None:
@@ -98,7 +101,8 @@ class Department:
         None, a department configured by its environment: fixed `credentials`, a `store`
         and no workflows of its own (they run on the workflow platform). `verifier` checks
         callers' access tokens (without one, every route but /healthz answers 503).
-        `relay` is where the email workflow sends; without it, messages are kept unsent."""
+        `relay` is where the email workflow sends, `max_sends` messages at a time; without
+        it, messages are kept unsent."""
         if directory is None and (store is None or credentials is None):
             raise ValueError("a department without a directory needs its store and its credentials")
         self.department_id = department_id
@@ -108,6 +112,8 @@ class Department:
         self._credentials = credentials
         self._verifier = verifier
         self._relay = relay
+        self._max_sends = max_sends
+        self._sending = threading.BoundedSemaphore(max_sends)
         self.draining = False  # set at shutdown: /healthz then answers NOT_SERVING
         self._new_id = new_id
         self._clock = clock
@@ -183,15 +189,15 @@ class Department:
 
     def _executions(self, request: Request) -> Response:
         self._authenticate(request, READ_EXECUTIONS)
-        params = _params(request.query)
+        params = query.params(request.query)
         workflow = params.get("workflow", [None])[-1] or None
-        executions = self.store.recent(workflow, _limit(params))
+        executions = self.store.recent(workflow, query.limit(params))
         return Response(200, {"department_id": self.department_id, "executions": executions})
 
     def _files(self, request: Request) -> Response:
         self._authenticate(request, READ_FILES)
-        params = _params(request.query)
-        files = self.store.files(params.get("folder", [None])[-1] or None, _limit(params))
+        params = query.params(request.query)
+        files = self.store.files(params.get("folder", [None])[-1] or None, query.limit(params))
         return Response(200, {"department_id": self.department_id, "files": files})
 
     def _file(self, request: Request, file_id: str) -> Response:
@@ -231,13 +237,20 @@ class Department:
             error = {"code": exc.code, "message": exc.message}
             self.store.record(replace(execution, status="rejected", result={"error": error}), None)
             return _answer(422, execution.id, name, "rejected", error=error)
-        if _dry_run(request.query):
+        if query.dry_run(request.query):
             # Checked, authenticated and recorded, but no effect: no row, no mail.
             result = {**effect.result, "dry_run": True}
             self.store.record(replace(execution, result=result), None)
             return _answer(200, execution.id, name, "succeeded", result=result)
         if effect.table == "outbox":
-            return self._send(replace(execution, result=effect.result), effect, effect_id)
+            # A slow relay holds each send for up to its timeout: refused before anything
+            # is recorded, so the caller's retry is the only copy.
+            if not self._sending.acquire(blocking=False):
+                raise MailBusy(f"{self._max_sends} messages are being sent already; retry shortly")
+            try:
+                return self._send(replace(execution, result=effect.result), effect, effect_id)
+            finally:
+                self._sending.release()
         self.store.record(replace(execution, result=effect.result), effect, effect_id)
         return _answer(200, execution.id, name, "succeeded", result=effect.result)
 
@@ -263,28 +276,6 @@ class Department:
         code, status = ("smtp_not_configured", 503) if delivery.status == "unsent" else ("smtp_failed", 502)
         error = {"code": code, "message": delivery.reply}
         return _answer(status, execution.id, execution.workflow, "failed", error=error, result=result)
-
-
-def _params(query: str) -> dict[str, list[str]]:
-    try:
-        return parse_qs(query, max_num_fields=20)
-    except ValueError as exc:
-        raise BadRequest(f"bad query string: {exc}") from exc
-
-
-def _limit(params: dict[str, list[str]]) -> int:
-    raw = params.get("limit", [str(DEFAULT_LIMIT)])[-1]
-    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_LIMIT):
-        raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    return int(raw)
-
-
-def _dry_run(query: str) -> bool:
-    """`?dryRun=true`: run the checks and record the execution, without the action's effect."""
-    values = _params(query).get("dryRun", [])
-    if values and values[-1] not in ("true", "false"):
-        raise BadRequest("dryRun must be true or false")
-    return bool(values) and values[-1] == "true"
 
 
 def _within(directory: Path | None, name: str) -> Path:
