@@ -55,15 +55,19 @@ class Forbidden(ServiceError):
         self.reason = f"scope {scope} missing"
 
 
-class KeysUnavailable(ServiceError):
+class RetryLater(ServiceError):
+    """A passing condition: the answer tells the client to retry in a second."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
+class KeysUnavailable(RetryLater):
     """The platform's signing keys cannot be had right now (or no issuer is configured):
     the service's problem, not the caller's, so 503 and not 401."""
 
     status = 503
     code = "keys_unavailable"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"Retry-After": "1"})
 
 
 class NotFound(ServiceError):
@@ -111,21 +115,15 @@ class WorkflowBroken(ServiceError):
     code = "workflow_broken"
 
 
-class DatabaseUnavailable(ServiceError):
+class DatabaseUnavailable(RetryLater):
     """The department database cannot be used right now; the client may retry."""
 
     status = 503
     code = "database_unavailable"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"Retry-After": "1"})
 
-
-class MailBusy(ServiceError):
+class MailBusy(RetryLater):
     """The email workflow is already sending as many messages as it may at once."""
 
     status = 429
     code = "mail_busy"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"Retry-After": "1"})

@@ -46,6 +46,21 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return Response(status, {"error": {"code": code, "message": message}}, headers or {})
 
 
+def _overloaded() -> bytes:
+    """The whole 503 the accept loop writes when every request slot is taken."""
+    body = error_response(503, "overloaded", "too many requests in progress; retry shortly").body
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nRetry-After: 1\r\nCache-Control: no-store\r\n"
+        "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + payload
+
+
+_OVERLOADED = _overloaded()
+
+
 class DepartmentHTTPServer(ThreadingHTTPServer):
     """A thread per request, serving one `Department`."""
 
@@ -91,16 +106,9 @@ class DepartmentHTTPServer(ThreadingHTTPServer):
         waiting (a few hundred bytes fit any new socket's buffer). The connection then
         lingers, half-closed, for `_LINGER_S`: closed at once, the request the caller is
         still sending would reset it and destroy the answer before it is read."""
-        response = error_response(503, "overloaded", "too many requests in progress; retry shortly")
-        payload = json.dumps(response.body, separators=(",", ":")).encode()
-        head = (
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\nRetry-After: 1\r\nCache-Control: no-store\r\n"
-            "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
-        )
         with contextlib.suppress(OSError):
             connection.setblocking(False)
-            connection.send(head.encode("ascii") + payload)
+            connection.send(_OVERLOADED)
             connection.shutdown(socket.SHUT_WR)
         self._lingering.append((time.monotonic(), connection))
         if len(self._lingering) > _MAX_LINGERING:
